@@ -1,0 +1,47 @@
+//! ocidisk turns OCI container images into virtio block devices that a VM
+//! boots from, without mkfs, mount or root.
+//!
+//! Data flows one way through the modules:
+//!
+//! ```text
+//! source (registry / oci layout / docker archive)   src/source/
+//!   → verified blobs in the shared cache              src/cache.rs, src/pull.rs
+//!   → (next: layer index → merged tree → ext4 writer → Disk → serve / mount / materialize)
+//! ```
+//!
+//! The original Go package's `ContainerToVirtioOptions` maps onto this crate
+//! as follows: `ImageRef` → [`PullOptions::location`] (any transport, e.g.
+//! `alpine`, `oci:DIR:TAG`), `Platform` → [`PullOptions::platform`] (default:
+//! the host's platform). `OutputPath`, `FilesystemType`, `Size` and `ReadOnly`
+//! belong to image materialisation, which builds on this foundation.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use ocidisk::{BlobCache, PullOptions, pull::NoProgress};
+//!
+//! let cache = BlobCache::open(BlobCache::default_root()?)?;
+//! let opts = PullOptions {
+//!     location: "alpine:3.20".parse()?,
+//!     platform: Some("linux/arm64".parse()?),
+//!     source: Default::default(),
+//!     concurrency: 3,
+//! };
+//! let report = ocidisk::pull::pull(&opts, &cache, Arc::new(NoProgress)).await?;
+//! println!("{} is {}", report.reference, report.image_id);
+//! # Ok(()) }
+//! ```
+
+pub mod cache;
+pub mod digest;
+pub mod inspect;
+pub mod progress;
+pub mod pull;
+pub mod source;
+pub mod units;
+
+pub use cache::BlobCache;
+pub use digest::Digest;
+pub use pull::{PullOptions, PullReport};
+pub use source::platform::Platform;
+pub use source::{ImageLocation, SourceOptions};

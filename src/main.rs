@@ -1,0 +1,305 @@
+//! The `ocidisk` command line: a thin layer over the library.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ocidisk::cache::BlobCache;
+use ocidisk::inspect::{human_size, inspect};
+use ocidisk::progress::StderrProgress;
+use ocidisk::pull::{PullOptions, pull};
+use ocidisk::source::auth::Credentials;
+use ocidisk::source::registry::{RegistryOptions, RetryPolicy};
+use ocidisk::{ImageLocation, Platform, SourceOptions};
+
+const IMAGE_FORMS: &str = "\
+Image references:
+  alpine                          docker.io/library/alpine:latest
+  quay.io/org/img:tag             any registry, tag
+  host:5000/img@sha256:…          pinned by digest (works offline once cached)
+  docker://REF                    same as REF
+  oci:DIR[:TAG]                   an OCI image layout directory
+  docker-archive:FILE[:NAME:TAG]  a `docker save` archive (or :@N for the Nth image)";
+
+/// Turn OCI container images into virtio block devices for VMs.
+#[derive(Parser)]
+#[command(name = "ocidisk", version, about, after_help = IMAGE_FORMS)]
+struct Cli {
+    /// Cache directory, shared by all images [default: $XDG_CACHE_HOME/ocidisk or ~/.cache/ocidisk]
+    #[arg(long, global = true, env = "OCIDISK_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// More log output (-v: info, -vv: debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch an image's manifests, config and layers into the cache, verifying every blob
+    #[command(after_help = "Examples:
+  ocidisk pull alpine:3.20
+  ocidisk pull --platform linux/arm64 docker.io/library/debian:bookworm
+  ocidisk pull --username me --password-stdin registry.example.com/app:v1 < token.txt
+  ocidisk pull oci:./layout:latest
+  ocidisk pull docker-archive:app.tar")]
+    Pull(ImageArgs),
+
+    /// Show an image's digest, platforms, config and layers (fetches no layers)
+    #[command(after_help = "Examples:
+  ocidisk inspect alpine
+  ocidisk inspect --json --platform linux/arm/v7 alpine | jq .layers
+  ocidisk inspect --ca-cert ca.pem registry.internal:5000/app:v1")]
+    Inspect {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Manage the blob cache
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List cached images (and with --blobs, every blob)
+    List {
+        /// Also list every blob
+        #[arg(long)]
+        blobs: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove blobs no cached image uses, and with --max-size the least recently used ones
+    #[command(after_help = "Examples:
+  ocidisk cache prune              # drop unreferenced blobs and stale temp files
+  ocidisk cache prune --max-size 5G")]
+    Prune {
+        /// Shrink the cache to at most this size (e.g. 500M, 5G; a bare number means MiB)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// The image (see "Image references" below)
+    #[arg(value_name = "IMAGE")]
+    image: String,
+
+    /// Platform to choose from a multi-arch image: OS/ARCH[/VARIANT] [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<Platform>,
+
+    /// Registry user name; the password is read from stdin (--password-stdin)
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+
+    /// Read the registry password (or token) from stdin
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+
+    /// Docker config with credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+
+    /// Trust this CA certificate (PEM) for registry TLS; repeatable
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    ca_cert: Vec<PathBuf>,
+
+    /// Allow plain HTTP and unverified TLS for this registry (loopback registries may use HTTP without it)
+    #[arg(long)]
+    insecure: bool,
+
+    /// Retries of a failed registry request (connection errors, 5xx, 429)
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    retry_times: u32,
+
+    /// Layers fetched at once
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    ocidisk::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl ImageArgs {
+    fn options(&self) -> anyhow::Result<PullOptions> {
+        let location: ImageLocation = self.image.parse()?;
+        let credentials = match &self.username {
+            Some(username) => {
+                let mut password = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut password)
+                    .context("reading the password from stdin")?;
+                let password = password.trim_end_matches(['\n', '\r']).to_string();
+                if password.is_empty() {
+                    bail!("--password-stdin: stdin gave an empty password");
+                }
+                Some(Credentials {
+                    username: username.clone(),
+                    password,
+                })
+            }
+            None => None,
+        };
+        Ok(PullOptions {
+            location,
+            platform: self.platform.clone(),
+            source: SourceOptions {
+                registry: RegistryOptions {
+                    credentials,
+                    auth_file: self.authfile.clone(),
+                    ca_certs: self.ca_cert.clone(),
+                    insecure: self.insecure,
+                    retry: RetryPolicy {
+                        attempts: self.retry_times.saturating_add(1),
+                        ..RetryPolicy::default()
+                    },
+                },
+            },
+            concurrency: usize::from(self.jobs),
+        })
+    }
+}
+
+fn open_cache(dir: Option<PathBuf>) -> anyhow::Result<BlobCache> {
+    let root = match dir {
+        Some(d) => d,
+        None => BlobCache::default_root()?,
+    };
+    Ok(BlobCache::open(root)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cache = open_cache(cli.cache_dir)?;
+    match cli.command {
+        Command::Pull(args) => {
+            let opts = args.options()?;
+            let report = pull(&opts, &cache, Arc::new(StderrProgress::new())).await?;
+            eprintln!(
+                "pulled {} ({}) for {}: {} layers, {} downloaded ({}), {} already cached",
+                report.reference,
+                report.image_id,
+                report.platform,
+                report.layers,
+                report.downloaded_layers,
+                human_size(report.downloaded_bytes),
+                report.cached_layers
+            );
+            println!("{}", report.image_id);
+        }
+        Command::Inspect { image, json } => {
+            let info = inspect(&image.options()?, &cache).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{}", info.to_text());
+            }
+        }
+        Command::Cache(CacheCommand::List { blobs, json }) => {
+            let images = cache.list_images()?;
+            let all = cache.list_blobs()?;
+            let total: u64 = all.iter().map(|b| b.size).sum();
+            if json {
+                let v = serde_json::json!({
+                    "root": cache.root(),
+                    "images": images,
+                    "blobs": if blobs { serde_json::to_value(&all)? } else { serde_json::Value::Null },
+                    "total_bytes": total,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("cache: {}", cache.root().display());
+                println!(
+                    "{:<60} {:<14} {:<20} {:>10}",
+                    "IMAGE", "PLATFORM", "ID", "SIZE"
+                );
+                for r in &images {
+                    println!(
+                        "{:<60} {:<14} {:<20} {:>10}",
+                        r.reference,
+                        r.platform.to_string(),
+                        r.image_id.short(),
+                        human_size(r.size)
+                    );
+                }
+                if blobs {
+                    println!();
+                    println!("{:<72} {:>10}", "BLOB", "SIZE");
+                    for b in &all {
+                        println!("{:<72} {:>10}", b.digest.to_string(), human_size(b.size));
+                    }
+                }
+                println!(
+                    "{} images, {} blobs, {} in total",
+                    images.len(),
+                    all.len(),
+                    human_size(total)
+                );
+            }
+        }
+        Command::Cache(CacheCommand::Prune { max_size }) => {
+            let r = cache.prune(max_size)?;
+            println!(
+                "removed {} blobs ({}) and {} image records; {} remain",
+                r.removed_blobs,
+                human_size(r.freed_bytes),
+                r.removed_images,
+                human_size(r.remaining_bytes)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ocidisk: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("ocidisk: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

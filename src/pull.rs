@@ -1,0 +1,408 @@
+//! `pull`: fetch an image's blobs into the cache, verifying every byte.
+//!
+//! Each layer streams once: the compressed bytes go to a temp file in the
+//! cache and through a hasher (the descriptor digest) and a decompressor
+//! feeding a second hasher (the config's diff_id). Only when both match is the
+//! blob renamed into place; otherwise nothing is kept. A registry connection
+//! that drops mid-blob is resumed with a Range request within the retry
+//! budget. Blobs already cached (and still intact) are not fetched again.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::cache::{BlobCache, CacheError, ImageRecord, now_secs};
+use crate::digest::{Digest, Hasher};
+use crate::source::manifest::Compression;
+use crate::source::platform::Platform;
+use crate::source::{
+    ImageLocation, Layer, ResolvedImage, Source, SourceError, SourceOptions, is_digest_error,
+    resolve,
+};
+
+/// Errors pulling an image.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// Finding or reading the image failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The uncompressed layer does not match the config's diff_id.
+    #[error(
+        "layer {layer} of {image}: uncompressed content hashes to {actual}, but the config's diff_id is {expected}; nothing was kept"
+    )]
+    DiffIdMismatch {
+        /// The image.
+        image: String,
+        /// The layer's digest.
+        layer: Digest,
+        /// The config's diff_id.
+        expected: Digest,
+        /// What the content hashes to.
+        actual: Digest,
+    },
+    /// The layer does not decompress.
+    #[error(
+        "layer {layer} of {image} is not valid {compression:?} data: {detail}; nothing was kept"
+    )]
+    Decode {
+        /// The image.
+        image: String,
+        /// The layer's digest.
+        layer: Digest,
+        /// The compression claimed.
+        compression: Compression,
+        /// The decoder's complaint.
+        detail: String,
+    },
+}
+
+/// Observes a pull, for progress bars.
+pub trait PullProgress: Send + Sync {
+    /// A layer starts downloading (`resume_from` > 0 when resuming).
+    fn start(&self, layer: &Layer, resume_from: u64);
+    /// `bytes` more of the layer arrived.
+    fn advance(&self, layer: &Layer, bytes: u64);
+    /// The layer is in the cache; `downloaded` is false if it already was.
+    fn finish(&self, layer: &Layer, downloaded: bool);
+}
+
+/// A progress observer that shows nothing.
+pub struct NoProgress;
+
+impl PullProgress for NoProgress {
+    fn start(&self, _: &Layer, _: u64) {}
+    fn advance(&self, _: &Layer, _: u64) {}
+    fn finish(&self, _: &Layer, _: bool) {}
+}
+
+/// What to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Where the image is.
+    pub location: ImageLocation,
+    /// The platform asked for explicitly (`None`: the host's).
+    pub platform: Option<Platform>,
+    /// How to reach the source.
+    pub source: SourceOptions,
+    /// Layers fetched at once.
+    pub concurrency: usize,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    /// The image as resolved.
+    pub reference: String,
+    /// Manifest digest (config digest for docker archives).
+    pub image_id: Digest,
+    /// The platform pulled.
+    pub platform: Platform,
+    /// Layers in the image.
+    pub layers: usize,
+    /// Layers fetched from the source this time.
+    pub downloaded_layers: usize,
+    /// Compressed bytes fetched this time.
+    pub downloaded_bytes: u64,
+    /// Layers that were already cached.
+    pub cached_layers: usize,
+}
+
+/// Pull an image into the cache.
+pub async fn pull(
+    opts: &PullOptions,
+    cache: &BlobCache,
+    progress: Arc<dyn PullProgress>,
+) -> Result<PullReport, PullError> {
+    let source = Source::open(&opts.location, &opts.source).await?;
+    let image = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
+    let results: Vec<(bool, u64)> = futures_util::stream::iter(image.layers.iter())
+        .map(|layer| fetch_layer(&source, cache, &image, layer, progress.as_ref()))
+        .buffered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
+    let downloaded_layers = results.iter().filter(|(d, _)| *d).count();
+    let report = PullReport {
+        reference: image.location.clone(),
+        image_id: image.id().clone(),
+        platform: image.platform.clone(),
+        layers: image.layers.len(),
+        downloaded_layers,
+        downloaded_bytes: results.iter().map(|(_, b)| b).sum(),
+        cached_layers: image.layers.len() - downloaded_layers,
+    };
+    let mut size = image.manifest.config.size + image.layers_size();
+    if let Some(d) = &image.manifest_digest {
+        size += std::fs::metadata(cache.blob_path(d)).map_or(0, |m| m.len());
+    }
+    cache.record_image(&ImageRecord {
+        reference: image.location.clone(),
+        platform: image.platform.clone(),
+        image_id: image.id().clone(),
+        blobs: image.blobs(),
+        size,
+        pulled_at: now_secs(),
+    })?;
+    Ok(report)
+}
+
+/// Checks a layer as it streams: blob digest and diff_id.
+struct LayerVerifier {
+    blob: Hasher,
+    decoder: Decoder,
+    decode_error: Option<String>,
+}
+
+enum Decoder {
+    Plain(Hasher),
+    Gzip(Box<flate2::write::MultiGzDecoder<Hasher>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, Hasher>>),
+}
+
+impl LayerVerifier {
+    fn new(layer: &Layer) -> Result<LayerVerifier, String> {
+        let diff = Hasher::new(layer.diff_id.algorithm());
+        let decoder = match layer.compression {
+            Compression::None => Decoder::Plain(diff),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(diff))),
+            Compression::Zstd => Decoder::Zstd(Box::new(
+                zstd::stream::write::Decoder::new(diff).map_err(|e| e.to_string())?,
+            )),
+        };
+        Ok(LayerVerifier {
+            blob: Hasher::new(layer.descriptor.digest.algorithm()),
+            decoder,
+            decode_error: None,
+        })
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.blob.update(bytes);
+        if self.decode_error.is_some() {
+            return;
+        }
+        let r = match &mut self.decoder {
+            Decoder::Plain(h) => {
+                h.update(bytes);
+                Ok(())
+            }
+            Decoder::Gzip(d) => d.write_all(bytes),
+            Decoder::Zstd(d) => d.write_all(bytes),
+        };
+        if let Err(e) = r {
+            self.decode_error = Some(e.to_string());
+        }
+    }
+
+    /// The blob digest, and the diff_id or the decoder's complaint.
+    fn finish(self) -> (Digest, Result<Digest, String>) {
+        let blob = self.blob.finish();
+        if let Some(e) = self.decode_error {
+            return (blob, Err(e));
+        }
+        let diff = match self.decoder {
+            Decoder::Plain(h) => Ok(h.finish()),
+            Decoder::Gzip(d) => d.finish().map(Hasher::finish).map_err(|e| e.to_string()),
+            Decoder::Zstd(mut d) => d
+                .flush()
+                .map(|_| d.into_inner().finish())
+                .map_err(|e| e.to_string()),
+        };
+        (blob, diff)
+    }
+}
+
+enum StreamFailure {
+    Transient(String),
+    Final(PullError),
+}
+
+/// Fetch one layer into the cache unless it is there. Returns whether it was
+/// downloaded and how many bytes were transferred.
+async fn fetch_layer(
+    source: &Source,
+    cache: &BlobCache,
+    image: &ResolvedImage,
+    layer: &Layer,
+    progress: &dyn PullProgress,
+) -> Result<(bool, u64), PullError> {
+    let desc = &layer.descriptor;
+    let check = {
+        let (cache, digest, size) = (cache.clone(), desc.digest.clone(), desc.size);
+        tokio::task::spawn_blocking(move || cache.has_verified(&digest, Some(size)))
+    };
+    if check.await.expect("cache check does not panic")? {
+        progress.finish(layer, false);
+        return Ok((false, 0));
+    }
+    let mut writer = cache.begin()?;
+    let mut verifier = LayerVerifier::new(layer).map_err(|detail| PullError::Decode {
+        image: image.location.clone(),
+        layer: desc.digest.clone(),
+        compression: layer.compression,
+        detail,
+    })?;
+    let started = Instant::now();
+    let mut attempt = 1;
+    let mut transferred = 0u64;
+    loop {
+        progress.start(layer, writer.len());
+        match stream_once(
+            source,
+            image,
+            layer,
+            &mut writer,
+            &mut verifier,
+            progress,
+            &mut transferred,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(StreamFailure::Final(e)) => return Err(e),
+            Err(StreamFailure::Transient(detail)) => {
+                let policy = source.retry_policy().cloned().unwrap_or_default();
+                match policy.backoff(attempt, started) {
+                    Some(pause) => {
+                        tracing::info!(layer = %desc.digest, attempt, "resuming in {pause:?}: {detail}");
+                        tokio::time::sleep(pause).await;
+                        attempt += 1;
+                    }
+                    None => {
+                        return Err(PullError::Source(SourceError::Read {
+                            image: image.location.clone(),
+                            what: format!("layer {}", desc.digest),
+                            source: std::io::Error::other(format!(
+                                "{detail} (gave up after {attempt} attempts)"
+                            )),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    let (blob, diff) = verifier.finish();
+    if blob != desc.digest {
+        return Err(SourceError::DigestMismatch {
+            image: image.location.clone(),
+            what: format!("layer {}", desc.digest),
+            expected: desc.digest.clone(),
+            actual: blob,
+        }
+        .into());
+    }
+    match diff {
+        Err(detail) => {
+            return Err(PullError::Decode {
+                image: image.location.clone(),
+                layer: desc.digest.clone(),
+                compression: layer.compression,
+                detail,
+            });
+        }
+        Ok(actual) if actual != layer.diff_id => {
+            return Err(PullError::DiffIdMismatch {
+                image: image.location.clone(),
+                layer: desc.digest.clone(),
+                expected: layer.diff_id.clone(),
+                actual,
+            });
+        }
+        Ok(_) => {}
+    }
+    writer.commit(&desc.digest)?;
+    progress.finish(layer, true);
+    Ok((true, transferred))
+}
+
+async fn stream_once(
+    source: &Source,
+    image: &ResolvedImage,
+    layer: &Layer,
+    writer: &mut crate::cache::BlobWriter,
+    verifier: &mut LayerVerifier,
+    progress: &dyn PullProgress,
+    transferred: &mut u64,
+) -> Result<(), StreamFailure> {
+    let desc = &layer.descriptor;
+    let is_registry = matches!(source, Source::Registry(_));
+    let mut body = match source.blob(desc, writer.len()).await {
+        Ok(b) => b,
+        Err(e) => return Err(StreamFailure::Final(e.into())),
+    };
+    if body.start == 0 && !writer.is_empty() {
+        writer.reset().map_err(|e| StreamFailure::Final(e.into()))?;
+        *verifier = LayerVerifier::new(layer).map_err(|detail| {
+            StreamFailure::Final(PullError::Decode {
+                image: image.location.clone(),
+                layer: desc.digest.clone(),
+                compression: layer.compression,
+                detail,
+            })
+        })?;
+    }
+    let read_err = |source: std::io::Error| SourceError::Read {
+        image: image.location.clone(),
+        what: format!("layer {}", desc.digest),
+        source,
+    };
+    while let Some(chunk) = body.stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let e = read_err(e);
+                if is_digest_error(&e) {
+                    break; // oci-client's own end-of-blob check; ours below names the blob
+                }
+                return Err(if is_registry {
+                    StreamFailure::Transient(e.to_string())
+                } else {
+                    StreamFailure::Final(e.into())
+                });
+            }
+        };
+        if writer.len() + chunk.len() as u64 > desc.size {
+            return Err(StreamFailure::Final(
+                SourceError::SizeMismatch {
+                    image: image.location.clone(),
+                    what: format!("layer {}", desc.digest),
+                    expected: desc.size,
+                    actual: writer.len() + chunk.len() as u64,
+                }
+                .into(),
+            ));
+        }
+        if let Err(source) = writer.write_all(&chunk) {
+            return Err(StreamFailure::Final(PullError::Cache(CacheError::Io {
+                op: "write",
+                path: writer.path().to_path_buf(),
+                source,
+            })));
+        }
+        verifier.update(&chunk);
+        *transferred += chunk.len() as u64;
+        progress.advance(layer, chunk.len() as u64);
+    }
+    if writer.len() < desc.size {
+        let msg = format!("stream ended after {} of {} bytes", writer.len(), desc.size);
+        return Err(if is_registry {
+            StreamFailure::Transient(msg)
+        } else {
+            StreamFailure::Final(
+                SourceError::SizeMismatch {
+                    image: image.location.clone(),
+                    what: format!("layer {}", desc.digest),
+                    expected: desc.size,
+                    actual: writer.len(),
+                }
+                .into(),
+            )
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,680 @@
+//! Image sources: where an image comes from and how it is resolved to one
+//! platform's manifest, config and layers.
+//!
+//! Transports, as skopeo names them:
+//! - a bare reference or `docker://REF`: a registry (`alpine` →
+//!   `docker.io/library/alpine:latest`, `host:5000/img@sha256:…`);
+//! - `oci:DIR[:TAG]`: an OCI image layout;
+//! - `docker-archive:FILE[:NAME:TAG|:@N]`: a `docker save` archive.
+//!
+//! Every manifest and config is verified against its digest and stored in
+//! the [`BlobCache`]; a reference pinned by digest whose blobs are cached is
+//! resolved without touching the network.
+
+pub mod archive;
+pub mod auth;
+pub mod layout;
+pub mod manifest;
+pub mod platform;
+pub mod registry;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use serde::Serialize;
+
+use crate::cache::{BlobCache, CacheError};
+use crate::digest::Digest;
+use archive::{ArchiveError, ArchiveSelector, ArchiveSource};
+use layout::{LayoutError, LayoutSource};
+use manifest::{
+    Compression, Descriptor, ImageConfig, ImageIndex, ImageManifest, MAX_CONFIG_SIZE,
+    MAX_MANIFEST_SIZE, Manifest, ManifestError,
+};
+use platform::Platform;
+use registry::{RegistryError, RegistryOptions, RegistrySource, RetryPolicy};
+
+/// Errors finding and resolving an image.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The image reference does not parse.
+    #[error("invalid image reference {input:?}: {reason}")]
+    BadReference {
+        /// What the user typed.
+        input: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+    /// A transport ocidisk does not read.
+    #[error(
+        "unsupported transport {0:?}: use a registry reference, oci:DIR[:TAG] or docker-archive:FILE"
+    )]
+    UnsupportedTransport(String),
+    /// Registry errors.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// OCI layout errors.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Docker archive errors.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// Cache errors.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A manifest or config we cannot use.
+    #[error("{image}: {source}")]
+    Manifest {
+        /// The image.
+        image: String,
+        /// What is wrong.
+        source: ManifestError,
+    },
+    /// The index has no image for the platform.
+    #[error(
+        "{image} has no image for platform {want}; it has: {available} (choose with --platform)"
+    )]
+    PlatformNotFound {
+        /// The image.
+        image: String,
+        /// The platform asked for.
+        want: Platform,
+        /// The platforms on offer.
+        available: String,
+    },
+    /// A single-platform image for another platform than explicitly asked.
+    #[error("{image} is built for {have}, not {want}")]
+    PlatformMismatch {
+        /// The image.
+        image: String,
+        /// The platform asked for.
+        want: Platform,
+        /// The image's platform.
+        have: Platform,
+    },
+    /// A nested index inside an index.
+    #[error("{image}: nested image indexes are not supported")]
+    NestedIndex {
+        /// The image.
+        image: String,
+    },
+    /// A blob's content does not match its digest.
+    #[error("{what} from {image} hashes to {actual}, not {expected}; nothing was kept")]
+    DigestMismatch {
+        /// The image.
+        image: String,
+        /// Which blob.
+        what: String,
+        /// Its descriptor's digest.
+        expected: Digest,
+        /// The content's digest.
+        actual: Digest,
+    },
+    /// A blob is not the size its descriptor says.
+    #[error("{what} from {image} is {actual} bytes, but its descriptor says {expected}")]
+    SizeMismatch {
+        /// The image.
+        image: String,
+        /// Which blob.
+        what: String,
+        /// Descriptor size.
+        expected: u64,
+        /// Actual size (at least).
+        actual: u64,
+    },
+    /// Reading a local blob failed mid-stream.
+    #[error("reading {what} from {image}: {source}")]
+    Read {
+        /// The image.
+        image: String,
+        /// Which blob.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Where an image is, as the user named it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageLocation {
+    /// A registry reference, normalised as docker does.
+    Registry(oci_client::Reference),
+    /// An OCI image layout directory.
+    Layout {
+        /// The directory.
+        dir: PathBuf,
+        /// The tag in `index.json`.
+        tag: Option<String>,
+    },
+    /// A `docker save` archive.
+    Archive {
+        /// The tar file.
+        file: PathBuf,
+        /// Which image in it.
+        selector: Option<ArchiveSelector>,
+    },
+}
+
+impl FromStr for ImageLocation {
+    type Err = SourceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| SourceError::BadReference {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = match rest.split_once(':') {
+                Some((d, t)) => (d, Some(t).filter(|t| !t.is_empty())),
+                None => (rest, None),
+            };
+            if dir.is_empty() {
+                return Err(bad("oci: needs a directory, as oci:DIR[:TAG]"));
+            }
+            return Ok(ImageLocation::Layout {
+                dir: PathBuf::from(dir),
+                tag: tag.map(str::to_string),
+            });
+        }
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let (file, sel) = match rest.split_once(':') {
+                Some((f, sel)) => (f, Some(sel).filter(|s| !s.is_empty())),
+                None => (rest, None),
+            };
+            if file.is_empty() {
+                return Err(bad(
+                    "docker-archive: needs a file, as docker-archive:FILE[:NAME:TAG]",
+                ));
+            }
+            let selector = match sel {
+                None => None,
+                Some(n) => match n.strip_prefix('@') {
+                    Some(i) => Some(ArchiveSelector::Index(
+                        i.parse().map_err(|_| bad("@INDEX must be a number"))?,
+                    )),
+                    None => Some(ArchiveSelector::Name(n.to_string())),
+                },
+            };
+            return Ok(ImageLocation::Archive {
+                file: PathBuf::from(file),
+                selector,
+            });
+        }
+        for t in [
+            "dir:",
+            "oci-archive:",
+            "docker-daemon:",
+            "containers-storage:",
+            "ostree:",
+            "sif:",
+        ] {
+            if s.starts_with(t) {
+                return Err(SourceError::UnsupportedTransport(
+                    t.trim_end_matches(':').into(),
+                ));
+            }
+        }
+        let r = s.strip_prefix("docker://").unwrap_or(s);
+        if r.is_empty() {
+            return Err(bad("empty reference"));
+        }
+        r.parse::<oci_client::Reference>()
+            .map(ImageLocation::Registry)
+            .map_err(|e| bad(&e.to_string()))
+    }
+}
+
+impl fmt::Display for ImageLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageLocation::Registry(r) => write!(f, "{}", r.whole()),
+            ImageLocation::Layout { dir, tag } => {
+                write!(f, "oci:{}", dir.display())?;
+                match tag {
+                    Some(t) => write!(f, ":{t}"),
+                    None => Ok(()),
+                }
+            }
+            ImageLocation::Archive { file, selector } => {
+                write!(f, "docker-archive:{}", file.display())?;
+                match selector {
+                    Some(ArchiveSelector::Name(n)) => write!(f, ":{n}"),
+                    Some(ArchiveSelector::Index(i)) => write!(f, ":@{i}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Options for reaching image sources.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// Registry connection options.
+    pub registry: RegistryOptions,
+}
+
+/// An opened image source.
+pub enum Source {
+    /// A registry repository.
+    Registry(Box<RegistrySource>),
+    /// An OCI layout.
+    Layout(LayoutSource),
+    /// A docker archive.
+    Archive(Box<ArchiveSource>),
+}
+
+/// A layer of a resolved image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Layer {
+    /// The manifest's descriptor.
+    pub descriptor: Descriptor,
+    /// How the blob is compressed.
+    pub compression: Compression,
+    /// sha256 of the uncompressed tar, from the config.
+    pub diff_id: Digest,
+}
+
+/// One platform's image, with everything but the layer bytes.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The location as given, normalised.
+    pub location: String,
+    /// The index the reference named, if any.
+    pub index: Option<(Digest, ImageIndex)>,
+    /// The image manifest's digest (`None` for docker archives).
+    pub manifest_digest: Option<Digest>,
+    /// The image manifest (synthesised for docker archives).
+    pub manifest: ImageManifest,
+    /// The config.
+    pub config: ImageConfig,
+    /// The config's raw bytes.
+    pub config_bytes: Vec<u8>,
+    /// The platform of the image, from its config.
+    pub platform: Platform,
+    /// The layers, bottom first.
+    pub layers: Vec<Layer>,
+}
+
+impl ResolvedImage {
+    /// The image's identity: manifest digest, or config digest for archives.
+    pub fn id(&self) -> &Digest {
+        self.manifest_digest
+            .as_ref()
+            .unwrap_or(&self.manifest.config.digest)
+    }
+
+    /// The config descriptor.
+    pub fn config_descriptor(&self) -> &Descriptor {
+        &self.manifest.config
+    }
+
+    /// Every blob the image consists of (index, manifest, config, layers).
+    pub fn blobs(&self) -> Vec<Digest> {
+        let mut v = Vec::new();
+        if let Some((d, _)) = &self.index {
+            v.push(d.clone());
+        }
+        if let Some(d) = &self.manifest_digest {
+            v.push(d.clone());
+        }
+        v.push(self.manifest.config.digest.clone());
+        v.extend(self.layers.iter().map(|l| l.descriptor.digest.clone()));
+        v
+    }
+
+    /// Compressed size of all layers.
+    pub fn layers_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.descriptor.size).sum()
+    }
+}
+
+/// A blob as it streams in, from byte `start` on.
+pub struct BlobStream {
+    /// The bytes.
+    pub stream: BoxStream<'static, std::io::Result<Bytes>>,
+    /// Offset of the first byte in the blob.
+    pub start: u64,
+}
+
+impl Source {
+    /// Open the source of `location`.
+    pub async fn open(
+        location: &ImageLocation,
+        opts: &SourceOptions,
+    ) -> Result<Source, SourceError> {
+        Ok(match location {
+            ImageLocation::Registry(r) => Source::Registry(Box::new(
+                RegistrySource::connect(r.clone(), &opts.registry).await?,
+            )),
+            ImageLocation::Layout { dir, tag } => {
+                Source::Layout(LayoutSource::open(dir, tag.as_deref())?)
+            }
+            ImageLocation::Archive { file, selector } => {
+                let (file, selector) = (file.clone(), selector.clone());
+                let a = tokio::task::spawn_blocking(move || {
+                    ArchiveSource::open(&file, selector.as_ref())
+                })
+                .await
+                .expect("archive indexing does not panic")?;
+                Source::Archive(Box::new(a))
+            }
+        })
+    }
+
+    /// The retry budget for mid-stream failures (registries only).
+    pub fn retry_policy(&self) -> Option<&RetryPolicy> {
+        match self {
+            Source::Registry(r) => Some(r.retry_policy()),
+            _ => None,
+        }
+    }
+
+    /// Fetch a manifest (`None`: the one the location names), verified, via
+    /// the cache when its digest is known.
+    async fn manifest(
+        &self,
+        digest: Option<&Digest>,
+        cache: &BlobCache,
+    ) -> Result<(Vec<u8>, Option<Digest>, Option<String>), SourceError> {
+        match self {
+            Source::Registry(r) => {
+                let known = digest.cloned().or_else(|| {
+                    r.reference()
+                        .digest()
+                        .and_then(|d| d.parse::<Digest>().ok())
+                });
+                if let Some(d) = &known
+                    && let Some(bytes) = cache.read_verified(d)?
+                {
+                    tracing::debug!(digest = %d, "manifest from cache");
+                    return Ok((bytes, Some(d.clone()), None));
+                }
+                let (bytes, d) = r.manifest(digest, MAX_MANIFEST_SIZE).await?;
+                cache.put_bytes(&d, &bytes)?;
+                Ok((bytes, Some(d), None))
+            }
+            Source::Layout(l) => {
+                let (d, media_type) = match digest {
+                    Some(d) => (d.clone(), None),
+                    None => {
+                        let e = l.entry()?;
+                        (e.digest.clone(), Some(e.media_type.clone()))
+                    }
+                };
+                let bytes = l.read_small(&d, MAX_MANIFEST_SIZE)?;
+                Ok((bytes, Some(d), media_type))
+            }
+            Source::Archive(a) => Ok((a.manifest_bytes().to_vec(), None, None)),
+        }
+    }
+
+    /// Fetch a config blob, verified, via the cache.
+    async fn config(
+        &self,
+        desc: &Descriptor,
+        cache: &BlobCache,
+        image: &str,
+    ) -> Result<Vec<u8>, SourceError> {
+        if let Some(bytes) = cache.read_verified(&desc.digest)? {
+            return Ok(bytes);
+        }
+        let bytes = match self {
+            Source::Layout(l) => l.read_small(&desc.digest, MAX_CONFIG_SIZE)?,
+            Source::Archive(a) => a.config_bytes().to_vec(),
+            Source::Registry(_) => {
+                let mut body = self.blob(desc, 0).await?;
+                let mut buf = Vec::with_capacity(desc.size as usize);
+                while let Some(chunk) = body.stream.next().await {
+                    let chunk = chunk.map_err(|source| SourceError::Read {
+                        image: image.to_string(),
+                        what: format!("config {}", desc.digest),
+                        source,
+                    });
+                    match chunk {
+                        Ok(c) => buf.extend_from_slice(&c),
+                        // oci-client's own digest check fails at the end; ours names it.
+                        Err(e) if is_digest_error(&e) => break,
+                        Err(e) => return Err(e),
+                    }
+                    if buf.len() as u64 > desc.size {
+                        break;
+                    }
+                }
+                buf
+            }
+        };
+        if bytes.len() as u64 != desc.size {
+            return Err(SourceError::SizeMismatch {
+                image: image.to_string(),
+                what: format!("config {}", desc.digest),
+                expected: desc.size,
+                actual: bytes.len() as u64,
+            });
+        }
+        if !desc.digest.matches(&bytes) {
+            return Err(SourceError::DigestMismatch {
+                image: image.to_string(),
+                what: format!("config {}", desc.digest),
+                expected: desc.digest.clone(),
+                actual: Digest::sha256_of(&bytes),
+            });
+        }
+        cache.put_bytes(&desc.digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Start streaming a blob from byte `offset`. The caller verifies it.
+    pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobStream, SourceError> {
+        use tokio_util::io::ReaderStream;
+        const CHUNK: usize = 256 << 10;
+        Ok(match self {
+            Source::Registry(r) => {
+                let b = r.blob(desc, offset).await?;
+                BlobStream {
+                    stream: b.stream,
+                    start: b.start,
+                }
+            }
+            Source::Layout(l) => BlobStream {
+                stream: ReaderStream::with_capacity(
+                    l.open_blob(&desc.digest, offset).await?,
+                    CHUNK,
+                )
+                .boxed(),
+                start: offset,
+            },
+            Source::Archive(a) => BlobStream {
+                stream: ReaderStream::with_capacity(
+                    a.open_blob(&desc.digest, offset).await?,
+                    CHUNK,
+                )
+                .boxed(),
+                start: offset,
+            },
+        })
+    }
+}
+
+/// Whether an I/O error is oci-client's end-of-stream digest verdict.
+pub(crate) fn is_digest_error(e: &SourceError) -> bool {
+    match e {
+        SourceError::Read { source, .. } => source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>()),
+        _ => false,
+    }
+}
+
+/// Resolve `location` to one platform's image: index → manifest → config.
+///
+/// `platform`: `Some` when the user asked for one explicitly; the host's
+/// platform otherwise. A single-platform image is accepted for the default
+/// but must match an explicit request.
+pub async fn resolve(
+    source: &Source,
+    location: &ImageLocation,
+    cache: &BlobCache,
+    platform: Option<&Platform>,
+) -> Result<ResolvedImage, SourceError> {
+    let image = location.to_string();
+    let manifest_err = |source| SourceError::Manifest {
+        image: image.clone(),
+        source,
+    };
+    let want = platform.cloned().unwrap_or_else(Platform::host);
+    let (bytes, digest, media_type) = source.manifest(None, cache).await?;
+    let (index, manifest_digest, manifest) =
+        match Manifest::parse(&bytes, media_type.as_deref()).map_err(manifest_err)? {
+            Manifest::Image(m) => (None, digest, m),
+            Manifest::Index(idx) => {
+                let entry = idx
+                    .select(&want)
+                    .ok_or_else(|| SourceError::PlatformNotFound {
+                        image: image.clone(),
+                        want: want.clone(),
+                        available: {
+                            let p: Vec<String> =
+                                idx.platforms().iter().map(|p| p.to_string()).collect();
+                            if p.is_empty() {
+                                "no platform-specific images".into()
+                            } else {
+                                p.join(", ")
+                            }
+                        },
+                    })?
+                    .clone();
+                let (child, child_digest, _) = source.manifest(Some(&entry.digest), cache).await?;
+                match Manifest::parse(&child, Some(&entry.media_type)).map_err(manifest_err)? {
+                    Manifest::Image(m) => (digest.map(|d| (d, idx)), child_digest, m),
+                    Manifest::Index(_) => {
+                        return Err(SourceError::NestedIndex { image });
+                    }
+                }
+            }
+        };
+    manifest::check_image_manifest(&manifest).map_err(manifest_err)?;
+    let config_bytes = source.config(&manifest.config, cache, &image).await?;
+    let config = ImageConfig::parse(&config_bytes).map_err(manifest_err)?;
+    let have = config.platform();
+    if index.is_none()
+        && let Some(want) = platform
+        && !want.matches(&have)
+        && !have.architecture.is_empty()
+    {
+        return Err(SourceError::PlatformMismatch {
+            image,
+            want: want.clone(),
+            have,
+        });
+    }
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(manifest_err(ManifestError::LayerCountMismatch {
+            layers: manifest.layers.len(),
+            diff_ids: config.rootfs.diff_ids.len(),
+        }));
+    }
+    let layers = manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(d, diff_id)| {
+            Ok(Layer {
+                descriptor: d.clone(),
+                compression: manifest::layer_compression(d).map_err(manifest_err)?,
+                diff_id: diff_id.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, SourceError>>()?;
+    Ok(ResolvedImage {
+        location: image,
+        index,
+        manifest_digest,
+        manifest,
+        config,
+        config_bytes,
+        platform: have,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(s: &str) -> String {
+        match s.parse::<ImageLocation>().unwrap() {
+            ImageLocation::Registry(r) => r.whole(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn registry_references_normalise_like_docker() {
+        assert_eq!(reg("alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(reg("docker://alpine:3.20"), "docker.io/library/alpine:3.20");
+        assert_eq!(reg("quay.io/org/img:tag"), "quay.io/org/img:tag");
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(
+            reg(&format!("localhost:5000/img@{d}")),
+            format!("localhost:5000/img@{d}")
+        );
+        assert_eq!(
+            reg(&format!("img:1.0@{d}")),
+            format!("docker.io/library/img:1.0@{d}")
+        );
+        for bad in ["", "UPPER/case", "img@sha256:abc", "a b"] {
+            assert!(bad.parse::<ImageLocation>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn local_transports() {
+        assert_eq!(
+            "oci:/tmp/lay:v1".parse::<ImageLocation>().unwrap(),
+            ImageLocation::Layout {
+                dir: "/tmp/lay".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            "oci:lay".parse::<ImageLocation>().unwrap(),
+            ImageLocation::Layout {
+                dir: "lay".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            "docker-archive:/x.tar:alpine:3"
+                .parse::<ImageLocation>()
+                .unwrap(),
+            ImageLocation::Archive {
+                file: "/x.tar".into(),
+                selector: Some(ArchiveSelector::Name("alpine:3".into()))
+            }
+        );
+        assert_eq!(
+            "docker-archive:x.tar:@1".parse::<ImageLocation>().unwrap(),
+            ImageLocation::Archive {
+                file: "x.tar".into(),
+                selector: Some(ArchiveSelector::Index(1))
+            }
+        );
+        assert!(matches!(
+            "containers-storage:foo".parse::<ImageLocation>(),
+            Err(SourceError::UnsupportedTransport(_))
+        ));
+        assert!("oci:".parse::<ImageLocation>().is_err());
+        assert_eq!(
+            "oci:/tmp/lay:v1"
+                .parse::<ImageLocation>()
+                .unwrap()
+                .to_string(),
+            "oci:/tmp/lay:v1"
+        );
+    }
+}

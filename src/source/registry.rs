@@ -1,0 +1,661 @@
+//! Images from OCI distribution registries, through `oci-client`.
+//!
+//! HTTPS with certificate verification is the default. `--ca-cert` adds
+//! private roots. Plain HTTP is used only for loopback registries that do not
+//! speak TLS, or for any registry with `--insecure` (which also skips
+//! certificate checks), as docker treats "insecure registries".
+//!
+//! Connection errors, timeouts, 5xx and 429 answers are retried with
+//! exponential backoff within a bounded number of attempts and total time,
+//! then reported naming the registry and what was being fetched.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use super::auth::{self, AuthError, Credentials};
+use super::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor};
+use crate::digest::{Digest, DigestError};
+
+/// Errors talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The manifest, tag, repository or blob does not exist.
+    #[error("{what} not found in {registry}/{repository}")]
+    NotFound {
+        /// Registry host.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// What was asked for.
+        what: String,
+    },
+    /// 401/403.
+    #[error("access to {registry}/{repository} denied: {hint}")]
+    Denied {
+        /// Registry host.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// Retries exhausted on transient errors.
+    #[error(
+        "registry {registry} unreachable while fetching {what}: {detail} (gave up after {attempts} attempts in {secs:.1}s)"
+    )]
+    Unreachable {
+        /// Registry host.
+        registry: String,
+        /// What was being fetched.
+        what: String,
+        /// The last error.
+        detail: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        secs: f64,
+    },
+    /// TLS failed (unknown CA, bad certificate, not a TLS server).
+    #[error(
+        "TLS connection to {registry} failed: {detail}; for a private CA pass --ca-cert FILE, for a plain-HTTP registry --insecure"
+    )]
+    Tls {
+        /// Registry host.
+        registry: String,
+        /// The TLS error chain.
+        detail: String,
+    },
+    /// Any other error answer.
+    #[error("registry {registry} failed fetching {what}: {detail}")]
+    Other {
+        /// Registry host.
+        registry: String,
+        /// What was being fetched.
+        what: String,
+        /// The error chain.
+        detail: String,
+    },
+    /// A manifest whose content does not match the requested digest.
+    #[error("manifest {what} from {registry} hashes to {actual}, not {expected}")]
+    ManifestDigest {
+        /// Registry host.
+        registry: String,
+        /// Which manifest.
+        what: String,
+        /// Requested digest.
+        expected: Digest,
+        /// Content digest.
+        actual: Digest,
+    },
+    /// A manifest larger than we accept.
+    #[error("manifest {what} from {registry} is larger than {limit} bytes")]
+    ManifestTooLarge {
+        /// Registry host.
+        registry: String,
+        /// Which manifest.
+        what: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The reference carries a digest we cannot use.
+    #[error("reference {reference}: {source}")]
+    BadDigest {
+        /// The reference.
+        reference: String,
+        /// Why.
+        source: DigestError,
+    },
+    /// `--ca-cert` could not be read.
+    #[error("reading CA certificate {path}: {source}")]
+    CaCert {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("setting up the HTTP client: {0}")]
+    Client(String),
+    /// Credentials could not be read.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// How hard to try before giving up on a registry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// First backoff; doubles each retry.
+    pub initial_backoff: Duration,
+    /// Largest single backoff.
+    pub max_backoff: Duration,
+    /// No retry starts after this much time in total.
+    pub max_total: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(4),
+            max_total: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `retry` (1-based), or `None` when the
+    /// budget is spent.
+    pub fn backoff(&self, retry: u32, started: Instant) -> Option<Duration> {
+        if retry >= self.attempts {
+            return None;
+        }
+        let pause = self
+            .initial_backoff
+            .saturating_mul(1u32 << (retry - 1).min(16))
+            .min(self.max_backoff);
+        (started.elapsed() + pause <= self.max_total).then_some(pause)
+    }
+}
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Explicit credentials (`--username` + `--password-stdin`).
+    pub credentials: Option<Credentials>,
+    /// Docker config to read credentials from (`--authfile`); default
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
+    pub auth_file: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM).
+    pub ca_certs: Vec<PathBuf>,
+    /// Allow plain HTTP and unverified TLS for any registry.
+    pub insecure: bool,
+    /// Retry budget.
+    pub retry: RetryPolicy,
+}
+
+/// A connected registry repository.
+pub struct RegistrySource {
+    client: Client,
+    reference: Reference,
+    auth: RegistryAuth,
+    has_credentials: bool,
+    retry: RetryPolicy,
+}
+
+/// A blob body as it streams in.
+pub struct BlobBody {
+    /// The bytes, from `start` on.
+    pub stream: BoxStream<'static, std::io::Result<Bytes>>,
+    /// Offset of the first byte of `stream` in the blob (0 when a range
+    /// request was answered with the whole blob).
+    pub start: u64,
+}
+
+enum Failure {
+    Transient(String),
+    Final(RegistryError),
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn looks_like_tls(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    c.contains("certificate") || c.contains("tls") || c.contains("handshake")
+}
+
+impl RegistrySource {
+    /// Connect to the registry of `reference`: choose HTTP or HTTPS, load
+    /// credentials. Nothing is fetched yet except, for loopback or
+    /// `--insecure` registries, a probe of `/v2/`.
+    pub async fn connect(
+        reference: Reference,
+        opts: &RegistryOptions,
+    ) -> Result<RegistrySource, RegistryError> {
+        let registry = reference.resolve_registry().to_string();
+        let mut certs = Vec::new();
+        for path in &opts.ca_certs {
+            let data = std::fs::read(path).map_err(|source| RegistryError::CaCert {
+                path: path.clone(),
+                source,
+            })?;
+            certs.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        let credentials = match &opts.credentials {
+            Some(c) => Some(c.clone()),
+            None => match auth::docker_config_path(opts.auth_file.as_deref()) {
+                Some(path) => auth::lookup(&path, &registry)?,
+                None => None,
+            },
+        };
+        let plain_http = if opts.insecure || is_loopback(&registry) {
+            probe_plain_http(&registry, &certs, opts).await?
+        } else {
+            false
+        };
+        let config = ClientConfig {
+            protocol: if plain_http {
+                ClientProtocol::HttpsExcept(vec![registry.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: opts.insecure,
+            extra_root_certificates: certs,
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(15)),
+            read_timeout: Some(Duration::from_secs(60)),
+            user_agent: concat!("ocidisk/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).map_err(|e| RegistryError::Client(e.to_string()))?;
+        let has_credentials = credentials.is_some();
+        let auth = match credentials {
+            Some(c) => RegistryAuth::Basic(c.username, c.password),
+            None => RegistryAuth::Anonymous,
+        };
+        Ok(RegistrySource {
+            client,
+            reference,
+            auth,
+            has_credentials,
+            retry: opts.retry.clone(),
+        })
+    }
+
+    /// The reference this source serves.
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// The retry budget.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    fn registry(&self) -> String {
+        self.reference.resolve_registry().to_string()
+    }
+
+    /// Fetch a manifest: the reference's own (`digest = None`) or one by
+    /// digest in the same repository. Returns the bytes and their digest,
+    /// checked against the requested digest.
+    pub async fn manifest(
+        &self,
+        digest: Option<&Digest>,
+        limit: u64,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let reference = match digest {
+            Some(d) => self.reference.clone_with_digest(d.to_string()),
+            None => self.reference.clone(),
+        };
+        let what = match digest {
+            Some(d) => format!("manifest {d}"),
+            None => match reference.digest() {
+                Some(d) => format!("manifest {d}"),
+                None => format!("manifest for tag {}", tag_or_digest(&reference)),
+            },
+        };
+        let expected: Option<Digest> = match reference.digest() {
+            Some(d) => Some(d.parse().map_err(|source| RegistryError::BadDigest {
+                reference: reference.whole(),
+                source,
+            })?),
+            None => None,
+        };
+        let (bytes, _) = self
+            .with_retry(&what, || async {
+                self.client
+                    .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFEST_TYPES)
+                    .await
+            })
+            .await?;
+        if bytes.len() as u64 > limit {
+            return Err(RegistryError::ManifestTooLarge {
+                registry: self.registry(),
+                what,
+                limit,
+            });
+        }
+        let actual = match &expected {
+            Some(e) => {
+                let mut h = crate::digest::Hasher::new(e.algorithm());
+                h.update(&bytes);
+                h.finish()
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(RegistryError::ManifestDigest {
+                registry: self.registry(),
+                what,
+                expected,
+                actual,
+            });
+        }
+        Ok((bytes.to_vec(), actual))
+    }
+
+    /// Start streaming a blob from byte `offset`. The registry may answer a
+    /// range request with the whole blob; `BlobBody::start` says which.
+    pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobBody, RegistryError> {
+        let oci = OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.to_string(),
+            size: i64::try_from(desc.size).unwrap_or(i64::MAX),
+            ..OciDescriptor::default()
+        };
+        let what = format!("blob {}", desc.digest);
+        if offset == 0 {
+            let s = self
+                .with_retry(&what, || async {
+                    self.client.pull_blob_stream(&self.reference, &oci).await
+                })
+                .await?;
+            return Ok(BlobBody {
+                stream: s.stream.boxed(),
+                start: 0,
+            });
+        }
+        let r = self
+            .with_retry(&what, || async {
+                self.client
+                    .pull_blob_stream_partial(&self.reference, &oci, offset, None)
+                    .await
+            })
+            .await?;
+        Ok(match r {
+            oci_client::client::BlobResponse::Full(s) => BlobBody {
+                stream: s.stream.boxed(),
+                start: 0,
+            },
+            oci_client::client::BlobResponse::Partial(s) => BlobBody {
+                stream: s.stream.boxed(),
+                start: offset,
+            },
+        })
+    }
+
+    async fn with_retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let detail = match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => match self.classify(e, what) {
+                    Failure::Final(e) => return Err(e),
+                    Failure::Transient(detail) => detail,
+                },
+            };
+            match self.retry.backoff(attempt, started) {
+                Some(pause) => {
+                    tracing::info!(
+                        registry = %self.registry(), what, attempt, "retrying in {pause:?}: {detail}"
+                    );
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                None => {
+                    return Err(RegistryError::Unreachable {
+                        registry: self.registry(),
+                        what: what.to_string(),
+                        detail,
+                        attempts: attempt,
+                        secs: started.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn classify(&self, e: OciDistributionError, what: &str) -> Failure {
+        let registry = self.registry();
+        let repository = self.reference.repository().to_string();
+        let denied = |has_credentials: bool| RegistryError::Denied {
+            registry: registry.clone(),
+            repository: repository.clone(),
+            hint: if has_credentials {
+                "the registry rejected the credentials (check --username/--password-stdin or the docker config)"
+            } else {
+                "the repository does not exist or needs credentials (--username with --password-stdin, or docker login)"
+            },
+        };
+        let not_found = || RegistryError::NotFound {
+            registry: registry.clone(),
+            repository: repository.clone(),
+            what: what.to_string(),
+        };
+        let other = |detail: String| RegistryError::Other {
+            registry: registry.clone(),
+            what: what.to_string(),
+            detail,
+        };
+        match e {
+            OciDistributionError::ImageManifestNotFoundError(_) => Failure::Final(not_found()),
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => {
+                Failure::Final(denied(self.has_credentials))
+            }
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                let msg = envelope
+                    .errors
+                    .iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::NotFound
+                    )
+                }) {
+                    Failure::Final(not_found())
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
+                    Failure::Final(denied(self.has_credentials))
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+                {
+                    Failure::Transient(format!("429 too many requests: {msg}"))
+                } else {
+                    Failure::Final(other(msg))
+                }
+            }
+            OciDistributionError::ServerError { code, message, .. } => match code {
+                404 => Failure::Final(not_found()),
+                401 | 403 => Failure::Final(denied(self.has_credentials)),
+                429 | 500..=599 => Failure::Transient(format!("HTTP {code}: {}", message.trim())),
+                _ => Failure::Final(other(format!("HTTP {code}: {}", message.trim()))),
+            },
+            OciDistributionError::RequestError(re) => {
+                let chain = error_chain(&re);
+                if re.is_connect() && looks_like_tls(&chain) {
+                    Failure::Final(RegistryError::Tls {
+                        registry,
+                        detail: chain,
+                    })
+                } else if re.is_connect() || re.is_timeout() || re.is_request() || re.is_body() {
+                    Failure::Transient(chain)
+                } else {
+                    Failure::Final(other(chain))
+                }
+            }
+            OciDistributionError::IoError(io) => Failure::Transient(io.to_string()),
+            e => Failure::Final(other(error_chain(&e))),
+        }
+    }
+}
+
+fn tag_or_digest(r: &Reference) -> String {
+    match (r.tag(), r.digest()) {
+        (_, Some(d)) => d.to_string(),
+        (Some(t), None) => t.to_string(),
+        (None, None) => "latest".to_string(),
+    }
+}
+
+/// For loopback and `--insecure` registries: does the registry speak plain
+/// HTTP rather than TLS? Connection failures are retried like any fetch.
+async fn probe_plain_http(
+    registry: &str,
+    certs: &[Certificate],
+    opts: &RegistryOptions,
+) -> Result<bool, RegistryError> {
+    let mut builder = reqwest::Client::builder()
+        .danger_accept_invalid_certs(opts.insecure)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    let mut roots = Vec::new();
+    for c in certs {
+        roots.push(
+            reqwest::Certificate::from_pem(&c.data)
+                .map_err(|e| RegistryError::Client(format!("bad CA certificate: {e}")))?,
+        );
+    }
+    builder = builder.tls_certs_merge(roots);
+    let client = builder
+        .build()
+        .map_err(|e| RegistryError::Client(e.to_string()))?;
+    let started = Instant::now();
+    let mut attempt = 1;
+    loop {
+        let tls_err = match client.get(format!("https://{registry}/v2/")).send().await {
+            Ok(_) => return Ok(false),
+            Err(e) => e,
+        };
+        let tls_chain = error_chain(&tls_err);
+        let detail = match client.get(format!("http://{registry}/v2/")).send().await {
+            Ok(resp) => {
+                let api = resp
+                    .headers()
+                    .contains_key("docker-distribution-api-version");
+                if api || matches!(resp.status().as_u16(), 200 | 401) {
+                    return Ok(true);
+                }
+                return Err(RegistryError::Tls {
+                    registry: registry.to_string(),
+                    detail: tls_chain,
+                });
+            }
+            Err(e) if tls_err.is_connect() && looks_like_tls(&tls_chain) && !e.is_connect() => {
+                return Err(RegistryError::Tls {
+                    registry: registry.to_string(),
+                    detail: tls_chain,
+                });
+            }
+            Err(e) => error_chain(&e),
+        };
+        match opts.retry.backoff(attempt, started) {
+            Some(pause) => {
+                tracing::info!(registry, attempt, "retrying in {pause:?}: {detail}");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            None => {
+                return Err(RegistryError::Unreachable {
+                    registry: registry.to_string(),
+                    what: "/v2/".into(),
+                    detail,
+                    attempts: attempt,
+                    secs: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:5000",
+            "localhost",
+            "localhost:80",
+            "[::1]:5000",
+            "127.3.2.1",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "quay.io:443",
+            "index.docker.io",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_bounded_by_attempts_and_time() {
+        let p = RetryPolicy {
+            attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+            max_total: Duration::from_secs(10),
+        };
+        let t = Instant::now();
+        assert_eq!(p.backoff(1, t), Some(Duration::from_millis(100)));
+        assert_eq!(p.backoff(2, t), Some(Duration::from_millis(200)));
+        assert_eq!(p.backoff(3, t), Some(Duration::from_millis(250)));
+        assert_eq!(p.backoff(4, t), None);
+        let tight = RetryPolicy {
+            max_total: Duration::from_millis(50),
+            ..p
+        };
+        assert_eq!(tight.backoff(1, t), None);
+    }
+}
