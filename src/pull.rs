@@ -159,7 +159,7 @@ struct LayerVerifier {
 }
 
 enum Decoder {
-    Plain(Hasher),
+    Plain(Box<Hasher>),
     Gzip(Box<flate2::write::MultiGzDecoder<Hasher>>),
     Zstd(Box<zstd::stream::write::Decoder<'static, Hasher>>),
 }
@@ -168,7 +168,7 @@ impl LayerVerifier {
     fn new(layer: &Layer) -> Result<LayerVerifier, String> {
         let diff = Hasher::new(layer.diff_id.algorithm());
         let decoder = match layer.compression {
-            Compression::None => Decoder::Plain(diff),
+            Compression::None => Decoder::Plain(Box::new(diff)),
             Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(diff))),
             Compression::Zstd => Decoder::Zstd(Box::new(
                 zstd::stream::write::Decoder::new(diff).map_err(|e| e.to_string())?,

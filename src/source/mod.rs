@@ -82,7 +82,7 @@ pub enum SourceError {
         /// The image.
         image: String,
         /// The platform asked for.
-        want: Platform,
+        want: String,
         /// The platforms on offer.
         available: String,
     },
@@ -92,9 +92,9 @@ pub enum SourceError {
         /// The image.
         image: String,
         /// The platform asked for.
-        want: Platform,
+        want: String,
         /// The image's platform.
-        have: Platform,
+        have: String,
     },
     /// A nested index inside an index.
     #[error("{image}: nested image indexes are not supported")]
@@ -406,7 +406,14 @@ impl Source {
                         (e.digest.clone(), Some(e.media_type.clone()))
                     }
                 };
-                let bytes = l.read_small(&d, MAX_MANIFEST_SIZE)?;
+                let bytes = match cache.read_verified(&d)? {
+                    Some(b) => b,
+                    None => {
+                        let b = l.read_small(&d, MAX_MANIFEST_SIZE)?;
+                        cache.put_bytes(&d, &b)?;
+                        b
+                    }
+                };
                 Ok((bytes, Some(d), media_type))
             }
             Source::Archive(a) => Ok((a.manifest_bytes().to_vec(), None, None)),
@@ -536,7 +543,7 @@ pub async fn resolve(
                     .select(&want)
                     .ok_or_else(|| SourceError::PlatformNotFound {
                         image: image.clone(),
-                        want: want.clone(),
+                        want: want.to_string(),
                         available: {
                             let p: Vec<String> =
                                 idx.platforms().iter().map(|p| p.to_string()).collect();
@@ -568,8 +575,8 @@ pub async fn resolve(
     {
         return Err(SourceError::PlatformMismatch {
             image,
-            want: want.clone(),
-            have,
+            want: want.to_string(),
+            have: have.to_string(),
         });
     }
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -627,7 +634,7 @@ mod tests {
             reg(&format!("img:1.0@{d}")),
             format!("docker.io/library/img:1.0@{d}")
         );
-        for bad in ["", "UPPER/case", "img@sha256:abc", "a b"] {
+        for bad in ["", "upper/CASE", "img@sha256:abc", "a b"] {
             assert!(bad.parse::<ImageLocation>().is_err(), "{bad:?} accepted");
         }
     }

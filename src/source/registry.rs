@@ -185,12 +185,16 @@ pub struct RegistryOptions {
     pub retry: RetryPolicy,
 }
 
-/// A connected registry repository.
+/// A registry repository. The HTTP client is set up (and loopback or
+/// `--insecure` registries probed) on first use, so a reference whose blobs
+/// are all cached never touches the network.
 pub struct RegistrySource {
-    client: Client,
+    client: tokio::sync::OnceCell<Client>,
     reference: Reference,
     auth: RegistryAuth,
     has_credentials: bool,
+    certs: Vec<Certificate>,
+    insecure: bool,
     retry: RetryPolicy,
 }
 
@@ -240,9 +244,8 @@ fn looks_like_tls(chain: &str) -> bool {
 }
 
 impl RegistrySource {
-    /// Connect to the registry of `reference`: choose HTTP or HTTPS, load
-    /// credentials. Nothing is fetched yet except, for loopback or
-    /// `--insecure` registries, a probe of `/v2/`.
+    /// Prepare to talk to the registry of `reference`: read CA certificates
+    /// and credentials. Nothing goes over the network until a fetch needs it.
     pub async fn connect(
         reference: Reference,
         opts: &RegistryOptions,
@@ -266,38 +269,50 @@ impl RegistrySource {
                 None => None,
             },
         };
-        let plain_http = if opts.insecure || is_loopback(&registry) {
-            probe_plain_http(&registry, &certs, opts).await?
-        } else {
-            false
-        };
-        let config = ClientConfig {
-            protocol: if plain_http {
-                ClientProtocol::HttpsExcept(vec![registry.clone()])
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: opts.insecure,
-            extra_root_certificates: certs,
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(60)),
-            user_agent: concat!("ocidisk/", env!("CARGO_PKG_VERSION")),
-            ..ClientConfig::default()
-        };
-        let client = Client::try_from(config).map_err(|e| RegistryError::Client(e.to_string()))?;
         let has_credentials = credentials.is_some();
         let auth = match credentials {
             Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         };
         Ok(RegistrySource {
-            client,
+            client: tokio::sync::OnceCell::new(),
             reference,
             auth,
             has_credentials,
+            certs,
+            insecure: opts.insecure,
             retry: opts.retry.clone(),
         })
+    }
+
+    /// The HTTP client, built on first use: choose HTTP or HTTPS (probing
+    /// `/v2/` for loopback and `--insecure` registries).
+    async fn client(&self) -> Result<&Client, RegistryError> {
+        self.client
+            .get_or_try_init(|| async {
+                let registry = self.registry();
+                let plain_http = if self.insecure || is_loopback(&registry) {
+                    probe_plain_http(&registry, &self.certs, self.insecure, &self.retry).await?
+                } else {
+                    false
+                };
+                let config = ClientConfig {
+                    protocol: if plain_http {
+                        ClientProtocol::HttpsExcept(vec![registry.clone()])
+                    } else {
+                        ClientProtocol::Https
+                    },
+                    accept_invalid_certificates: self.insecure,
+                    extra_root_certificates: self.certs.clone(),
+                    platform_resolver: None,
+                    connect_timeout: Some(Duration::from_secs(15)),
+                    read_timeout: Some(Duration::from_secs(60)),
+                    user_agent: concat!("ocidisk/", env!("CARGO_PKG_VERSION")),
+                    ..ClientConfig::default()
+                };
+                Client::try_from(config).map_err(|e| RegistryError::Client(e.to_string()))
+            })
+            .await
     }
 
     /// The reference this source serves.
@@ -340,9 +355,10 @@ impl RegistrySource {
             })?),
             None => None,
         };
+        let client = self.client().await?;
         let (bytes, _) = self
             .with_retry(&what, || async {
-                self.client
+                client
                     .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFEST_TYPES)
                     .await
             })
@@ -385,10 +401,11 @@ impl RegistrySource {
             ..OciDescriptor::default()
         };
         let what = format!("blob {}", desc.digest);
+        let client = self.client().await?;
         if offset == 0 {
             let s = self
                 .with_retry(&what, || async {
-                    self.client.pull_blob_stream(&self.reference, &oci).await
+                    client.pull_blob_stream(&self.reference, &oci).await
                 })
                 .await?;
             return Ok(BlobBody {
@@ -398,7 +415,7 @@ impl RegistrySource {
         }
         let r = self
             .with_retry(&what, || async {
-                self.client
+                client
                     .pull_blob_stream_partial(&self.reference, &oci, offset, None)
                     .await
             })
@@ -549,10 +566,11 @@ fn tag_or_digest(r: &Reference) -> String {
 async fn probe_plain_http(
     registry: &str,
     certs: &[Certificate],
-    opts: &RegistryOptions,
+    insecure: bool,
+    retry: &RetryPolicy,
 ) -> Result<bool, RegistryError> {
     let mut builder = reqwest::Client::builder()
-        .danger_accept_invalid_certs(opts.insecure)
+        .danger_accept_invalid_certs(insecure)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30));
     let mut roots = Vec::new();
@@ -595,7 +613,7 @@ async fn probe_plain_http(
             }
             Err(e) => error_chain(&e),
         };
-        match opts.retry.backoff(attempt, started) {
+        match retry.backoff(attempt, started) {
             Some(pause) => {
                 tracing::info!(registry, attempt, "retrying in {pause:?}: {detail}");
                 tokio::time::sleep(pause).await;
