@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: install what the tests need (if missing), check format
+# and lints, then run every unit and integration test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets

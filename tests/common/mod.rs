@@ -1,0 +1,8 @@
+//! Shared infrastructure for ocidisk's integration tests: a real local
+//! registry ([`registry`]), a deterministic OCI image generator with an
+//! oracle of the expected root filesystem ([`imagegen`]), and a runner for
+//! the `ocidisk` binary ([`cli`]).
+
+pub mod cli;
+pub mod imagegen;
+pub mod registry;
