@@ -324,3 +324,68 @@ fn corrupt_cached_blob_is_detected_and_fetched_again() {
     );
     o.assert_cache_consistent();
 }
+
+/// Make the registry answer 500 for a blob: its data file becomes a
+/// symlink loop, which distribution's filesystem driver cannot read.
+fn break_blob(reg: &Registry, digest: &str) -> std::path::PathBuf {
+    let data = reg.blob_data_path(digest);
+    let saved = data.with_extension("saved");
+    std::fs::rename(&data, &saved).unwrap();
+    std::os::unix::fs::symlink("data", &data).unwrap();
+    saved
+}
+
+fn saw_status(reg: &Registry, digest: &str, status: u16) -> bool {
+    reg.requests()
+        .iter()
+        .any(|r| r.is_blob_fetch() && r.reference() == Some(digest) && r.status == status)
+}
+
+#[test]
+fn server_errors_are_retried_until_the_registry_recovers() {
+    let reg = Registry::start();
+    let img = push_standard(&reg, Compression::Gzip, "flaky");
+    let victim = img.layers[2].digest.clone();
+    let data = reg.blob_data_path(&victim);
+    let saved = break_blob(&reg, &victim);
+    let o = Ocidisk::new();
+    let r = format!("{}/flaky:v1", reg.host());
+    std::thread::scope(|s| {
+        // Repair the blob only once the registry has answered 500 for it.
+        let repair = s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !saw_status(&reg, &victim, 500) {
+                assert!(Instant::now() < deadline, "no 500 logged for {victim}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::remove_file(&data).unwrap();
+            std::fs::rename(&saved, &data).unwrap();
+        });
+        assert_eq!(o.ok(&["pull", &r]).trim(), img.manifest_digest);
+        repair.join().unwrap();
+    });
+    assert!(saw_status(&reg, &victim, 200), "the retry fetched the blob");
+    o.assert_cache_consistent();
+}
+
+#[test]
+fn persistent_server_errors_fail_naming_registry_and_blob() {
+    let reg = Registry::start();
+    let img = push_standard(&reg, Compression::Gzip, "broken");
+    let victim = img.layers[0].digest.clone();
+    break_blob(&reg, &victim);
+    let o = Ocidisk::new();
+    let err = o.fail(&[
+        "pull",
+        "--retry-times",
+        "1",
+        &format!("{}/broken:v1", reg.host()),
+    ]);
+    assert!(err.contains(&reg.host()) && err.contains(&victim), "{err}");
+    assert!(
+        err.contains("HTTP 500") && err.contains("2 attempts"),
+        "{err}"
+    );
+    assert!(!o.cached_blobs().contains(&victim));
+    o.assert_cache_consistent();
+}
