@@ -17,6 +17,8 @@ packages=(
   e2fsprogs         # e2fsck, debugfs
   zstd
   pigz
+  bc                # bench arithmetic
+  time              # GNU time: peak RSS in bench/
 )
 
 missing=()

@@ -35,6 +35,7 @@
 pub mod cache;
 pub mod digest;
 pub mod inspect;
+pub mod layer_index;
 pub mod progress;
 pub mod pull;
 pub mod source;

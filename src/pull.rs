@@ -16,6 +16,8 @@ use serde::Serialize;
 
 use crate::cache::{BlobCache, CacheError, ImageRecord, now_secs};
 use crate::digest::{Digest, Hasher};
+use crate::layer_index::tar::TarError;
+use crate::layer_index::{IndexError, IndexSink, IndexStore, LayerIndex, finish_index, index_blob};
 use crate::source::manifest::Compression;
 use crate::source::platform::Platform;
 use crate::source::{
@@ -46,6 +48,9 @@ pub enum PullError {
         /// What the content hashes to.
         actual: Digest,
     },
+    /// The layer's tar stream is invalid, or indexing failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
     /// The layer does not decompress.
     #[error(
         "layer {layer} of {image} is not valid {compression:?} data: {detail}; nothing was kept"
@@ -121,8 +126,9 @@ pub async fn pull(
 ) -> Result<PullReport, PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
     let image = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
+    let indexes = IndexStore::new(cache)?;
     let results: Vec<(bool, u64)> = futures_util::stream::iter(image.layers.iter())
-        .map(|layer| fetch_layer(&source, cache, &image, layer, progress.as_ref()))
+        .map(|layer| fetch_layer(&source, cache, &indexes, &image, layer, progress.as_ref()))
         .buffered(opts.concurrency.max(1))
         .try_collect()
         .await?;
@@ -151,27 +157,60 @@ pub async fn pull(
     Ok(report)
 }
 
-/// Checks a layer as it streams: blob digest and diff_id.
+/// The index of a cached layer: from the store, or built from the blob.
+pub async fn ensure_index(
+    cache: &BlobCache,
+    indexes: &IndexStore,
+    layer: &Layer,
+) -> Result<LayerIndex, PullError> {
+    if let Some(ix) = indexes.load(&layer.descriptor.digest) {
+        return Ok(ix);
+    }
+    let (path, digest, diff_id, compression) = (
+        cache.blob_path(&layer.descriptor.digest),
+        layer.descriptor.digest.clone(),
+        layer.diff_id.clone(),
+        layer.compression,
+    );
+    let ix = tokio::task::spawn_blocking(move || index_blob(&path, &digest, &diff_id, compression))
+        .await
+        .expect("indexing does not panic")?;
+    indexes.save(&ix)?;
+    Ok(ix)
+}
+
+/// Checks a layer as it streams: blob digest, diff_id and tar structure,
+/// building the layer index on the way.
 struct LayerVerifier {
     blob: Hasher,
     decoder: Decoder,
-    decode_error: Option<String>,
+    decode_error: Option<std::io::Error>,
 }
 
 enum Decoder {
-    Plain(Box<Hasher>),
-    Gzip(Box<flate2::write::MultiGzDecoder<Hasher>>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, Hasher>>),
+    Plain(Box<IndexSink>),
+    Gzip(Box<flate2::write::MultiGzDecoder<IndexSink>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, IndexSink>>),
+}
+
+/// What the verifier concluded about the uncompressed stream.
+enum Verdict {
+    /// Decompressed fine; here is the sink to check and finish.
+    Sink(Box<IndexSink>),
+    /// The tar inside is malformed.
+    Tar(TarError),
+    /// The compressed data is malformed.
+    Decode(String),
 }
 
 impl LayerVerifier {
     fn new(layer: &Layer) -> Result<LayerVerifier, String> {
-        let diff = Hasher::new(layer.diff_id.algorithm());
+        let sink = IndexSink::new(layer.diff_id.algorithm());
         let decoder = match layer.compression {
-            Compression::None => Decoder::Plain(Box::new(diff)),
-            Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(diff))),
+            Compression::None => Decoder::Plain(Box::new(sink)),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink))),
             Compression::Zstd => Decoder::Zstd(Box::new(
-                zstd::stream::write::Decoder::new(diff).map_err(|e| e.to_string())?,
+                zstd::stream::write::Decoder::new(sink).map_err(|e| e.to_string())?,
             )),
         };
         Ok(LayerVerifier {
@@ -187,33 +226,35 @@ impl LayerVerifier {
             return;
         }
         let r = match &mut self.decoder {
-            Decoder::Plain(h) => {
-                h.update(bytes);
-                Ok(())
-            }
+            Decoder::Plain(h) => h.write_all(bytes),
             Decoder::Gzip(d) => d.write_all(bytes),
             Decoder::Zstd(d) => d.write_all(bytes),
         };
         if let Err(e) = r {
-            self.decode_error = Some(e.to_string());
+            self.decode_error = Some(e);
         }
     }
 
-    /// The blob digest, and the diff_id or the decoder's complaint.
-    fn finish(self) -> (Digest, Result<Digest, String>) {
+    /// The blob digest, and what became of the uncompressed stream.
+    fn finish(self) -> (Digest, Verdict) {
         let blob = self.blob.finish();
+        let classify =
+            |e: std::io::Error| match e.get_ref().and_then(|i| i.downcast_ref::<TarError>()) {
+                Some(t) => Verdict::Tar(t.clone()),
+                None => Verdict::Decode(e.to_string()),
+            };
         if let Some(e) = self.decode_error {
-            return (blob, Err(e));
+            return (blob, classify(e));
         }
-        let diff = match self.decoder {
-            Decoder::Plain(h) => Ok(h.finish()),
-            Decoder::Gzip(d) => d.finish().map(Hasher::finish).map_err(|e| e.to_string()),
-            Decoder::Zstd(mut d) => d
-                .flush()
-                .map(|_| d.into_inner().finish())
-                .map_err(|e| e.to_string()),
+        let sink = match self.decoder {
+            Decoder::Plain(h) => Ok(*h),
+            Decoder::Gzip(d) => d.finish(),
+            Decoder::Zstd(mut d) => d.flush().map(|_| d.into_inner()),
         };
-        (blob, diff)
+        (
+            blob,
+            sink.map_or_else(classify, |s| Verdict::Sink(Box::new(s))),
+        )
     }
 }
 
@@ -227,6 +268,7 @@ enum StreamFailure {
 async fn fetch_layer(
     source: &Source,
     cache: &BlobCache,
+    indexes: &IndexStore,
     image: &ResolvedImage,
     layer: &Layer,
     progress: &dyn PullProgress,
@@ -237,6 +279,7 @@ async fn fetch_layer(
         tokio::task::spawn_blocking(move || cache.has_verified(&digest, Some(size)))
     };
     if check.await.expect("cache check does not panic")? {
+        ensure_index(cache, indexes, layer).await?;
         progress.finish(layer, false);
         return Ok((false, 0));
     }
@@ -286,7 +329,7 @@ async fn fetch_layer(
             }
         }
     }
-    let (blob, diff) = verifier.finish();
+    let (blob, verdict) = verifier.finish();
     if blob != desc.digest {
         return Err(SourceError::DigestMismatch {
             image: image.location.clone(),
@@ -296,8 +339,8 @@ async fn fetch_layer(
         }
         .into());
     }
-    match diff {
-        Err(detail) => {
+    let index = match verdict {
+        Verdict::Decode(detail) => {
             return Err(PullError::Decode {
                 image: image.location.clone(),
                 layer: desc.digest.clone(),
@@ -305,17 +348,30 @@ async fn fetch_layer(
                 detail,
             });
         }
-        Ok(actual) if actual != layer.diff_id => {
-            return Err(PullError::DiffIdMismatch {
-                image: image.location.clone(),
+        Verdict::Tar(source) => {
+            return Err(IndexError::Tar {
                 layer: desc.digest.clone(),
-                expected: layer.diff_id.clone(),
-                actual,
-            });
+                source,
+            }
+            .into());
         }
-        Ok(_) => {}
-    }
+        Verdict::Sink(sink) => match finish_index(*sink, &desc.digest, &layer.diff_id) {
+            Ok(ix) => ix,
+            Err(IndexError::DiffId {
+                expected, actual, ..
+            }) => {
+                return Err(PullError::DiffIdMismatch {
+                    image: image.location.clone(),
+                    layer: desc.digest.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
     writer.commit(&desc.digest)?;
+    indexes.save(&index)?;
     progress.finish(layer, true);
     Ok((true, transferred))
 }

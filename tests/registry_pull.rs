@@ -389,3 +389,40 @@ fn persistent_server_errors_fail_naming_registry_and_blob() {
     assert!(!o.cached_blobs().contains(&victim));
     o.assert_cache_consistent();
 }
+
+#[test]
+fn download_cut_mid_blob_resumes_with_a_range_request() {
+    let reg = Registry::start();
+    // Uncompressed, so the base layer (with its 16 MiB file) is large.
+    let img = push_standard(&reg, Compression::None, "resume");
+    let big = img.layers.iter().max_by_key(|l| l.size).unwrap().clone();
+    assert!(big.size > 8 << 20, "base layer is {} bytes", big.size);
+    let proxy = common::proxy::FaultProxy::start(&reg.host());
+    proxy.cut_connections_after(4 << 20, 1);
+    let o = Ocidisk::new();
+    let out = o.ok(&[
+        "pull",
+        "--jobs",
+        "1",
+        &format!("{}/resume:v1", proxy.host()),
+    ]);
+    assert_eq!(out.trim(), img.manifest_digest);
+    assert_eq!(proxy.cuts_done(), 1, "the proxy cut one connection");
+    let ranged: Vec<_> = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_blob_fetch() && r.reference() == Some(big.digest.as_str()))
+        .map(|r| r.status)
+        .collect();
+    assert!(
+        ranged.contains(&206),
+        "no 206 range answer for the cut blob: {ranged:?}"
+    );
+    // Resumed, not restarted: well under two full copies crossed the proxy.
+    assert!(
+        proxy.bytes_down() < big.size + (big.size / 2),
+        "{} bytes",
+        proxy.bytes_down()
+    );
+    o.assert_cache_consistent();
+}

@@ -5,4 +5,5 @@
 
 pub mod cli;
 pub mod imagegen;
+pub mod proxy;
 pub mod registry;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Benchmark: pull the debootstrap Debian image (one ~51 MB gzip layer) from a
+# local docker-registry into a cold cache, against what users run today for
+# the same step (`skopeo copy docker://… oci:DIR`, which also verifies
+# digests), and against the decompression floor (`gzip -dc` of the layer).
+# ocidisk pull additionally inflates and hashes the layer for its diff_id.
+# Usage: bench/pull.sh [RUNS]   (default 5). Prints medians and ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+bash scripts/setup.sh >/dev/null 2>&1
+layout=$(bash scripts/debian-image.sh)
+cargo build --release --quiet
+bin=$PWD/target/release/ocidisk
+
+work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log: {level: warn, formatter: text, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/registry}}
+http: {addr: 127.0.0.1:$port}
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+ref=127.0.0.1:$port/debian:bookworm
+skopeo copy -q --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
+layer=$(ls -S "$layout/blobs/sha256" | head -1)
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
+time_runs() { # NAME CMD...: run CMD $runs times, cold, print the median seconds
+  local name=$1; shift
+  local t=()
+  for _ in $(seq "$runs"); do
+    rm -rf "$work/out" "$work/cache"; sync
+    local s; s=$(now); "$@" >/dev/null 2>&1; local e; e=$(now)
+    t+=("$(echo "$e - $s" | bc -l)")
+  done
+  printf '%s\n' "${t[@]}" | median
+}
+
+ocidisk_s=$(time_runs ocidisk env OCIDISK_CACHE_DIR="$work/cache" "$bin" pull "$ref")
+skopeo_s=$(time_runs skopeo skopeo copy -q --src-tls-verify=false "docker://$ref" "oci:$work/out:bookworm")
+gzip_s=$(time_runs gzip sh -c "gzip -dc '$layout/blobs/sha256/$layer' >/dev/null")
+rss_kb=$( { rm -rf "$work/cache"; OCIDISK_CACHE_DIR="$work/cache" /usr/bin/time -f '%M' "$bin" pull "$ref" >/dev/null 2>"$work/time.err"; tail -1 "$work/time.err"; } )
+
+echo "image: debootstrap --variant=minbase bookworm, layer $(stat -c %s "$layout/blobs/sha256/$layer") bytes gzip; $runs cold runs each, medians"
+printf '%-40s %8s s\n' "ocidisk pull (verify digest + diff_id)" "$ocidisk_s"
+printf '%-40s %8s s\n' "skopeo copy docker:// -> oci:" "$skopeo_s"
+printf '%-40s %8s s\n' "gzip -dc layer > /dev/null" "$gzip_s"
+printf 'ratio ocidisk/skopeo: %.2f   ratio ocidisk/gzip -dc: %.2f   ocidisk peak RSS: %d MiB\n' \
+  "$(echo "$ocidisk_s / $skopeo_s" | bc -l)" "$(echo "$ocidisk_s / $gzip_s" | bc -l)" "$((rss_kb / 1024))"
