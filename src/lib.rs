@@ -39,6 +39,7 @@ pub mod layer_index;
 pub mod progress;
 pub mod pull;
 pub mod source;
+pub mod tree;
 pub mod units;
 
 pub use cache::BlobCache;
