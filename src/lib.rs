@@ -34,8 +34,11 @@
 
 pub mod cache;
 pub mod digest;
+pub mod ext4;
+pub mod fs_image;
 pub mod inspect;
 pub mod layer_index;
+pub mod materialize;
 pub mod progress;
 pub mod pull;
 pub mod source;

@@ -124,6 +124,16 @@ pub async fn pull(
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
 ) -> Result<PullReport, PullError> {
+    pull_image(opts, cache, progress).await.map(|(r, _)| r)
+}
+
+/// Pull an image into the cache and return it resolved too: every layer
+/// blob is then cached and verified, and its index stored.
+pub async fn pull_image(
+    opts: &PullOptions,
+    cache: &BlobCache,
+    progress: Arc<dyn PullProgress>,
+) -> Result<(PullReport, ResolvedImage), PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
     let image = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
     let indexes = IndexStore::new(cache)?;
@@ -154,7 +164,7 @@ pub async fn pull(
         size,
         pulled_at: now_secs(),
     })?;
-    Ok(report)
+    Ok((report, image))
 }
 
 /// The index of a cached layer: from the store, or built from the blob.

@@ -1,0 +1,307 @@
+//! `materialize`: write an image's complete filesystem to a raw disk file.
+//!
+//! Pull (verify, index) → flatten → plan the filesystem → write the metadata
+//! blocks → stream each layer once, copying every file's bytes from the
+//! decompressed stream straight to its planned place. The output is a sparse
+//! raw file (all-zero chunks are not written), built under a temporary name
+//! next to OUTPUT, fsynced and renamed: an interrupted run leaves nothing
+//! at OUTPUT. File data is never held in memory.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::cache::BlobCache;
+use crate::digest::Digest;
+use crate::ext4::{self, Ext4Error, Ext4Options};
+use crate::fs_image::FsImage;
+use crate::layer_index::IndexStore;
+use crate::pull::{PullError, PullOptions, PullProgress, ensure_index, pull_image};
+use crate::source::manifest::Compression;
+use crate::tree::{Tree, TreeError};
+
+/// Errors materializing an image.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    /// Pulling failed.
+    #[error(transparent)]
+    Pull(#[from] Box<PullError>),
+    /// The layers do not form a valid tree.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// The filesystem cannot be built.
+    #[error(transparent)]
+    Ext4(#[from] Ext4Error),
+    /// Writing the output failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Reading a cached layer failed.
+    #[error("reading layer {layer}: {source}")]
+    ReadLayer {
+        /// The layer.
+        layer: Digest,
+        /// The error.
+        source: io::Error,
+    },
+    /// The output path is not usable.
+    #[error("output {0}: {1}")]
+    Output(PathBuf, &'static str),
+}
+
+/// The filesystems ocidisk writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Filesystem {
+    /// ext4.
+    Ext4,
+}
+
+/// What to materialize and how.
+#[derive(Debug, Clone)]
+pub struct MaterializeOptions {
+    /// The image.
+    pub pull: PullOptions,
+    /// Output file.
+    pub output: PathBuf,
+    /// Filesystem type.
+    pub filesystem: Filesystem,
+    /// Size in bytes (`None`: fit the content, see the ext4 module).
+    pub size: Option<u64>,
+    /// Read-only image (no journal, little headroom).
+    pub read_only: bool,
+    /// Filesystem UUID; derived from the image digest when `None`.
+    pub uuid: Option<[u8; 16]>,
+}
+
+/// What was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaterializeReport {
+    /// The image.
+    pub reference: String,
+    /// Its digest.
+    pub image_id: Digest,
+    /// Output file.
+    pub output: PathBuf,
+    /// Device size.
+    pub size: u64,
+    /// File bytes copied from layers.
+    pub data_bytes: u64,
+    /// Metadata blocks written.
+    pub metadata_blocks: usize,
+}
+
+/// A UUID derived from the image digest: stable across runs.
+pub fn derived_uuid(image_id: &Digest) -> [u8; 16] {
+    let h = Digest::sha256_of(format!("ocidisk-uuid:{image_id}").as_bytes());
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&hex::decode(&h.hex()[..32]).expect("hex"));
+    u[6] = (u[6] & 0x0f) | 0x40; // version 4 layout
+    u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
+    u
+}
+
+fn derived_hash_seed(image_id: &Digest) -> [u32; 4] {
+    let h = Digest::sha256_of(format!("ocidisk-hash-seed:{image_id}").as_bytes());
+    let b = hex::decode(&h.hex()[..32]).expect("hex");
+    [0, 4, 8, 12].map(|i| u32::from_le_bytes(b[i..i + 4].try_into().expect("4")))
+}
+
+/// Removes the temp file unless disarmed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Materialize an image into a raw disk file.
+pub async fn materialize(
+    opts: &MaterializeOptions,
+    cache: &BlobCache,
+    progress: Arc<dyn PullProgress>,
+) -> Result<MaterializeReport, MaterializeError> {
+    if opts.output.is_dir() {
+        return Err(MaterializeError::Output(
+            opts.output.clone(),
+            "is a directory",
+        ));
+    }
+    let (report, image) = pull_image(&opts.pull, cache, progress)
+        .await
+        .map_err(Box::new)?;
+    let store = IndexStore::new(cache).map_err(|e| Box::new(PullError::from(e)))?;
+    let mut indexes = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        indexes.push(ensure_index(cache, &store, layer).await.map_err(Box::new)?);
+    }
+    let tree = Tree::flatten(&indexes)?;
+    let ext4_opts = Ext4Options {
+        size: opts.size,
+        read_only: opts.read_only,
+        uuid: opts.uuid.unwrap_or_else(|| derived_uuid(image.id())),
+        hash_seed: derived_hash_seed(image.id()),
+    };
+    let fs = tokio::task::spawn_blocking(move || ext4::build(&tree, &ext4_opts))
+        .await
+        .expect("planning does not panic")?;
+    let layers: Vec<(Digest, PathBuf, Compression)> = image
+        .layers
+        .iter()
+        .map(|l| {
+            (
+                l.descriptor.digest.clone(),
+                cache.blob_path(&l.descriptor.digest),
+                l.compression,
+            )
+        })
+        .collect();
+    let output = opts.output.clone();
+    let data_bytes: u64 = fs.data.iter().map(|e| e.len).sum();
+    let metadata_blocks = fs.metadata.len();
+    let size = fs.size;
+    tokio::task::spawn_blocking(move || write_image(&fs, &layers, &output))
+        .await
+        .expect("writing does not panic")?;
+    Ok(MaterializeReport {
+        reference: report.reference,
+        image_id: report.image_id,
+        output: opts.output.clone(),
+        size,
+        data_bytes,
+        metadata_blocks,
+    })
+}
+
+fn write_image(
+    fs: &FsImage,
+    layers: &[(Digest, PathBuf, Compression)],
+    output: &Path,
+) -> Result<(), MaterializeError> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = output
+        .file_name()
+        .ok_or_else(|| MaterializeError::Output(output.to_path_buf(), "has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.ocidisk-{}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let werr = |source| MaterializeError::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    let file = File::create(&tmp).map_err(werr)?;
+    let mut guard = TempGuard(Some(tmp.clone()));
+    file.set_len(fs.size).map_err(werr)?;
+    for (block, bytes) in &fs.metadata {
+        file.write_all_at(bytes, block * crate::fs_image::BLOCK_SIZE)
+            .map_err(werr)?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, (digest, path, compression)) in layers.iter().enumerate() {
+        let extents = fs.extents_of_layer(i);
+        if extents.is_empty() {
+            continue;
+        }
+        let rerr = |source| MaterializeError::ReadLayer {
+            layer: digest.clone(),
+            source,
+        };
+        let f = io::BufReader::with_capacity(1 << 20, File::open(path).map_err(rerr)?);
+        let mut reader: Box<dyn Read> = match compression {
+            Compression::None => Box::new(f),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(rerr)?),
+        };
+        let mut pos = 0u64;
+        for e in extents {
+            let skip = e.tar_offset - pos;
+            let skipped = io::copy(&mut (&mut reader).take(skip), &mut io::sink()).map_err(rerr)?;
+            if skipped != skip {
+                return Err(rerr(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "layer ended before a file's data",
+                )));
+            }
+            let mut done = 0u64;
+            while done < e.len {
+                let n = (e.len - done).min(buf.len() as u64) as usize;
+                reader.read_exact(&mut buf[..n]).map_err(rerr)?;
+                write_nonzero(&file, &buf[..n], e.device_offset + done).map_err(werr)?;
+                done += n as u64;
+            }
+            pos = e.tar_offset + e.len;
+        }
+    }
+    file.sync_all().map_err(werr)?;
+    drop(file);
+    std::fs::rename(&tmp, output).map_err(werr)?;
+    guard.0 = None;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Write `data` at `offset`, skipping 4 KiB-aligned all-zero pieces (the file
+/// is sparse and reads zeros there already).
+fn write_nonzero(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut i = 0usize;
+    while i < data.len() {
+        let next = ((offset + i as u64) / 4096 + 1) * 4096;
+        let end = ((next - offset) as usize).min(data.len());
+        let piece = &data[i..end];
+        if piece.iter().any(|b| *b != 0) {
+            file.write_all_at(piece, offset + i as u64)?;
+        }
+        i = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_stable_and_well_formed() {
+        let d = Digest::sha256_of(b"image");
+        let u = derived_uuid(&d);
+        assert_eq!(u, derived_uuid(&d));
+        assert_ne!(u, derived_uuid(&Digest::sha256_of(b"other")));
+        assert_eq!(u[6] >> 4, 4);
+        assert_eq!(u[8] >> 6, 2);
+    }
+
+    #[test]
+    fn zero_pieces_are_not_written() {
+        let d = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(d.path().join("x"))
+            .unwrap();
+        f.set_len(3 * 4096).unwrap();
+        let mut data = vec![0u8; 3 * 4096];
+        data[5000] = 1;
+        write_nonzero(&f, &data, 0).unwrap();
+        let mut back = vec![0u8; 3 * 4096];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(back, data);
+    }
+}
