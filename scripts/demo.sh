@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: install what is needed, build a
 # real Debian image, start a local registry holding it, and show ocidisk
-# inspecting and pulling it (a second pull downloads nothing).
+# inspecting and pulling it (a second pull downloads nothing), then writing
+# it as an ext4 disk image that e2fsck accepts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -35,3 +36,6 @@ set -x
 "$bin" pull "$ref"
 "$bin" pull "$ref"
 "$bin" cache list
+"$bin" materialize "$ref" "$work/debian.img"
+e2fsck -fn "$work/debian.img"
+ls -ls "$work/debian.img"

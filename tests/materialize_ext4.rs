@@ -380,6 +380,29 @@ fn sparse_file_over_4gib_large_xattr_and_acl() {
         &data[..],
     )
     .unwrap();
+    // 1,500 one-byte segments in separate blocks: 1,500 extents need a
+    // depth-2 tree, and the sparse map spans several 512-byte blocks.
+    const SEGS: u64 = 1500;
+    let mut map = format!("{SEGS}\n");
+    for i in 0..SEGS {
+        map.push_str(&format!("{}\n1\n", i * 8192 + 7));
+    }
+    let mut data = map.into_bytes();
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    data.extend((0..SEGS).map(|i| (i % 250) as u8 + 1));
+    b.append_pax_extensions([
+        ("GNU.sparse.major", &b"1"[..]),
+        ("GNU.sparse.minor", &b"0"[..]),
+        ("GNU.sparse.name", &b"many-extents"[..]),
+        ("GNU.sparse.realsize", (SEGS * 8192).to_string().as_bytes()),
+    ])
+    .unwrap();
+    b.append_data(
+        &mut header(tar::EntryType::Regular, data.len() as u64),
+        "GNUSparseFile.0/many-extents",
+        &data[..],
+    )
+    .unwrap();
     // A 3,000-byte xattr (needs an xattr block) and a POSIX ACL.
     let mut acl = 2u32.to_le_bytes().to_vec();
     for (tag, perm, id) in [
@@ -431,6 +454,27 @@ fn sparse_file_over_4gib_large_xattr_and_acl() {
     assert_eq!(&buf[..4], b"tail");
     f.read_exact_at(&mut buf, 4 << 30).unwrap();
     assert!(buf.iter().all(|b| *b == 0), "holes read as zeros");
+
+    let many = std::fs::read(m.path().join("many-extents")).unwrap();
+    assert_eq!(many.len() as u64, SEGS * 8192);
+    for i in 0..SEGS {
+        let at = (i * 8192 + 7) as usize;
+        assert_eq!(many[at], (i % 250) as u8 + 1, "segment {i}");
+        assert_eq!(many[at - 1], 0);
+    }
+    let stat = run_ok(
+        Command::new("debugfs")
+            .args(["-R", "stat /many-extents"])
+            .arg(&img),
+        Duration::from_secs(60),
+    );
+    // debugfs lists external tree blocks as (ETB<level>): level 1 exists only
+    // when the tree has index blocks below the inode, i.e. depth 2.
+    assert!(
+        stat.stdout.contains("(ETB0)") && stat.stdout.contains("(ETB1)"),
+        "expected a depth-2 extent tree:\n{}",
+        stat.stdout
+    );
 
     let x = imagegen::read_xattrs(&m.path().join("attrs"));
     assert_eq!(x.get("user.big"), Some(&hex::encode(&big_value)));

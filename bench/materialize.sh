@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Benchmark: materialize the debootstrap Debian image (one ~51 MB gzip layer,
+# 121 MB tar, 6,658 entries) from a local docker-registry into an ext4 image,
+# against what users do today, in the same run:
+#   skopeo copy docker://… oci:DIR + umoci unpack + mke2fs -t ext4 -d ROOTFS IMG SIZE
+# and against the decompression floor, `gzip -dc` of the layer.
+# ocidisk starts from an empty cache each run (download, verify, index, write).
+# Usage: bench/materialize.sh [RUNS]   (default 5). Prints medians and ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+bash scripts/setup.sh >/dev/null 2>&1
+layout=$(bash scripts/debian-image.sh)
+cargo build --release --quiet
+bin=$PWD/target/release/ocidisk
+
+work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log: {level: warn, formatter: text, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/registry}}
+http: {addr: 127.0.0.1:$port}
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+ref=127.0.0.1:$port/debian:bookworm
+skopeo copy -q --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
+layer=$(ls -S "$layout/blobs/sha256" | head -1)
+
+# The same size for both: what ocidisk chooses for a writable image.
+OCIDISK_CACHE_DIR="$work/sizecache" "$bin" materialize "$ref" "$work/size.img" 2>/dev/null
+size_bytes=$(stat -c %s "$work/size.img"); rm -rf "$work/size.img" "$work/sizecache"
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
+cold() { rm -rf "$work/cache" "$work/out" "$work/bundle" "$work/img" "$work/ocidisk.img"; sync; }
+time_runs() { # CMD...: run $runs times from cold, print the median seconds
+  local t=()
+  for _ in $(seq "$runs"); do
+    cold
+    local s; s=$(now); "$@" >/dev/null 2>&1; local e; e=$(now)
+    t+=("$(echo "$e - $s" | bc -l)")
+  done
+  printf '%s\n' "${t[@]}" | median
+}
+pipeline() {
+  skopeo copy -q --src-tls-verify=false "docker://$ref" "oci:$work/out:bookworm" &&
+  umoci unpack --image "$work/out:bookworm" "$work/bundle" &&
+  mke2fs -q -t ext4 -d "$work/bundle/rootfs" "$work/img" "$((size_bytes / 1024))k"
+}
+
+ocidisk_s=$(time_runs env OCIDISK_CACHE_DIR="$work/cache" "$bin" materialize "$ref" "$work/ocidisk.img")
+warm_t=(); cold; OCIDISK_CACHE_DIR="$work/cache" "$bin" pull "$ref" >/dev/null 2>&1
+for _ in $(seq "$runs"); do rm -f "$work/ocidisk.img"; s=$(now); OCIDISK_CACHE_DIR="$work/cache" "$bin" materialize "$ref" "$work/ocidisk.img" >/dev/null 2>&1; e=$(now); warm_t+=("$(echo "$e - $s" | bc -l)"); done
+warm_s=$(printf '%s\n' "${warm_t[@]}" | median)
+pipeline_s=$(time_runs pipeline)
+gzip_s=$(time_runs sh -c "gzip -dc '$layout/blobs/sha256/$layer' >/dev/null")
+cold
+OCIDISK_CACHE_DIR="$work/cache" /usr/bin/time -f '%M' "$bin" materialize "$ref" "$work/ocidisk.img" >/dev/null 2>"$work/time.err"
+rss_kb=$(tail -1 "$work/time.err")
+
+echo "image: debootstrap --variant=minbase bookworm, layer $(stat -c %s "$layout/blobs/sha256/$layer") bytes gzip; ext4 image $size_bytes bytes; $runs runs each, medians"
+printf '%-58s %8s s\n' "ocidisk materialize, cold cache (pull + index + write)" "$ocidisk_s"
+printf '%-58s %8s s\n' "ocidisk materialize, layer already cached" "$warm_s"
+printf '%-58s %8s s\n' "skopeo copy + umoci unpack + mke2fs -t ext4 -d" "$pipeline_s"
+printf '%-58s %8s s\n' "gzip -dc layer > /dev/null" "$gzip_s"
+printf 'ratio cold/pipeline: %.2f   cold/gzip -dc: %.2f   warm/gzip -dc: %.2f   peak RSS (cold): %d MiB\n' \
+  "$(echo "$ocidisk_s / $pipeline_s" | bc -l)" "$(echo "$ocidisk_s / $gzip_s" | bc -l)" \
+  "$(echo "$warm_s / $gzip_s" | bc -l)" "$((rss_kb / 1024))"
