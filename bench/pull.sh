@@ -23,7 +23,7 @@ http: {addr: 127.0.0.1:$port}
 YML
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
-trap 'kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
 ref=127.0.0.1:$port/debian:bookworm
 skopeo copy -q --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
