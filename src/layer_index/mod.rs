@@ -6,6 +6,7 @@
 //! the zstd-compressed body. A file with another version or a wrong checksum
 //! is ignored and rebuilt, never trusted.
 
+pub mod gzip;
 pub mod tar;
 
 use std::io::{self, Read, Write};
