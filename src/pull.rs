@@ -16,8 +16,7 @@ use serde::Serialize;
 
 use crate::cache::{BlobCache, CacheError, ImageRecord, now_secs};
 use crate::digest::{Digest, Hasher};
-use crate::layer_index::tar::TarError;
-use crate::layer_index::{IndexError, IndexSink, IndexStore, LayerIndex, finish_index, index_blob};
+use crate::layer_index::{IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, index_blob};
 use crate::source::manifest::Compression;
 use crate::source::platform::Platform;
 use crate::source::{
@@ -190,81 +189,44 @@ pub async fn ensure_index(
 }
 
 /// Checks a layer as it streams: blob digest, diff_id and tar structure,
-/// building the layer index on the way.
+/// building the layer index (entries, access points, span hashes) on the way.
 struct LayerVerifier {
     blob: Hasher,
-    decoder: Decoder,
-    decode_error: Option<std::io::Error>,
-}
-
-enum Decoder {
-    Plain(Box<IndexSink>),
-    Gzip(Box<flate2::write::MultiGzDecoder<IndexSink>>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, IndexSink>>),
-}
-
-/// What the verifier concluded about the uncompressed stream.
-enum Verdict {
-    /// Decompressed fine; here is the sink to check and finish.
-    Sink(Box<IndexSink>),
-    /// The tar inside is malformed.
-    Tar(TarError),
-    /// The compressed data is malformed.
-    Decode(String),
+    indexer: LayerIndexer,
+    error: Option<PushError>,
 }
 
 impl LayerVerifier {
     fn new(layer: &Layer) -> Result<LayerVerifier, String> {
-        let sink = IndexSink::new(layer.diff_id.algorithm());
-        let decoder = match layer.compression {
-            Compression::None => Decoder::Plain(Box::new(sink)),
-            Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink))),
-            Compression::Zstd => Decoder::Zstd(Box::new(
-                zstd::stream::write::Decoder::new(sink).map_err(|e| e.to_string())?,
-            )),
-        };
+        let indexer = LayerIndexer::new(layer.compression, layer.diff_id.algorithm()).map_err(
+            |e| match e {
+                PushError::Decode(d) => d,
+                PushError::Tar(t) => t.to_string(),
+            },
+        )?;
         Ok(LayerVerifier {
             blob: Hasher::new(layer.descriptor.digest.algorithm()),
-            decoder,
-            decode_error: None,
+            indexer,
+            error: None,
         })
     }
 
     fn update(&mut self, bytes: &[u8]) {
         self.blob.update(bytes);
-        if self.decode_error.is_some() {
-            return;
-        }
-        let r = match &mut self.decoder {
-            Decoder::Plain(h) => h.write_all(bytes),
-            Decoder::Gzip(d) => d.write_all(bytes),
-            Decoder::Zstd(d) => d.write_all(bytes),
-        };
-        if let Err(e) = r {
-            self.decode_error = Some(e);
+        if self.error.is_none()
+            && let Err(e) = self.indexer.push(bytes)
+        {
+            self.error = Some(e);
         }
     }
 
-    /// The blob digest, and what became of the uncompressed stream.
-    fn finish(self) -> (Digest, Verdict) {
+    /// The blob digest, and the indexer (or why the stream broke).
+    fn finish(self) -> (Digest, Result<LayerIndexer, PushError>) {
         let blob = self.blob.finish();
-        let classify =
-            |e: std::io::Error| match e.get_ref().and_then(|i| i.downcast_ref::<TarError>()) {
-                Some(t) => Verdict::Tar(t.clone()),
-                None => Verdict::Decode(e.to_string()),
-            };
-        if let Some(e) = self.decode_error {
-            return (blob, classify(e));
+        match self.error {
+            Some(e) => (blob, Err(e)),
+            None => (blob, Ok(self.indexer)),
         }
-        let sink = match self.decoder {
-            Decoder::Plain(h) => Ok(*h),
-            Decoder::Gzip(d) => d.finish(),
-            Decoder::Zstd(mut d) => d.flush().map(|_| d.into_inner()),
-        };
-        (
-            blob,
-            sink.map_or_else(classify, |s| Verdict::Sink(Box::new(s))),
-        )
     }
 }
 
@@ -350,7 +312,7 @@ async fn fetch_layer(
         .into());
     }
     let index = match verdict {
-        Verdict::Decode(detail) => {
+        Err(PushError::Decode(detail)) => {
             return Err(PullError::Decode {
                 image: image.location.clone(),
                 layer: desc.digest.clone(),
@@ -358,14 +320,14 @@ async fn fetch_layer(
                 detail,
             });
         }
-        Verdict::Tar(source) => {
+        Err(PushError::Tar(source)) => {
             return Err(IndexError::Tar {
                 layer: desc.digest.clone(),
                 source,
             }
             .into());
         }
-        Verdict::Sink(sink) => match finish_index(*sink, &desc.digest, &layer.diff_id) {
+        Ok(ix) => match ix.finish(&desc.digest, &layer.diff_id) {
             Ok(ix) => ix,
             Err(IndexError::DiffId {
                 expected, actual, ..

@@ -523,6 +523,8 @@ mod tests {
             diff_id: Digest::sha256_of(&[n, n]),
             tar_size: 0,
             entries,
+            access: crate::layer_index::Access::Tar,
+            spans: Vec::new(),
         }
     }
 

@@ -207,11 +207,14 @@ impl Indexer {
         self.ring_pos = (self.ring_pos + data.len()) % WINDOW;
     }
 
-    /// Feed compressed bytes; `sink` receives the uncompressed output.
+    /// Feed compressed bytes; `sink` receives the uncompressed output and
+    /// `checkpoint` is called whenever a checkpoint is recorded (after the
+    /// output before it went to `sink`).
     pub fn push(
         &mut self,
         mut input: &[u8],
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        checkpoint: &mut dyn FnMut(),
     ) -> std::io::Result<()> {
         let corrupt =
             |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, GzipError::Corrupt(m));
@@ -263,6 +266,7 @@ impl Indexer {
                     window: self.window(),
                 });
                 self.last = Some(self.total_out);
+                checkpoint();
             }
             if used == 0 && made == 0 {
                 break;
@@ -389,10 +393,14 @@ mod tests {
         let mut ix = Indexer::new(span);
         let mut out = Vec::new();
         for c in gz.chunks(chunk) {
-            ix.push(c, &mut |d| {
-                out.extend_from_slice(d);
-                Ok(())
-            })
+            ix.push(
+                c,
+                &mut |d| {
+                    out.extend_from_slice(d);
+                    Ok(())
+                },
+                &mut || {},
+            )
             .unwrap();
         }
         (out, ix.finish().unwrap())
@@ -455,15 +463,19 @@ mod tests {
         let data = sample(200 << 10);
         let gz = gzip(&data, 6);
         let mut ix = Indexer::new(1 << 20);
-        ix.push(&gz[..gz.len() / 2], &mut |_| Ok(())).unwrap();
+        ix.push(&gz[..gz.len() / 2], &mut |_| Ok(()), &mut || {})
+            .unwrap();
         assert_eq!(ix.finish().unwrap_err(), GzipError::Truncated);
         let mut bad = gz.clone();
         bad[gz.len() / 2] ^= 0xff;
         bad[gz.len() / 2 + 1] ^= 0x55;
         let mut ix = Indexer::new(1 << 20);
-        let r = ix.push(&bad, &mut |_| Ok(()));
+        let r = ix.push(&bad, &mut |_| Ok(()), &mut || {});
         assert!(r.is_err() || ix.finish().is_err());
         let mut ix = Indexer::new(1 << 20);
-        assert!(ix.push(b"not gzip at all", &mut |_| Ok(())).is_err());
+        assert!(
+            ix.push(b"not gzip at all", &mut |_| Ok(()), &mut || {})
+                .is_err()
+        );
     }
 }

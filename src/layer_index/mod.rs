@@ -18,7 +18,7 @@ use crate::source::manifest::Compression;
 use tar::{EntryKind, SparseSegment, TarEntry, TarError, TarIndexer};
 
 const MAGIC: &[u8; 8] = b"OCIDLIX\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Errors building or loading layer indexes.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,31 @@ pub enum IndexError {
     Cache(#[from] CacheError),
 }
 
+/// Uncompressed bytes between span boundaries (gzip spans end at the first
+/// deflate block boundary past this much output).
+pub const SPAN: u64 = 1 << 20;
+
+/// How to start reading a layer somewhere in the middle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// An uncompressed tar: offsets map directly.
+    Tar,
+    /// gzip: checkpoints to resume inflating from.
+    Gzip(Vec<gzip::Checkpoint>),
+    /// zstd: (compressed, uncompressed) offsets where frames start.
+    Zstd(Vec<(u64, u64)>),
+}
+
+/// A piece of the uncompressed stream with the sha256 taken in the verified
+/// first pass; a span fetched later is checked against it before use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// Where it starts; it ends where the next span starts (or at the end).
+    pub start: u64,
+    /// sha256 of its bytes.
+    pub sha256: [u8; 32],
+}
+
 /// The index of one layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerIndex {
@@ -77,41 +102,383 @@ pub struct LayerIndex {
     pub tar_size: u64,
     /// The entries in stream order.
     pub entries: Vec<TarEntry>,
+    /// Random-access points.
+    pub access: Access,
+    /// The spans, in order, covering the whole tar.
+    pub spans: Vec<Span>,
 }
 
-/// Accepts the uncompressed bytes of a layer: hashes them for the diff_id
-/// and indexes the tar.
-pub struct IndexSink {
-    hasher: Hasher,
-    tar: TarIndexer,
+/// What to fetch to read one span, and where it sits in the decoded bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanFetch {
+    /// First compressed byte to fetch.
+    pub start: u64,
+    /// End of the compressed range (exclusive), clamped to the blob size.
+    pub end: u64,
 }
 
-impl IndexSink {
-    /// A sink checking against a diff_id of this algorithm.
-    pub fn new(algorithm: Algorithm) -> IndexSink {
-        IndexSink {
-            hasher: Hasher::new(algorithm),
-            tar: TarIndexer::new(),
+/// Errors decoding a fetched span.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpanError {
+    /// The bytes do not decode.
+    #[error("layer {layer}, span {span}: {detail}")]
+    Decode {
+        /// The layer.
+        layer: Digest,
+        /// The span.
+        span: usize,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The decoded bytes do not match the hash from the verified first pass.
+    #[error(
+        "layer {layer}, span {span}: content does not match its recorded sha256 (tampered or corrupt)"
+    )]
+    Mismatch {
+        /// The layer.
+        layer: Digest,
+        /// The span.
+        span: usize,
+    },
+}
+
+impl LayerIndex {
+    /// The uncompressed range of span `i`.
+    pub fn span_range(&self, i: usize) -> (u64, u64) {
+        let start = self.spans[i].start;
+        let end = self.spans.get(i + 1).map_or(self.tar_size, |s| s.start);
+        (start, end)
+    }
+
+    /// The compressed bytes needed to decode span `i` of a blob of `blob_size` bytes.
+    pub fn span_fetch(&self, i: usize, blob_size: u64) -> SpanFetch {
+        let (start, end) = self.span_range(i);
+        match &self.access {
+            Access::Tar => SpanFetch { start, end },
+            Access::Gzip(cps) => {
+                let k = cps.partition_point(|c| c.uncompressed <= start) - 1;
+                let cp = &cps[k];
+                let from = cp.compressed - u64::from(cp.bits > 0);
+                let to = cps
+                    .iter()
+                    .find(|c| c.uncompressed >= end)
+                    .map_or(blob_size, |c| (c.compressed + 16).min(blob_size));
+                SpanFetch {
+                    start: from,
+                    end: to,
+                }
+            }
+            Access::Zstd(frames) => {
+                let k = frames.partition_point(|f| f.1 <= start) - 1;
+                let to = frames
+                    .iter()
+                    .find(|f| f.1 >= end)
+                    .map_or(blob_size, |f| f.0);
+                SpanFetch {
+                    start: frames[k].0,
+                    end: to,
+                }
+            }
         }
     }
 
-    /// The diff_id of what was written, and the tar entries (or why the
-    /// stream is not a tar).
-    pub fn finish(self) -> (Digest, u64, Result<Vec<TarEntry>, TarError>) {
-        let size = self.tar.offset();
-        (self.hasher.finish(), size, self.tar.finish())
+    /// Decode span `i` from the bytes [`LayerIndex::span_fetch`] named, and
+    /// check it against the hash recorded in the verified first pass.
+    pub fn decode_span(&self, i: usize, compressed: &[u8]) -> Result<Vec<u8>, SpanError> {
+        use sha2::Digest as _;
+        let (start, end) = self.span_range(i);
+        let len = (end - start) as usize;
+        let err = |detail: String| SpanError::Decode {
+            layer: self.layer.clone(),
+            span: i,
+            detail,
+        };
+        let data = match &self.access {
+            Access::Tar => compressed.to_vec(),
+            Access::Gzip(cps) => {
+                let k = cps.partition_point(|c| c.uncompressed <= start) - 1;
+                let cp = &cps[k];
+                gzip::read_span(cp, compressed, start - cp.uncompressed, len)
+                    .map_err(|e| err(e.to_string()))?
+            }
+            Access::Zstd(frames) => {
+                let k = frames.partition_point(|f| f.1 <= start) - 1;
+                let mut d =
+                    zstd::stream::read::Decoder::new(compressed).map_err(|e| err(e.to_string()))?;
+                let skip = start - frames[k].1;
+                let skipped = io::copy(&mut (&mut d).take(skip), &mut io::sink())
+                    .map_err(|e| err(e.to_string()))?;
+                if skipped != skip {
+                    return Err(err("zstd data ended early".into()));
+                }
+                let mut out = vec![0u8; len];
+                d.read_exact(&mut out).map_err(|e| err(e.to_string()))?;
+                out
+            }
+        };
+        if data.len() != len
+            || <[u8; 32]>::from(sha2::Sha256::digest(&data)) != self.spans[i].sha256
+        {
+            return Err(SpanError::Mismatch {
+                layer: self.layer.clone(),
+                span: i,
+            });
+        }
+        Ok(data)
+    }
+
+    /// The span holding uncompressed offset `at`, as (index, start, end).
+    pub fn span_at(&self, at: u64) -> Option<(usize, u64, u64)> {
+        if at >= self.tar_size {
+            return None;
+        }
+        let i = self
+            .spans
+            .partition_point(|s| s.start <= at)
+            .checked_sub(1)?;
+        let end = self.spans.get(i + 1).map_or(self.tar_size, |s| s.start);
+        Some((i, self.spans[i].start, end))
+    }
+}
+
+/// Accepts the uncompressed bytes of a layer: hashes them for the diff_id,
+/// indexes the tar, and hashes spans.
+pub struct IndexSink {
+    hasher: Hasher,
+    tar: TarIndexer,
+    spans: Vec<Span>,
+    span_hasher: sha2::Sha256,
+    span_start: u64,
+    pos: u64,
+    fixed: Option<u64>,
+}
+
+impl IndexSink {
+    /// A sink checking against a diff_id of this algorithm. With `fixed`,
+    /// spans are cut every that many bytes; otherwise at [`IndexSink::cut`].
+    pub fn new(algorithm: Algorithm, fixed: Option<u64>) -> IndexSink {
+        use sha2::Digest as _;
+        IndexSink {
+            hasher: Hasher::new(algorithm),
+            tar: TarIndexer::new(),
+            spans: Vec::new(),
+            span_hasher: sha2::Sha256::new(),
+            span_start: 0,
+            pos: 0,
+            fixed,
+        }
+    }
+
+    /// End the current span here (a no-op at its very start).
+    pub fn cut(&mut self) {
+        use sha2::Digest as _;
+        if self.pos > self.span_start {
+            let h = std::mem::take(&mut self.span_hasher).finalize();
+            self.spans.push(Span {
+                start: self.span_start,
+                sha256: h.into(),
+            });
+            self.span_start = self.pos;
+        }
+    }
+
+    fn take(&mut self, buf: &[u8]) -> io::Result<()> {
+        use sha2::Digest as _;
+        self.hasher.update(buf);
+        self.span_hasher.update(buf);
+        self.pos += buf.len() as u64;
+        self.tar.write_all(buf)
+    }
+
+    /// The diff_id of what was written, the length, the spans, and the tar
+    /// entries (or why the stream is not a tar).
+    pub fn finish(mut self) -> (Digest, u64, Vec<Span>, Result<Vec<TarEntry>, TarError>) {
+        self.cut();
+        let size = self.pos;
+        (self.hasher.finish(), size, self.spans, self.tar.finish())
     }
 }
 
 impl Write for IndexSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.hasher.update(buf);
-        self.tar.write_all(buf)?;
-        Ok(buf.len())
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len();
+        match self.fixed {
+            Some(f) => {
+                while !buf.is_empty() {
+                    let room = (self.span_start + f - self.pos) as usize;
+                    let (now, rest) = buf.split_at(room.min(buf.len()));
+                    self.take(now)?;
+                    if self.pos == self.span_start + f {
+                        self.cut();
+                    }
+                    buf = rest;
+                }
+            }
+            None => self.take(buf)?,
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// What went wrong pushing bytes into a [`LayerIndexer`].
+#[derive(Debug)]
+pub enum PushError {
+    /// The compressed data is invalid.
+    Decode(String),
+    /// The tar inside is invalid.
+    Tar(TarError),
+}
+
+fn push_error(e: io::Error) -> PushError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<TarError>()) {
+        Some(t) => PushError::Tar(t.clone()),
+        None => PushError::Decode(e.to_string()),
+    }
+}
+
+enum Decoder {
+    Plain,
+    Gzip(Box<gzip::Indexer>),
+    Zstd(Box<ZstdState>),
+}
+
+struct ZstdState {
+    dec: zstd::stream::raw::Decoder<'static>,
+    out: Vec<u8>,
+    frames: Vec<(u64, u64)>,
+    consumed: u64,
+    produced: u64,
+    in_frame: bool,
+}
+
+/// Decodes a layer blob pushed to it in pieces, feeding an [`IndexSink`]
+/// and recording random-access points: the one pass that verifies and
+/// indexes a layer.
+pub struct LayerIndexer {
+    sink: IndexSink,
+    decoder: Decoder,
+    compression: Compression,
+}
+
+impl LayerIndexer {
+    /// An indexer for a layer with this compression and diff_id algorithm.
+    pub fn new(compression: Compression, diff_alg: Algorithm) -> Result<LayerIndexer, PushError> {
+        let (fixed, decoder) = match compression {
+            Compression::None => (Some(SPAN), Decoder::Plain),
+            Compression::Gzip => (None, Decoder::Gzip(Box::new(gzip::Indexer::new(SPAN)))),
+            Compression::Zstd => (
+                Some(SPAN),
+                Decoder::Zstd(Box::new(ZstdState {
+                    dec: zstd::stream::raw::Decoder::new()
+                        .map_err(|e| PushError::Decode(e.to_string()))?,
+                    out: vec![0u8; 256 << 10],
+                    frames: vec![(0, 0)],
+                    consumed: 0,
+                    produced: 0,
+                    in_frame: false,
+                })),
+            ),
+        };
+        Ok(LayerIndexer {
+            sink: IndexSink::new(diff_alg, fixed),
+            decoder,
+            compression,
+        })
+    }
+
+    /// Feed compressed bytes.
+    pub fn push(&mut self, input: &[u8]) -> Result<(), PushError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        match &mut self.decoder {
+            Decoder::Plain => self.sink.write_all(input).map_err(push_error),
+            Decoder::Gzip(g) => {
+                // The sink sees output and checkpoints in stream order, so a
+                // cut lands exactly on the checkpoint's offset.
+                let sink = std::cell::RefCell::new(&mut self.sink);
+                g.push(
+                    input,
+                    &mut |data| sink.borrow_mut().write_all(data),
+                    &mut || sink.borrow_mut().cut(),
+                )
+                .map_err(push_error)
+            }
+            Decoder::Zstd(z) => {
+                let mut inb = InBuffer::around(input);
+                loop {
+                    let before = inb.pos();
+                    let mut outb = OutBuffer::around(&mut z.out[..]);
+                    let hint = z
+                        .dec
+                        .run(&mut inb, &mut outb)
+                        .map_err(|e| PushError::Decode(e.to_string()))?;
+                    let made = outb.pos();
+                    z.consumed += (inb.pos() - before) as u64;
+                    z.produced += made as u64;
+                    if made > 0 || inb.pos() > before {
+                        z.in_frame = true;
+                    }
+                    self.sink.write_all(&z.out[..made]).map_err(push_error)?;
+                    if hint == 0 && z.in_frame {
+                        // A frame ended: the next one can be decoded on its own.
+                        z.in_frame = false;
+                        let last = z.frames.last().map_or(0, |f| f.1);
+                        if z.produced - last >= SPAN {
+                            z.frames.push((z.consumed, z.produced));
+                        }
+                    }
+                    if inb.pos() == input.len() && made < z.out.len() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// End of input: the finished index, with the diff_id checked.
+    pub fn finish(self, layer: &Digest, diff_id: &Digest) -> Result<LayerIndex, IndexError> {
+        let trunc = |detail: String| IndexError::Decompress {
+            layer: layer.clone(),
+            compression: self.compression,
+            detail,
+        };
+        let access = match self.decoder {
+            Decoder::Plain => Access::Tar,
+            Decoder::Gzip(g) => Access::Gzip(g.finish().map_err(|e| trunc(e.to_string()))?),
+            Decoder::Zstd(z) => {
+                if z.in_frame {
+                    return Err(trunc("the zstd stream ends inside a frame".into()));
+                }
+                let mut frames = z.frames;
+                // A frame boundary at the very end starts nothing.
+                frames.retain(|f| f.1 < z.produced || f.1 == 0);
+                Access::Zstd(frames)
+            }
+        };
+        let (actual, tar_size, spans, entries) = self.sink.finish();
+        if actual != *diff_id {
+            return Err(IndexError::DiffId {
+                layer: layer.clone(),
+                expected: diff_id.clone(),
+                actual,
+            });
+        }
+        let entries = entries.map_err(|source| IndexError::Tar {
+            layer: layer.clone(),
+            source,
+        })?;
+        Ok(LayerIndex {
+            layer: layer.clone(),
+            diff_id: diff_id.clone(),
+            tar_size,
+            entries,
+            access,
+            spans,
+        })
     }
 }
 
@@ -128,70 +495,35 @@ pub fn index_blob(
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io_err)?;
-    let file = io::BufReader::with_capacity(1 << 20, file);
-    let mut reader: Box<dyn Read> = match compression {
-        Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(io_err)?),
-    };
-    let mut sink = IndexSink::new(diff_id.algorithm());
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let to_err = |e| push_to_index_error(e, layer, compression);
+    let mut ix = LayerIndexer::new(compression, diff_id.algorithm()).map_err(to_err)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(IndexError::Decompress {
-                    layer: layer.clone(),
-                    compression,
-                    detail: e.to_string(),
-                });
-            }
+            Err(e) => return Err(io_err(e)),
         };
-        if let Err(e) = sink.write_all(&buf[..n]) {
-            let source = e
-                .into_inner()
-                .and_then(|i| i.downcast::<TarError>().ok())
-                .map(|b| *b)
-                .unwrap_or(TarError::Truncated {
-                    offset: 0,
-                    what: "the stream",
-                });
-            return Err(IndexError::Tar {
-                layer: layer.clone(),
-                source,
-            });
-        }
+        ix.push(&buf[..n]).map_err(to_err)?;
     }
-    finish_index(sink, layer, diff_id)
+    ix.finish(layer, diff_id)
 }
 
-/// Turn a finished sink into an index, checking the diff_id.
-pub fn finish_index(
-    sink: IndexSink,
-    layer: &Digest,
-    diff_id: &Digest,
-) -> Result<LayerIndex, IndexError> {
-    let (actual, tar_size, entries) = sink.finish();
-    if actual != *diff_id {
-        return Err(IndexError::DiffId {
+/// Turn a push error into the index error that names the layer.
+pub fn push_to_index_error(e: PushError, layer: &Digest, compression: Compression) -> IndexError {
+    match e {
+        PushError::Tar(source) => IndexError::Tar {
             layer: layer.clone(),
-            expected: diff_id.clone(),
-            actual,
-        });
+            source,
+        },
+        PushError::Decode(detail) => IndexError::Decompress {
+            layer: layer.clone(),
+            compression,
+            detail,
+        },
     }
-    let entries = entries.map_err(|source| IndexError::Tar {
-        layer: layer.clone(),
-        source,
-    })?;
-    Ok(LayerIndex {
-        layer: layer.clone(),
-        diff_id: diff_id.clone(),
-        tar_size,
-        entries,
-    })
 }
 
 /// Layer indexes stored under `<cache>/index/`.
@@ -304,6 +636,32 @@ pub fn encode(ix: &LayerIndex) -> Vec<u8> {
                 }
             }
         }
+    }
+    match &ix.access {
+        Access::Tar => body.push(0),
+        Access::Gzip(cps) => {
+            body.push(1);
+            put_var(&mut body, cps.len() as u64);
+            for c in cps {
+                put_var(&mut body, c.compressed);
+                body.push(c.bits);
+                put_var(&mut body, c.uncompressed);
+                put_bytes(&mut body, &c.window);
+            }
+        }
+        Access::Zstd(frames) => {
+            body.push(2);
+            put_var(&mut body, frames.len() as u64);
+            for (c, u) in frames {
+                put_var(&mut body, *c);
+                put_var(&mut body, *u);
+            }
+        }
+    }
+    put_var(&mut body, ix.spans.len() as u64);
+    for sp in &ix.spans {
+        put_var(&mut body, sp.start);
+        body.extend_from_slice(&sp.sha256);
     }
     let compressed = zstd::bulk::compress(&body, 3).expect("in-memory zstd");
     let mut out = Vec::with_capacity(compressed.len() + 52);
@@ -434,6 +792,45 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
             sparse,
         });
     }
+    let access = match r.byte()? {
+        0 => Access::Tar,
+        1 => {
+            let n = usize::try_from(r.var()?).ok()?;
+            let mut cps = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                cps.push(gzip::Checkpoint {
+                    compressed: r.var()?,
+                    bits: r.byte()?,
+                    uncompressed: r.var()?,
+                    window: r.bytes()?,
+                });
+            }
+            Access::Gzip(cps)
+        }
+        2 => {
+            let n = usize::try_from(r.var()?).ok()?;
+            let mut frames = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                frames.push((r.var()?, r.var()?));
+            }
+            Access::Zstd(frames)
+        }
+        _ => return None,
+    };
+    let n = usize::try_from(r.var()?).ok()?;
+    let mut spans = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let start = r.var()?;
+        if r.0.len() < 32 {
+            return None;
+        }
+        let (h, rest) = r.0.split_at(32);
+        r.0 = rest;
+        spans.push(Span {
+            start,
+            sha256: h.try_into().ok()?,
+        });
+    }
     if !r.0.is_empty() {
         return None;
     }
@@ -442,6 +839,8 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
         diff_id,
         tar_size,
         entries,
+        access,
+        spans,
     })
 }
 
@@ -493,6 +892,16 @@ mod tests {
                     sparse: None,
                 },
             ],
+            access: Access::Gzip(vec![gzip::Checkpoint {
+                compressed: 10,
+                bits: 3,
+                uncompressed: 0,
+                window: vec![1, 2, 3],
+            }]),
+            spans: vec![Span {
+                start: 0,
+                sha256: [7; 32],
+            }],
         }
     }
 
@@ -524,6 +933,83 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         assert!(store.load(&ix.layer).is_none());
         assert!(!path.exists());
+    }
+
+    fn big_tar() -> Vec<u8> {
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for f in 0..40 {
+            let mut data = Vec::new();
+            while data.len() < 100_000 + f * 1000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                data.extend_from_slice(format!("{:x} file {f} line\n", x % 65536).as_bytes());
+            }
+            let mut h = ::tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("d/f{f}"), &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn every_span_decodes_from_its_fetch_range_and_verifies() {
+        let tar = big_tar();
+        let diff_id = Digest::sha256_of(&tar);
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&tar).unwrap();
+            e.finish().unwrap()
+        };
+        // Several zstd frames, as a seekable zstd writer would produce.
+        let zst: Vec<u8> = tar
+            .chunks(1_500_000)
+            .flat_map(|c| zstd::bulk::compress(c, 3).unwrap())
+            .collect();
+        for (compression, blob) in [
+            (Compression::None, tar.clone()),
+            (Compression::Gzip, gz),
+            (Compression::Zstd, zst),
+        ] {
+            let mut ix = LayerIndexer::new(compression, Algorithm::Sha256).unwrap();
+            for c in blob.chunks(77_777) {
+                ix.push(c).unwrap();
+            }
+            let layer = Digest::sha256_of(&blob);
+            let index = ix.finish(&layer, &diff_id).unwrap();
+            assert!(
+                index.spans.len() >= 3,
+                "{compression:?}: {} spans",
+                index.spans.len()
+            );
+            if compression == Compression::Zstd {
+                let Access::Zstd(f) = &index.access else {
+                    panic!()
+                };
+                assert!(f.len() >= 2, "frame starts recorded: {f:?}");
+            }
+            for i in 0..index.spans.len() {
+                let f = index.span_fetch(i, blob.len() as u64);
+                let (s, e) = index.span_range(i);
+                let data = index
+                    .decode_span(i, &blob[f.start as usize..f.end as usize])
+                    .unwrap();
+                assert_eq!(
+                    data,
+                    &tar[s as usize..e as usize],
+                    "{compression:?} span {i}"
+                );
+            }
+            // A tampered byte inside a span is caught by its hash (or decoding).
+            let f = index.span_fetch(1, blob.len() as u64);
+            let mut bad = blob[f.start as usize..f.end as usize].to_vec();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x20;
+            assert!(index.decode_span(1, &bad).is_err(), "{compression:?}");
+            assert_eq!(decode(&encode(&index)).unwrap(), index);
+        }
     }
 
     #[test]
