@@ -26,6 +26,7 @@
 //!     platform: Some("linux/arm64".parse()?),
 //!     source: Default::default(),
 //!     concurrency: 3,
+//!     keep_blobs: true,
 //! };
 //! let report = ocidisk::pull::pull(&opts, &cache, Arc::new(NoProgress)).await?;
 //! println!("{} is {}", report.reference, report.image_id);
@@ -34,6 +35,7 @@
 
 pub mod cache;
 pub mod digest;
+pub mod disk;
 pub mod ext4;
 pub mod fs_image;
 pub mod inspect;

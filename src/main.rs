@@ -214,6 +214,7 @@ impl ImageArgs {
                 },
             },
             concurrency: usize::from(self.jobs),
+            keep_blobs: true,
         })
     }
 }

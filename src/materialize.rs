@@ -114,6 +114,25 @@ fn derived_hash_seed(image_id: &Digest) -> [u32; 4] {
     [0, 4, 8, 12].map(|i| u32::from_le_bytes(b[i..i + 4].try_into().expect("4")))
 }
 
+/// Flatten the layers and plan the filesystem: what `materialize` writes and
+/// the lazy disk serves, byte for byte.
+pub fn build_filesystem(
+    image_id: &Digest,
+    indexes: &[crate::layer_index::LayerIndex],
+    size: Option<u64>,
+    read_only: bool,
+    uuid: Option<[u8; 16]>,
+) -> Result<FsImage, MaterializeError> {
+    let tree = Tree::flatten(indexes)?;
+    let opts = Ext4Options {
+        size,
+        read_only,
+        uuid: uuid.unwrap_or_else(|| derived_uuid(image_id)),
+        hash_seed: derived_hash_seed(image_id),
+    };
+    Ok(ext4::build(&tree, &opts)?)
+}
+
 /// Removes the temp file unless disarmed.
 struct TempGuard(Option<PathBuf>);
 
@@ -145,16 +164,11 @@ pub async fn materialize(
     for layer in &image.layers {
         indexes.push(ensure_index(cache, &store, layer).await.map_err(Box::new)?);
     }
-    let tree = Tree::flatten(&indexes)?;
-    let ext4_opts = Ext4Options {
-        size: opts.size,
-        read_only: opts.read_only,
-        uuid: opts.uuid.unwrap_or_else(|| derived_uuid(image.id())),
-        hash_seed: derived_hash_seed(image.id()),
-    };
-    let fs = tokio::task::spawn_blocking(move || ext4::build(&tree, &ext4_opts))
-        .await
-        .expect("planning does not panic")?;
+    let (id, size, read_only, uuid) = (image.id().clone(), opts.size, opts.read_only, opts.uuid);
+    let fs =
+        tokio::task::spawn_blocking(move || build_filesystem(&id, &indexes, size, read_only, uuid))
+            .await
+            .expect("planning does not panic")?;
     let layers: Vec<(Digest, PathBuf, Compression)> = image
         .layers
         .iter()

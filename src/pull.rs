@@ -96,6 +96,9 @@ pub struct PullOptions {
     pub source: SourceOptions,
     /// Layers fetched at once.
     pub concurrency: usize,
+    /// Keep the layer blobs in the cache (`pull`, `materialize`), or only
+    /// build their indexes and let the bytes go (the lazy disk's cold pass).
+    pub keep_blobs: bool,
 }
 
 /// What a pull did.
@@ -137,7 +140,17 @@ pub async fn pull_image(
     let image = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
     let indexes = IndexStore::new(cache)?;
     let results: Vec<(bool, u64)> = futures_util::stream::iter(image.layers.iter())
-        .map(|layer| fetch_layer(&source, cache, &indexes, &image, layer, progress.as_ref()))
+        .map(|layer| {
+            fetch_layer(
+                &source,
+                cache,
+                &indexes,
+                &image,
+                layer,
+                progress.as_ref(),
+                opts.keep_blobs,
+            )
+        })
         .buffered(opts.concurrency.max(1))
         .try_collect()
         .await?;
@@ -230,6 +243,35 @@ impl LayerVerifier {
     }
 }
 
+/// Where a streaming layer's bytes go: a cache temp file, or nowhere (only
+/// counted) when blobs are not kept.
+struct Received {
+    writer: Option<crate::cache::BlobWriter>,
+    len: u64,
+}
+
+impl Received {
+    fn reset(&mut self) -> Result<(), CacheError> {
+        if let Some(w) = &mut self.writer {
+            w.reset()?;
+        }
+        self.len = 0;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), CacheError> {
+        if let Some(w) = &mut self.writer {
+            w.write_all(bytes).map_err(|source| CacheError::Io {
+                op: "write",
+                path: w.path().to_path_buf(),
+                source,
+            })?;
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
 enum StreamFailure {
     Transient(String),
     Final(PullError),
@@ -244,8 +286,13 @@ async fn fetch_layer(
     image: &ResolvedImage,
     layer: &Layer,
     progress: &dyn PullProgress,
+    keep_blobs: bool,
 ) -> Result<(bool, u64), PullError> {
     let desc = &layer.descriptor;
+    if !keep_blobs && indexes.load(&desc.digest).is_some() {
+        progress.finish(layer, false);
+        return Ok((false, 0));
+    }
     let check = {
         let (cache, digest, size) = (cache.clone(), desc.digest.clone(), desc.size);
         tokio::task::spawn_blocking(move || cache.has_verified(&digest, Some(size)))
@@ -255,7 +302,14 @@ async fn fetch_layer(
         progress.finish(layer, false);
         return Ok((false, 0));
     }
-    let mut writer = cache.begin()?;
+    let mut received = Received {
+        writer: if keep_blobs {
+            Some(cache.begin()?)
+        } else {
+            None
+        },
+        len: 0,
+    };
     let mut verifier = LayerVerifier::new(layer).map_err(|detail| PullError::Decode {
         image: image.location.clone(),
         layer: desc.digest.clone(),
@@ -266,12 +320,12 @@ async fn fetch_layer(
     let mut attempt = 1;
     let mut transferred = 0u64;
     loop {
-        progress.start(layer, writer.len());
+        progress.start(layer, received.len);
         match stream_once(
             source,
             image,
             layer,
-            &mut writer,
+            &mut received,
             &mut verifier,
             progress,
             &mut transferred,
@@ -342,7 +396,9 @@ async fn fetch_layer(
             Err(e) => return Err(e.into()),
         },
     };
-    writer.commit(&desc.digest)?;
+    if let Some(w) = received.writer {
+        w.commit(&desc.digest)?;
+    }
     indexes.save(&index)?;
     progress.finish(layer, true);
     Ok((true, transferred))
@@ -352,19 +408,21 @@ async fn stream_once(
     source: &Source,
     image: &ResolvedImage,
     layer: &Layer,
-    writer: &mut crate::cache::BlobWriter,
+    received: &mut Received,
     verifier: &mut LayerVerifier,
     progress: &dyn PullProgress,
     transferred: &mut u64,
 ) -> Result<(), StreamFailure> {
     let desc = &layer.descriptor;
     let is_registry = matches!(source, Source::Registry(_));
-    let mut body = match source.blob(desc, writer.len()).await {
+    let mut body = match source.blob(desc, received.len).await {
         Ok(b) => b,
         Err(e) => return Err(StreamFailure::Final(e.into())),
     };
-    if body.start == 0 && !writer.is_empty() {
-        writer.reset().map_err(|e| StreamFailure::Final(e.into()))?;
+    if body.start == 0 && received.len > 0 {
+        received
+            .reset()
+            .map_err(|e| StreamFailure::Final(e.into()))?;
         *verifier = LayerVerifier::new(layer).map_err(|detail| {
             StreamFailure::Final(PullError::Decode {
                 image: image.location.clone(),
@@ -394,30 +452,26 @@ async fn stream_once(
                 });
             }
         };
-        if writer.len() + chunk.len() as u64 > desc.size {
+        if received.len + chunk.len() as u64 > desc.size {
             return Err(StreamFailure::Final(
                 SourceError::SizeMismatch {
                     image: image.location.clone(),
                     what: format!("layer {}", desc.digest),
                     expected: desc.size,
-                    actual: writer.len() + chunk.len() as u64,
+                    actual: received.len + chunk.len() as u64,
                 }
                 .into(),
             ));
         }
-        if let Err(source) = writer.write_all(&chunk) {
-            return Err(StreamFailure::Final(PullError::Cache(CacheError::Io {
-                op: "write",
-                path: writer.path().to_path_buf(),
-                source,
-            })));
+        if let Err(e) = received.write(&chunk) {
+            return Err(StreamFailure::Final(PullError::Cache(e)));
         }
         verifier.update(&chunk);
         *transferred += chunk.len() as u64;
         progress.advance(layer, chunk.len() as u64);
     }
-    if writer.len() < desc.size {
-        let msg = format!("stream ended after {} of {} bytes", writer.len(), desc.size);
+    if received.len < desc.size {
+        let msg = format!("stream ended after {} of {} bytes", received.len, desc.size);
         return Err(if is_registry {
             StreamFailure::Transient(msg)
         } else {
@@ -426,7 +480,7 @@ async fn stream_once(
                     image: image.location.clone(),
                     what: format!("layer {}", desc.digest),
                     expected: desc.size,
-                    actual: writer.len(),
+                    actual: received.len,
                 }
                 .into(),
             )

@@ -328,6 +328,11 @@ impl ArchiveSource {
         &self.repo_tags
     }
 
+    /// Where a blob's bytes are in the archive file: (offset, size).
+    pub fn blob_location(&self, digest: &Digest) -> Option<(u64, u64)> {
+        self.blobs.get(digest).copied()
+    }
+
     /// Open a blob for streaming from `offset`; the caller verifies it.
     pub async fn open_blob(
         &self,

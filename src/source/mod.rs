@@ -507,6 +507,65 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Bytes `[start, end)` of a blob, unverified (callers check them
+    /// against span hashes).
+    pub async fn read_range(
+        &self,
+        desc: &Descriptor,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, SourceError> {
+        let read_at = |path: PathBuf, base: u64| {
+            let what = format!("bytes {start}-{end} of blob {}", desc.digest);
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(&path)?;
+                let mut buf = vec![0u8; (end - start) as usize];
+                f.read_exact_at(&mut buf, base + start)?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .map(move |r| (r, what))
+        };
+        use futures_util::FutureExt as _;
+        let (r, what) = match self {
+            Source::Registry(r) => return Ok(r.blob_range(desc, start, end).await?),
+            Source::Layout(l) => read_at(l.blob_path(&desc.digest), 0).await,
+            Source::Archive(a) => {
+                let (base, size) =
+                    a.blob_location(&desc.digest)
+                        .ok_or_else(|| ArchiveError::Invalid {
+                            file: a.file().to_path_buf(),
+                            detail: format!("no member holds blob {}", desc.digest),
+                        })?;
+                if end > size {
+                    return Err(SourceError::SizeMismatch {
+                        image: a.file().display().to_string(),
+                        what: format!("blob {}", desc.digest),
+                        expected: size,
+                        actual: end,
+                    });
+                }
+                read_at(a.file().to_path_buf(), base).await
+            }
+        };
+        r.expect("file read does not panic")
+            .map_err(|source| SourceError::Read {
+                image: self.describe(),
+                what,
+                source,
+            })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Registry(r) => r.reference().whole(),
+            Source::Layout(l) => format!("oci:{}", l.dir().display()),
+            Source::Archive(a) => format!("docker-archive:{}", a.file().display()),
+        }
+    }
+}
+
 /// Whether an I/O error is oci-client's end-of-stream digest verdict.
 pub(crate) fn is_digest_error(e: &SourceError) -> bool {
     match e {

@@ -432,6 +432,85 @@ impl RegistrySource {
         })
     }
 
+    /// Fetch bytes `[start, end)` of a blob with an HTTP Range request,
+    /// retried like any fetch. A registry that ignores Range (answers 200)
+    /// is handled by reading through to the range.
+    pub async fn blob_range(
+        &self,
+        desc: &Descriptor,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        use futures_util::StreamExt as _;
+        let oci = OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.to_string(),
+            size: i64::try_from(desc.size).unwrap_or(i64::MAX),
+            ..OciDescriptor::default()
+        };
+        let what = format!("bytes {start}-{end} of blob {}", desc.digest);
+        let client = self.client().await?;
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let r = self
+                .with_retry(&what, || async {
+                    client
+                        .pull_blob_stream_partial(&self.reference, &oci, start, Some(end - start))
+                        .await
+                })
+                .await?;
+            let (mut stream, at) = match r {
+                oci_client::client::BlobResponse::Full(s) => (s.stream, 0u64),
+                oci_client::client::BlobResponse::Partial(s) => (s.stream, start),
+            };
+            let mut pos = at;
+            let mut out = Vec::with_capacity((end - start) as usize);
+            let mut failed = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => {
+                        let c_end = pos + c.len() as u64;
+                        let lo = start.max(pos);
+                        let hi = end.min(c_end);
+                        if lo < hi {
+                            out.extend_from_slice(&c[(lo - pos) as usize..(hi - pos) as usize]);
+                        }
+                        pos = c_end;
+                        if pos >= end {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if out.len() as u64 == end - start {
+                return Ok(out);
+            }
+            let detail =
+                failed.unwrap_or_else(|| format!("got {} of {} bytes", out.len(), end - start));
+            match self.retry.backoff(attempt, started) {
+                Some(pause) => {
+                    tracing::info!(what, attempt, "retrying in {pause:?}: {detail}");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                None => {
+                    return Err(RegistryError::Unreachable {
+                        registry: self.registry(),
+                        what,
+                        detail,
+                        attempts: attempt,
+                        secs: started.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+        }
+    }
+
     async fn with_retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,

@@ -1,0 +1,314 @@
+//! The lazy disk: the block device a frontend serves, with file data fetched
+//! only when someone reads it.
+//!
+//! Opening resolves the image and makes sure every layer has an index (a
+//! cold first pass streams each layer through the indexer without keeping
+//! it). The filesystem is planned exactly as `materialize` plans it, so the
+//! device bytes are the same. A read is then served from three sources:
+//! synthesized metadata blocks, file data from layer spans, zeros elsewhere.
+//!
+//! A span is fetched by its compressed byte range (HTTP Range for
+//! registries, `pread` for local files), decoded from its access point, and
+//! checked against the sha256 recorded while the layer was verified; only
+//! then does it reach a reader or the in-memory LRU (bounded in bytes).
+//! Concurrent misses on one span share one fetch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use lru::LruCache;
+
+use crate::cache::{BlobCache, CacheError};
+use crate::fs_image::{BLOCK_SIZE, FsImage};
+use crate::layer_index::{IndexStore, LayerIndex, SpanError};
+use crate::materialize::{MaterializeError, build_filesystem};
+use crate::pull::{NoProgress, PullError, PullOptions, pull_image};
+use crate::source::manifest::Descriptor;
+use crate::source::{Source, SourceError};
+
+/// Errors of the lazy disk.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// Resolving or indexing the image failed.
+    #[error(transparent)]
+    Pull(#[from] Box<PullError>),
+    /// Planning the filesystem failed.
+    #[error(transparent)]
+    Plan(#[from] Box<MaterializeError>),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A read beyond the end of the device.
+    #[error("read of {len} bytes at offset {offset} is beyond the device's {size} bytes")]
+    OutOfRange {
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: usize,
+        /// Device size.
+        size: u64,
+    },
+    /// Fetching a span's bytes failed.
+    #[error("fetching layer {layer}: {source}")]
+    Fetch {
+        /// The layer.
+        layer: String,
+        /// What went wrong.
+        source: Box<SourceError>,
+    },
+    /// A fetched span does not decode or does not match its hash.
+    #[error(transparent)]
+    Span(#[from] SpanError),
+    /// A span fetch failed in another reader that this one waited for.
+    #[error("{0}")]
+    Shared(String),
+    /// The I/O runtime could not start.
+    #[error("starting the I/O runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// How to open a disk.
+#[derive(Debug, Clone)]
+pub struct DiskOptions {
+    /// The image and how to reach it.
+    pub pull: PullOptions,
+    /// Device size (`None`: as `materialize` sizes it).
+    pub size: Option<u64>,
+    /// Read-only filesystem (no journal).
+    pub read_only: bool,
+    /// Filesystem UUID (`None`: derived from the image digest).
+    pub uuid: Option<[u8; 16]>,
+    /// Bytes of decoded spans kept in memory.
+    pub cache_mem: u64,
+}
+
+/// Counters, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct DiskStats {
+    /// Spans fetched from a blob source.
+    pub spans_fetched: AtomicU64,
+    /// Compressed bytes fetched.
+    pub bytes_fetched: AtomicU64,
+    /// Span lookups answered from memory.
+    pub hits: AtomicU64,
+}
+
+struct SpanCache {
+    lru: LruCache<(usize, usize), Arc<Vec<u8>>>,
+    bytes: u64,
+    cap: u64,
+}
+
+type Pending = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
+
+/// A lazily filled block device.
+pub struct Disk {
+    image: FsImage,
+    layers: Vec<(Arc<LayerIndex>, Descriptor)>,
+    source: Source,
+    rt: tokio::runtime::Runtime,
+    cache: Mutex<SpanCache>,
+    inflight: Mutex<HashMap<(usize, usize), Pending>>,
+    stats: DiskStats,
+}
+
+impl Disk {
+    /// Open the image: resolve, index (without keeping layer blobs), plan.
+    pub fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Disk, DiskError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ocidisk-io")
+            .enable_all()
+            .build()
+            .map_err(DiskError::Runtime)?;
+        let mut pull = opts.pull.clone();
+        pull.keep_blobs = false;
+        let (source, image, indexes) = rt.block_on(async {
+            let (_, image) = pull_image(&pull, cache, Arc::new(NoProgress))
+                .await
+                .map_err(Box::new)?;
+            let store = IndexStore::new(cache)?;
+            let mut indexes = Vec::with_capacity(image.layers.len());
+            for layer in &image.layers {
+                let ix = crate::pull::ensure_index(cache, &store, layer)
+                    .await
+                    .map_err(Box::new)?;
+                indexes.push(Arc::new(ix));
+            }
+            let source = Source::open(&pull.location, &pull.source)
+                .await
+                .map_err(|e| Box::new(PullError::from(e)))?;
+            Ok::<_, DiskError>((source, image, indexes))
+        })?;
+        let plain: Vec<LayerIndex> = indexes.iter().map(|i| (**i).clone()).collect();
+        let fs = build_filesystem(image.id(), &plain, opts.size, opts.read_only, opts.uuid)
+            .map_err(Box::new)?;
+        let layers = indexes
+            .into_iter()
+            .zip(image.layers.iter().map(|l| l.descriptor.clone()))
+            .collect();
+        Ok(Disk {
+            image: fs,
+            layers,
+            source,
+            rt,
+            cache: Mutex::new(SpanCache {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                cap: opts.cache_mem,
+            }),
+            inflight: Mutex::new(HashMap::new()),
+            stats: DiskStats::default(),
+        })
+    }
+
+    /// Device size in bytes.
+    pub fn size(&self) -> u64 {
+        self.image.size
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DiskStats {
+        &self.stats
+    }
+
+    /// Fill `buf` with the device bytes at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.image.size)
+            .ok_or(DiskError::OutOfRange {
+                offset,
+                len: buf.len(),
+                size: self.image.size,
+            })?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        buf.fill(0);
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        for (&blk, bytes) in self.image.metadata.range(first..=last) {
+            copy_overlap(blk * BLOCK_SIZE, bytes, offset, buf);
+        }
+        let data = &self.image.data;
+        let mut i = data.partition_point(|e| e.device_offset + e.len <= offset);
+        while let Some(e) = data.get(i) {
+            if e.device_offset >= end {
+                break;
+            }
+            let lo = e.device_offset.max(offset);
+            let hi = (e.device_offset + e.len).min(end);
+            let out = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+            self.read_layer(e.layer, e.tar_offset + (lo - e.device_offset), out)?;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Fill `out` from layer `layer`'s uncompressed tar at `at`.
+    fn read_layer(&self, layer: usize, mut at: u64, mut out: &mut [u8]) -> Result<(), DiskError> {
+        let index = &self.layers[layer].0;
+        while !out.is_empty() {
+            let (span, start, end) = index.span_at(at).ok_or(DiskError::OutOfRange {
+                offset: at,
+                len: out.len(),
+                size: index.tar_size,
+            })?;
+            let data = self.span(layer, span)?;
+            let n = ((end - at) as usize).min(out.len());
+            let from = (at - start) as usize;
+            out[..n].copy_from_slice(&data[from..from + n]);
+            out = &mut out[n..];
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// A verified span, from memory or fetched (one fetch per span at a time).
+    fn span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
+        let key = (layer, span);
+        if let Some(d) = self.cache.lock().expect("cache lock").lru.get(&key) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(d.clone());
+        }
+        let pending = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .entry(key)
+            .or_default()
+            .clone();
+        let result =
+            pending.get_or_init(|| self.fetch_span(layer, span).map_err(|e| e.to_string()));
+        let result = result.clone();
+        {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            if inflight.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pending)) {
+                inflight.remove(&key);
+            }
+        }
+        let data = result.map_err(DiskError::Shared)?;
+        let mut c = self.cache.lock().expect("cache lock");
+        if c.lru.put(key, data.clone()).is_none() {
+            c.bytes += data.len() as u64;
+        }
+        while c.bytes > c.cap {
+            match c.lru.pop_lru() {
+                Some((_, old)) => c.bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+        Ok(data)
+    }
+
+    fn fetch_span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
+        let (index, desc) = &self.layers[layer];
+        let f = index.span_fetch(span, desc.size);
+        let bytes = self
+            .rt
+            .block_on(self.source.read_range(desc, f.start, f.end))
+            .map_err(|e| DiskError::Fetch {
+                layer: desc.digest.to_string(),
+                source: Box::new(e),
+            })?;
+        self.stats.spans_fetched.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_fetched
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        match index.decode_span(span, &bytes) {
+            Ok(d) => Ok(Arc::new(d)),
+            Err(e) => {
+                tracing::error!("{e}");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Copy the part of `src` (which starts at device offset `src_at`) that
+/// overlaps `dst` (which starts at `dst_at`).
+fn copy_overlap(src_at: u64, src: &[u8], dst_at: u64, dst: &mut [u8]) {
+    let lo = src_at.max(dst_at);
+    let hi = (src_at + src.len() as u64).min(dst_at + dst.len() as u64);
+    if lo < hi {
+        dst[(lo - dst_at) as usize..(hi - dst_at) as usize]
+            .copy_from_slice(&src[(lo - src_at) as usize..(hi - src_at) as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_copies_only_the_intersection() {
+        let mut dst = [0u8; 8];
+        copy_overlap(4, &[1, 2, 3, 4, 5, 6], 6, &mut dst);
+        assert_eq!(dst, [3, 4, 5, 6, 0, 0, 0, 0]);
+        let mut dst = [9u8; 4];
+        copy_overlap(100, &[1], 0, &mut dst);
+        assert_eq!(dst, [9; 4]);
+    }
+}

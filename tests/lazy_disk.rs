@@ -1,0 +1,280 @@
+//! The lazy disk against `materialize`'s output and a real registry: the same
+//! bytes for any read, no layer bytes to open once indexes are cached, a
+//! span or two to read one file, tampering caught, outages survived.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::cli::{Ocidisk, corrupt_file};
+use common::imagegen::{self, Compression};
+use common::registry::{Registry, run_ok};
+use ocidisk::disk::{Disk, DiskOptions};
+use ocidisk::pull::PullOptions;
+use ocidisk::source::registry::RetryPolicy;
+use ocidisk::{BlobCache, SourceOptions};
+
+fn options(location: &str) -> DiskOptions {
+    DiskOptions {
+        pull: PullOptions {
+            location: location.parse().unwrap(),
+            platform: None,
+            source: SourceOptions::default(),
+            concurrency: 2,
+            keep_blobs: false,
+        },
+        size: None,
+        read_only: true,
+        uuid: None,
+        cache_mem: 64 << 20,
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn assert_same_bytes(disk: &Disk, img: &[u8], random_reads: usize, seed: u64) {
+    assert_eq!(disk.size(), img.len() as u64);
+    let mut rng = Rng(seed);
+    let mut buf = vec![0u8; 300_000];
+    for _ in 0..random_reads {
+        let len = 1 + (rng.next() % buf.len() as u64) as usize;
+        let off = rng.next() % (img.len() as u64 - len as u64);
+        disk.read_at(off, &mut buf[..len]).unwrap();
+        assert!(
+            buf[..len] == img[off as usize..off as usize + len],
+            "read of {len} at {off} differs"
+        );
+    }
+}
+
+#[test]
+fn reads_equal_the_materialized_image_cold_and_warm() {
+    for c in [Compression::Gzip, Compression::Zstd, Compression::None] {
+        let dir = tempfile::tempdir().unwrap();
+        imagegen::write_standard(dir.path(), "v1", c);
+        let r = format!("oci:{}:v1", dir.path().display());
+        let img_path = dir.path().join("m.img");
+        Ocidisk::new().ok(&["materialize", "--read-only", &r, img_path.to_str().unwrap()]);
+        let img = std::fs::read(&img_path).unwrap();
+
+        let o = Ocidisk::new();
+        let cache = BlobCache::open(o.cache_dir()).unwrap();
+        let disk = Disk::open(&options(&r), &cache).unwrap();
+        // Every byte, sequentially, then random reads.
+        let mut whole = vec![0u8; img.len()];
+        for (i, chunk) in whole.chunks_mut(1 << 20).enumerate() {
+            disk.read_at((i as u64) << 20, chunk).unwrap();
+        }
+        assert!(whole == img, "{c:?}: sequential read differs");
+        assert_same_bytes(&disk, &img, 300, 0x1234 + c as u64);
+        let err = disk.read_at(disk.size() - 10, &mut [0u8; 20]).unwrap_err();
+        assert!(err.to_string().contains("beyond"), "{err}");
+        assert!(
+            !o.cached_blobs()
+                .iter()
+                .any(|b| std::fs::metadata(o.cached_blob_path(b)).unwrap().len() > 100_000),
+            "{c:?}: the cold pass keeps no layer blob"
+        );
+
+        // Warm: indexes are cached now.
+        let disk = Disk::open(&options(&r), &cache).unwrap();
+        assert_same_bytes(&disk, &img, 200, 0x9876 + c as u64);
+    }
+}
+
+/// Device block numbers of a file, from debugfs on a materialized copy.
+fn file_blocks(img: &Path, path: &str) -> Vec<u64> {
+    let out = run_ok(
+        Command::new("debugfs")
+            .args(["-R", &format!("blocks {path}")])
+            .arg(img),
+        Duration::from_secs(60),
+    );
+    out.stdout
+        .split_whitespace()
+        .map(|b| b.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn opening_transfers_no_layer_bytes_and_a_file_costs_a_span() {
+    let layout = run_ok(
+        Command::new("bash").arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/debian-image.sh"
+        )),
+        Duration::from_secs(900),
+    );
+    let layout = layout.stdout.trim().to_string();
+    let reg = Registry::start();
+    reg.push(&format!("oci:{layout}:bookworm"), "debian:bookworm", false);
+    let r = format!("{}/debian:bookworm", reg.host());
+    let work = tempfile::tempdir().unwrap();
+    let img_path = work.path().join("m.img");
+    // The reference image, built from the layout (not the registry).
+    Ocidisk::new().ok(&[
+        "materialize",
+        "--read-only",
+        &format!("oci:{layout}:bookworm"),
+        img_path.to_str().unwrap(),
+    ]);
+    let img = std::fs::read(&img_path).unwrap();
+    let layer_size: u64 = std::fs::read_dir(format!("{layout}/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    drop(Disk::open(&options(&r), &cache).unwrap()); // cold: indexes the layer once
+
+    let n = reg.requests().len();
+    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let opened: Vec<_> = reg.requests()[n..]
+        .iter()
+        .filter(|q| q.is_blob_fetch())
+        .cloned()
+        .collect();
+    assert!(
+        opened.is_empty(),
+        "opening with cached indexes fetched blobs: {opened:?}"
+    );
+    assert_eq!(
+        disk.stats()
+            .bytes_fetched
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    let n = reg.requests().len();
+    for path in ["/usr/lib/os-release", "/usr/bin/dash"] {
+        for b in file_blocks(&img_path, path) {
+            let mut buf = vec![0u8; 4096];
+            disk.read_at(b * 4096, &mut buf).unwrap();
+            assert!(
+                buf == img[(b * 4096) as usize..][..4096],
+                "{path} block {b}"
+            );
+        }
+    }
+    let reads: Vec<_> = reg.requests()[n..]
+        .iter()
+        .filter(|q| q.is_blob_fetch())
+        .cloned()
+        .collect();
+    assert!(!reads.is_empty());
+    assert!(
+        reads.iter().all(|q| q.status == 206),
+        "range requests only: {reads:?}"
+    );
+    let bytes: u64 = reads.iter().map(|q| q.bytes).sum();
+    assert!(
+        bytes < layer_size / 20,
+        "reading two files fetched {bytes} of {layer_size} bytes"
+    );
+    eprintln!(
+        "two files: {} range requests, {bytes} bytes of a {layer_size}-byte layer",
+        reads.len()
+    );
+}
+
+#[test]
+fn tampered_registry_blob_fails_reads_but_never_returns_wrong_bytes() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let built = imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    reg.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "tamper:v1",
+        false,
+    );
+    let r = format!("{}/tamper:v1", reg.host());
+    let img_path = dir.path().join("m.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        "--read-only",
+        &format!("oci:{}:v1", dir.path().display()),
+        img_path.to_str().unwrap(),
+    ]);
+    let img = std::fs::read(&img_path).unwrap();
+
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    drop(Disk::open(&options(&r), &cache).unwrap()); // index the genuine layers
+    let big = built.layers.iter().max_by_key(|l| l.size).unwrap();
+    corrupt_file(&reg.blob_data_path(&big.digest));
+
+    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let mut failures = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, want) in img.chunks(1 << 20).enumerate() {
+        match disk.read_at((i as u64) << 20, &mut buf[..want.len()]) {
+            Ok(()) => assert!(&buf[..want.len()] == want, "chunk {i} returned wrong bytes"),
+            Err(e) => {
+                failures += 1;
+                assert!(
+                    e.to_string().contains(&big.digest) || e.to_string().contains("span"),
+                    "{e}"
+                );
+            }
+        }
+    }
+    assert!(failures > 0, "the tampered span must fail");
+}
+
+#[test]
+fn registry_outage_gives_io_errors_then_recovers() {
+    let mut reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Zstd);
+    reg.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "flaky:v1",
+        false,
+    );
+    let r = format!("{}/flaky:v1", reg.host());
+    let img_path = dir.path().join("m.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        "--read-only",
+        &format!("oci:{}:v1", dir.path().display()),
+        img_path.to_str().unwrap(),
+    ]);
+    let img = std::fs::read(&img_path).unwrap();
+
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let mut opts = options(&r);
+    opts.pull.source.registry.retry = RetryPolicy {
+        attempts: 2,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(100),
+        max_total: Duration::from_secs(5),
+    };
+    let disk = Disk::open(&opts, &cache).unwrap();
+    reg.stop();
+    let t = std::time::Instant::now();
+    let mut buf = vec![0u8; img.len()];
+    let err = disk.read_at(0, &mut buf).unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "a read must not hang: {:?}",
+        t.elapsed()
+    );
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    reg.restart();
+    disk.read_at(0, &mut buf).unwrap();
+    assert!(buf == img, "after the registry is back, reads succeed");
+}
