@@ -29,6 +29,7 @@ fn options(location: &str) -> DiskOptions {
         read_only: true,
         uuid: None,
         cache_mem: 64 << 20,
+        overlay: None,
     }
 }
 
@@ -277,4 +278,129 @@ fn registry_outage_gives_io_errors_then_recovers() {
     reg.restart();
     disk.read_at(0, &mut buf).unwrap();
     assert!(buf == img, "after the registry is back, reads succeed");
+}
+
+#[test]
+fn overlay_writes_survive_kill_9_once_flushed() {
+    let a_at = |size: u64| size - (8 << 20) + 100; // unaligned, in free space
+    let b_at = |size: u64| size - (4 << 20);
+    if let Ok(work) = std::env::var("OCIDISK_OVERLAY_CHILD") {
+        // The child: write A, flush, write B (never flushed), then wait to be killed.
+        let work = std::path::PathBuf::from(work);
+        let cache = BlobCache::open(work.join("cache")).unwrap();
+        let mut opts = options(&format!("oci:{}:v1", work.join("layout").display()));
+        opts.read_only = false;
+        opts.overlay = Some(work.join("overlay"));
+        let disk = Disk::open(&opts, &cache).unwrap();
+        disk.write_at(a_at(disk.size()), &[0xa5; 10_000]).unwrap();
+        disk.flush().unwrap();
+        disk.write_at(b_at(disk.size()), &[0x5b; 8192]).unwrap();
+        println!("OVERLAY-FLUSHED");
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    imagegen::write_standard(&work.path().join("layout"), "v1", Compression::Gzip);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "overlay_writes_survive_kill_9_once_flushed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("OCIDISK_OVERLAY_CHILD", work.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        use std::io::BufRead;
+        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
+        if line.contains("OVERLAY-FLUSHED") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "child never flushed");
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let cache = BlobCache::open(work.path().join("cache")).unwrap();
+    let mut opts = options(&format!("oci:{}:v1", work.path().join("layout").display()));
+    opts.read_only = false;
+    opts.overlay = Some(work.path().join("overlay"));
+    let disk = Disk::open(&opts, &cache).unwrap();
+    let mut buf = vec![0u8; 10_000];
+    disk.read_at(a_at(disk.size()), &mut buf).unwrap();
+    assert!(
+        buf.iter().all(|b| *b == 0xa5),
+        "flushed write lost after kill -9"
+    );
+    // The rest of the device is the image as materialize writes it.
+    let img_path = work.path().join("rw.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        &format!("oci:{}:v1", work.path().join("layout").display()),
+        img_path.to_str().unwrap(),
+    ]);
+    let img = std::fs::read(&img_path).unwrap();
+    let mut head = vec![0u8; 8 << 20];
+    disk.read_at(0, &mut head).unwrap();
+    assert!(
+        head == img[..8 << 20],
+        "the base image under the overlay changed"
+    );
+    // Writes on a read-only disk are refused.
+    let ro = Disk::open(
+        &options(&format!("oci:{}:v1", work.path().join("layout").display())),
+        &cache,
+    )
+    .unwrap();
+    assert!(
+        ro.write_at(0, &[1])
+            .unwrap_err()
+            .to_string()
+            .contains("read-only")
+    );
+}
+
+#[test]
+fn random_writes_and_zeroes_read_back_over_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Zstd);
+    let r = format!("oci:{}:v1", dir.path().display());
+    let img_path = dir.path().join("rw.img");
+    Ocidisk::new().ok(&["materialize", &r, img_path.to_str().unwrap()]);
+    const REGION: usize = 32 << 20;
+    let mut shadow = std::fs::read(&img_path).unwrap()[..REGION].to_vec();
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let mut opts = options(&r);
+    opts.read_only = false;
+    let disk = Disk::open(&opts, &cache).unwrap();
+    let mut rng = Rng(0xfeed);
+    for i in 0..300 {
+        let len = 1 + (rng.next() % 20_000) as usize;
+        let off = (rng.next() % (REGION - len) as u64) as usize;
+        if i % 10 == 0 {
+            disk.write_zeroes(off as u64, len as u64).unwrap();
+            shadow[off..off + len].fill(0);
+        } else {
+            let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            disk.write_at(off as u64, &data).unwrap();
+            shadow[off..off + len].copy_from_slice(&data);
+        }
+    }
+    let mut got = vec![0u8; REGION];
+    disk.read_at(0, &mut got).unwrap();
+    assert!(
+        got == shadow,
+        "device differs from the shadow copy after random writes"
+    );
+    assert!(
+        disk.write_at(disk.size() - 1, &[1, 2]).is_err(),
+        "a write past the end is refused"
+    );
 }

@@ -19,6 +19,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use lru::LruCache;
 
+pub mod overlay;
+
+use overlay::{Overlay, OverlayError};
+
 use crate::cache::{BlobCache, CacheError};
 use crate::fs_image::{BLOCK_SIZE, FsImage};
 use crate::layer_index::{IndexStore, LayerIndex, SpanError};
@@ -66,6 +70,12 @@ pub enum DiskError {
     /// The I/O runtime could not start.
     #[error("starting the I/O runtime: {0}")]
     Runtime(std::io::Error),
+    /// A write to a read-only disk.
+    #[error("the disk is read-only")]
+    ReadOnly,
+    /// The overlay failed.
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
 }
 
 /// How to open a disk.
@@ -81,6 +91,9 @@ pub struct DiskOptions {
     pub uuid: Option<[u8; 16]>,
     /// Bytes of decoded spans kept in memory.
     pub cache_mem: u64,
+    /// Where guest writes go (writable disks); `None`: a temporary file in
+    /// the cache dir, removed when the disk closes.
+    pub overlay: Option<std::path::PathBuf>,
 }
 
 /// Counters, for tests and benchmarks.
@@ -111,6 +124,17 @@ pub struct Disk {
     cache: Mutex<SpanCache>,
     inflight: Mutex<HashMap<(usize, usize), Pending>>,
     stats: DiskStats,
+    overlay: Option<Overlay>,
+    temp_overlay: Option<std::path::PathBuf>,
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if let Some(p) = self.temp_overlay.take() {
+            let _ = std::fs::remove_file(&p);
+            let _ = std::fs::remove_file(format!("{}.bitmap", p.display()));
+        }
+    }
 }
 
 impl Disk {
@@ -148,7 +172,25 @@ impl Disk {
             .into_iter()
             .zip(image.layers.iter().map(|l| l.descriptor.clone()))
             .collect();
+        let (overlay, temp_overlay) = if opts.read_only {
+            (None, None)
+        } else {
+            let (path, temp) = match &opts.overlay {
+                Some(p) => (p.clone(), None),
+                None => {
+                    let p = cache.root().join("tmp").join(format!(
+                        "overlay-{}-{}",
+                        std::process::id(),
+                        image.id().hex()
+                    ));
+                    (p.clone(), Some(p))
+                }
+            };
+            (Some(Overlay::open(&path, image.id(), fs.size)?), temp)
+        };
         Ok(Disk {
+            overlay,
+            temp_overlay,
             image: fs,
             layers,
             source,
@@ -173,16 +215,68 @@ impl Disk {
         &self.stats
     }
 
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.overlay.is_none()
+    }
+
     /// Fill `buf` with the device bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let end = offset
-            .checked_add(buf.len() as u64)
+        self.read_lower(offset, buf)?;
+        if let Some(o) = &self.overlay {
+            o.read_into(offset, buf)?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset` (into the overlay).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        let o = self.overlay.as_ref().ok_or(DiskError::ReadOnly)?;
+        self.check_range(offset, data.len())?;
+        let lower =
+            |off: u64, buf: &mut [u8]| self.read_lower(off, buf).map_err(std::io::Error::other);
+        Ok(o.write(offset, data, &lower)?)
+    }
+
+    /// Make `len` bytes at `offset` read as zeros (virtio WRITE_ZEROES and
+    /// DISCARD).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        if self.overlay.is_none() {
+            return Err(DiskError::ReadOnly);
+        }
+        self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.write_at(at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Make every write so far durable (virtio FLUSH).
+    pub fn flush(&self) -> Result<(), DiskError> {
+        match &self.overlay {
+            Some(o) => Ok(o.flush()?),
+            None => Ok(()),
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<u64, DiskError> {
+        offset
+            .checked_add(len as u64)
             .filter(|e| *e <= self.image.size)
             .ok_or(DiskError::OutOfRange {
                 offset,
-                len: buf.len(),
+                len,
                 size: self.image.size,
-            })?;
+            })
+    }
+
+    /// The device bytes below the overlay.
+    fn read_lower(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let end = self.check_range(offset, buf.len())?;
         if buf.is_empty() {
             return Ok(());
         }

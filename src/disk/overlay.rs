@@ -1,0 +1,347 @@
+//! The copy-on-write overlay that holds a writable disk's guest writes.
+//!
+//! Block-granular (4 KiB): written blocks live at their device offset in a
+//! sparse data file; a bitmap says which blocks are there. A partial-block
+//! write first copies the lower block in. [`Overlay::flush`] makes every
+//! write so far durable: it fsyncs the data file, then replaces the bitmap
+//! file atomically (temp file, fsync, rename, fsync of the directory). After
+//! a crash, the overlay reopens with the last flushed bitmap: unflushed
+//! writes may be lost, flushed ones never are, and no half-written bitmap is
+//! ever trusted (it carries a checksum).
+//!
+//! The bitmap header names the image and the device size, so an overlay is
+//! never applied to another disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::digest::Digest;
+
+const BS: u64 = 4096;
+const MAGIC: &[u8; 8] = b"OCIDOVL1";
+
+/// Errors of the overlay.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// An I/O error on an overlay file.
+    #[error("overlay {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The overlay was made for another image or size.
+    #[error(
+        "overlay {path} belongs to {found}, not to this disk ({expected}); use another --overlay path"
+    )]
+    Mismatch {
+        /// The bitmap file.
+        path: PathBuf,
+        /// What the file says.
+        found: String,
+        /// What this disk is.
+        expected: String,
+    },
+    /// The bitmap file is damaged.
+    #[error("overlay bitmap {0} is damaged; refusing to guess which blocks were written")]
+    Corrupt(PathBuf),
+}
+
+struct State {
+    bits: Vec<u64>,
+    dirty: bool,
+}
+
+/// A block overlay for a device of a given size.
+pub struct Overlay {
+    data: File,
+    data_path: PathBuf,
+    bitmap_path: PathBuf,
+    identity: String,
+    blocks: u64,
+    state: Mutex<State>,
+    /// Serialises read-modify-write of partial blocks.
+    write_lock: Mutex<()>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OverlayError + '_ {
+    move |source| OverlayError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Overlay {
+    /// Open (or create) the overlay at `path` (data) and `path.bitmap`, for
+    /// the disk of `image_id` with `size` bytes.
+    pub fn open(path: &Path, image_id: &Digest, size: u64) -> Result<Overlay, OverlayError> {
+        let data_path = path.to_path_buf();
+        let bitmap_path = PathBuf::from(format!("{}.bitmap", path.display()));
+        let identity = format!("{image_id} size {size}");
+        let blocks = size.div_ceil(BS);
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)
+            .map_err(io_err(&data_path))?;
+        data.set_len(size).map_err(io_err(&data_path))?;
+        let mut bits = vec![0u64; blocks.div_ceil(64) as usize];
+        match std::fs::read(&bitmap_path) {
+            Ok(bytes) => {
+                let (found, loaded) =
+                    decode(&bytes).ok_or_else(|| OverlayError::Corrupt(bitmap_path.clone()))?;
+                if found != identity || loaded.len() != bits.len() {
+                    return Err(OverlayError::Mismatch {
+                        path: bitmap_path,
+                        found,
+                        expected: identity,
+                    });
+                }
+                bits = loaded;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&bitmap_path)(e)),
+        }
+        Ok(Overlay {
+            data,
+            data_path,
+            bitmap_path,
+            identity,
+            blocks,
+            state: Mutex::new(State { bits, dirty: false }),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    fn has(&self, block: u64) -> bool {
+        let s = self.state.lock().expect("overlay lock");
+        s.bits[(block / 64) as usize] & (1 << (block % 64)) != 0
+    }
+
+    /// Blocks of `[offset, offset+len)` that the overlay holds, as a bitmask
+    /// per block (true = overlay).
+    pub fn covered(&self, offset: u64, len: usize) -> Vec<bool> {
+        if len == 0 {
+            return Vec::new();
+        }
+        let first = offset / BS;
+        let last = (offset + len as u64 - 1) / BS;
+        let s = self.state.lock().expect("overlay lock");
+        (first..=last)
+            .map(|b| s.bits[(b / 64) as usize] & (1 << (b % 64)) != 0)
+            .collect()
+    }
+
+    /// Replace the parts of `buf` (device bytes at `offset`, already filled
+    /// from the lower disk) that the overlay holds.
+    pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), OverlayError> {
+        let first = offset / BS;
+        for (i, yes) in self.covered(offset, buf.len()).into_iter().enumerate() {
+            if !yes {
+                continue;
+            }
+            let b = first + i as u64;
+            let lo = (b * BS).max(offset);
+            let hi = ((b + 1) * BS).min(offset + buf.len() as u64);
+            let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+            self.data
+                .read_exact_at(dst, lo)
+                .map_err(io_err(&self.data_path))?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset`. `lower` fills a whole block from the lower
+    /// disk when a write covers only part of a block not yet in the overlay.
+    pub fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        lower: &dyn Fn(u64, &mut [u8]) -> io::Result<()>,
+    ) -> Result<(), OverlayError> {
+        let _guard = self.write_lock.lock().expect("overlay write lock");
+        let end = offset + data.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let b = at / BS;
+            let bstart = b * BS;
+            let bend = ((b + 1) * BS).min(end);
+            let piece = &data[(at - offset) as usize..(bend - offset) as usize];
+            let whole = at == bstart && bend - bstart == BS;
+            if !whole && !self.has(b) {
+                let mut block = vec![0u8; BS as usize];
+                lower(bstart, &mut block).map_err(io_err(&self.data_path))?;
+                block[(at - bstart) as usize..(bend - bstart) as usize].copy_from_slice(piece);
+                self.data
+                    .write_all_at(&block, bstart)
+                    .map_err(io_err(&self.data_path))?;
+            } else {
+                self.data
+                    .write_all_at(piece, at)
+                    .map_err(io_err(&self.data_path))?;
+            }
+            let mut s = self.state.lock().expect("overlay lock");
+            s.bits[(b / 64) as usize] |= 1 << (b % 64);
+            s.dirty = true;
+            at = bend;
+        }
+        Ok(())
+    }
+
+    /// Make every write so far durable.
+    pub fn flush(&self) -> Result<(), OverlayError> {
+        let _guard = self.write_lock.lock().expect("overlay write lock");
+        self.data.sync_data().map_err(io_err(&self.data_path))?;
+        let bytes = {
+            let mut s = self.state.lock().expect("overlay lock");
+            if !s.dirty {
+                return Ok(());
+            }
+            s.dirty = false;
+            encode(&self.identity, &s.bits)
+        };
+        let tmp = PathBuf::from(format!("{}.tmp", self.bitmap_path.display()));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.bitmap_path)?;
+            if let Some(dir) = self.bitmap_path.parent() {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            self.state.lock().expect("overlay lock").dirty = true;
+            io_err(&self.bitmap_path)(e)
+        })
+    }
+
+    /// Blocks held in the overlay.
+    pub fn blocks_written(&self) -> u64 {
+        let s = self.state.lock().expect("overlay lock");
+        s.bits
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum::<u64>()
+            .min(self.blocks)
+    }
+}
+
+fn encode(identity: &str, bits: &[u64]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(bits.len() * 8 + identity.len() + 16);
+    body.extend_from_slice(&(identity.len() as u32).to_le_bytes());
+    body.extend_from_slice(identity.as_bytes());
+    body.extend_from_slice(&(bits.len() as u64).to_le_bytes());
+    for w in bits {
+        body.extend_from_slice(&w.to_le_bytes());
+    }
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<(String, Vec<u64>)> {
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().ok()?);
+    let body = &bytes[12..];
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    let n = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let identity = String::from_utf8(body.get(4..4 + n)?.to_vec()).ok()?;
+    let rest = body.get(4 + n..)?;
+    let words = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?) as usize;
+    let data = rest.get(8..)?;
+    if data.len() != words * 8 {
+        return None;
+    }
+    Some((
+        identity,
+        data.chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lower(off: u64, buf: &mut [u8]) -> io::Result<()> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = ((off + i as u64) % 251) as u8;
+        }
+        Ok(())
+    }
+
+    fn read(o: &Overlay, off: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        lower(off, &mut buf).unwrap();
+        o.read_into(off, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn partial_writes_merge_with_the_lower_disk_and_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ov");
+        let id = Digest::sha256_of(b"img");
+        let o = Overlay::open(&path, &id, 1 << 20).unwrap();
+        o.write(5000, b"hello", &lower).unwrap();
+        o.write(8192, &[7u8; 8192], &lower).unwrap();
+        let got = read(&o, 4096, 3 * 4096);
+        let mut want = vec![0u8; 3 * 4096];
+        lower(4096, &mut want).unwrap();
+        want[904..909].copy_from_slice(b"hello");
+        want[4096..].fill(7);
+        assert_eq!(got, want);
+        o.flush().unwrap();
+        drop(o);
+        let o = Overlay::open(&path, &id, 1 << 20).unwrap();
+        assert_eq!(read(&o, 4096, 3 * 4096), want);
+        assert_eq!(o.blocks_written(), 3);
+    }
+
+    #[test]
+    fn unflushed_writes_are_not_trusted_and_mismatches_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ov");
+        let id = Digest::sha256_of(b"img");
+        let o = Overlay::open(&path, &id, 1 << 20).unwrap();
+        o.write(0, &[1u8; 4096], &lower).unwrap();
+        drop(o); // no flush: like a crash
+        let o = Overlay::open(&path, &id, 1 << 20).unwrap();
+        assert_eq!(o.blocks_written(), 0);
+        o.write(0, &[1u8; 4096], &lower).unwrap();
+        o.flush().unwrap();
+        drop(o);
+        let e = Overlay::open(&path, &Digest::sha256_of(b"other"), 1 << 20)
+            .err()
+            .unwrap();
+        assert!(matches!(e, OverlayError::Mismatch { .. }), "{e}");
+        let bm = PathBuf::from(format!("{}.bitmap", path.display()));
+        let mut b = std::fs::read(&bm).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        std::fs::write(&bm, b).unwrap();
+        assert!(matches!(
+            Overlay::open(&path, &id, 1 << 20).err().unwrap(),
+            OverlayError::Corrupt(_)
+        ));
+    }
+}
