@@ -114,6 +114,8 @@ struct SpanCache {
 }
 
 type Pending = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
+/// Compressed prefixes by (layer, offset of the access point).
+type Prefixes = LruCache<(usize, u64), Arc<Vec<u8>>>;
 
 /// A lazily filled block device.
 pub struct Disk {
@@ -123,6 +125,9 @@ pub struct Disk {
     rt: tokio::runtime::Runtime,
     cache: Mutex<SpanCache>,
     inflight: Mutex<HashMap<(usize, usize), Pending>>,
+    /// Compressed bytes already fetched from each access point: the next
+    /// span of the same region fetches only what is missing.
+    prefixes: Mutex<Prefixes>,
     stats: DiskStats,
     overlay: Option<Overlay>,
     temp_overlay: Option<std::path::PathBuf>,
@@ -201,6 +206,9 @@ impl Disk {
                 cap: opts.cache_mem,
             }),
             inflight: Mutex::new(HashMap::new()),
+            prefixes: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(64).expect("non-zero"),
+            )),
             stats: DiskStats::default(),
         })
     }
@@ -344,6 +352,64 @@ impl Disk {
             }
         }
         let data = result.map_err(DiskError::Shared)?;
+        self.remember(key, data.clone());
+        Ok(data)
+    }
+
+    fn fetch_span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
+        let (index, desc) = &self.layers[layer];
+        let f = index.span_fetch(span, desc.size);
+        let key = (layer, f.start);
+        let have = self
+            .prefixes
+            .lock()
+            .expect("prefix lock")
+            .get(&key)
+            .cloned();
+        let bytes = match have {
+            Some(p) if p.len() as u64 >= f.end - f.start => p,
+            have => {
+                let have_len = have.as_ref().map_or(0, |p| p.len() as u64);
+                let more = self
+                    .rt
+                    .block_on(self.source.read_range(desc, f.start + have_len, f.end))
+                    .map_err(|e| DiskError::Fetch {
+                        layer: desc.digest.to_string(),
+                        source: Box::new(e),
+                    })?;
+                self.stats.spans_fetched.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes_fetched
+                    .fetch_add(more.len() as u64, Ordering::Relaxed);
+                let mut all = have.map(|p| p.to_vec()).unwrap_or_default();
+                all.extend_from_slice(&more);
+                let all = Arc::new(all);
+                self.prefixes
+                    .lock()
+                    .expect("prefix lock")
+                    .put(key, all.clone());
+                all
+            }
+        };
+        let bytes = &bytes[..(f.end - f.start) as usize];
+        let decoded = index
+            .decode_spans(span, bytes)
+            .inspect_err(|e| tracing::error!("{e}"))?;
+        // Spans decoded on the way (from the access point) are verified too:
+        // keep them, a neighbouring read is likely.
+        let mut wanted = None;
+        for (k, data) in decoded {
+            let data = Arc::new(data);
+            if k == span {
+                wanted = Some(data);
+            } else {
+                self.remember((layer, k), data);
+            }
+        }
+        Ok(wanted.expect("decode_spans returns the span asked for"))
+    }
+
+    fn remember(&self, key: (usize, usize), data: Arc<Vec<u8>>) {
         let mut c = self.cache.lock().expect("cache lock");
         if c.lru.put(key, data.clone()).is_none() {
             c.bytes += data.len() as u64;
@@ -352,30 +418,6 @@ impl Disk {
             match c.lru.pop_lru() {
                 Some((_, old)) => c.bytes -= old.len() as u64,
                 None => break,
-            }
-        }
-        Ok(data)
-    }
-
-    fn fetch_span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
-        let (index, desc) = &self.layers[layer];
-        let f = index.span_fetch(span, desc.size);
-        let bytes = self
-            .rt
-            .block_on(self.source.read_range(desc, f.start, f.end))
-            .map_err(|e| DiskError::Fetch {
-                layer: desc.digest.to_string(),
-                source: Box::new(e),
-            })?;
-        self.stats.spans_fetched.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_fetched
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        match index.decode_span(span, &bytes) {
-            Ok(d) => Ok(Arc::new(d)),
-            Err(e) => {
-                tracing::error!("{e}");
-                Err(e.into())
             }
         }
     }

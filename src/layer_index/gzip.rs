@@ -150,6 +150,7 @@ impl Drop for Stream {
 pub struct Indexer {
     stream: Stream,
     span: u64,
+    sub: u64,
     total_in: u64,
     total_out: u64,
     last: Option<u64>,
@@ -163,11 +164,14 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    /// An indexer that checkpoints about every `span` uncompressed bytes.
-    pub fn new(span: u64) -> Indexer {
+    /// An indexer that checkpoints about every `span` uncompressed bytes and
+    /// hands output to its sink in pieces that never cross a multiple of
+    /// `sub` (so the sink can note where each `sub` piece ends compressed).
+    pub fn new(span: u64, sub: u64) -> Indexer {
         Indexer {
             stream: Stream::new(47),
             span,
+            sub,
             total_in: 0,
             total_out: 0,
             last: None,
@@ -207,14 +211,15 @@ impl Indexer {
         self.ring_pos = (self.ring_pos + data.len()) % WINDOW;
     }
 
-    /// Feed compressed bytes; `sink` receives the uncompressed output and
-    /// `checkpoint` is called whenever a checkpoint is recorded (after the
-    /// output before it went to `sink`).
+    /// Feed compressed bytes; `sink` receives the uncompressed output with
+    /// the compressed bytes consumed so far, and `checkpoint` is called with
+    /// that count whenever a checkpoint is recorded (after the output before
+    /// it went to `sink`).
     pub fn push(
         &mut self,
         mut input: &[u8],
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-        checkpoint: &mut dyn FnMut(),
+        sink: &mut dyn FnMut(&[u8], u64) -> std::io::Result<()>,
+        checkpoint: &mut dyn FnMut(u64),
     ) -> std::io::Result<()> {
         let corrupt =
             |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, GzipError::Corrupt(m));
@@ -229,12 +234,13 @@ impl Indexer {
                 return Err(corrupt("trailing garbage after the gzip stream".into()));
             }
             let mut out = std::mem::take(&mut self.out);
-            let (used, made, rc) = self.stream.run(input, &mut out, Z_BLOCK);
+            let room = (self.sub - self.total_out % self.sub).min(out.len() as u64) as usize;
+            let (used, made, rc) = self.stream.run(input, &mut out[..room], Z_BLOCK);
             input = &input[used..];
             self.total_in += used as u64;
             if made > 0 {
                 let chunk = &out[..made];
-                let r = sink(chunk);
+                let r = sink(chunk, self.total_in);
                 self.remember(chunk);
                 self.total_out += made as u64;
                 if let Err(e) = r {
@@ -266,7 +272,7 @@ impl Indexer {
                     window: self.window(),
                 });
                 self.last = Some(self.total_out);
-                checkpoint();
+                checkpoint(self.total_in);
             }
             if used == 0 && made == 0 {
                 break;
@@ -390,16 +396,16 @@ mod tests {
     }
 
     fn index(gz: &[u8], span: u64, chunk: usize) -> (Vec<u8>, Vec<Checkpoint>) {
-        let mut ix = Indexer::new(span);
+        let mut ix = Indexer::new(span, 1 << 40);
         let mut out = Vec::new();
         for c in gz.chunks(chunk) {
             ix.push(
                 c,
-                &mut |d| {
+                &mut |d, _| {
                     out.extend_from_slice(d);
                     Ok(())
                 },
-                &mut || {},
+                &mut |_| {},
             )
             .unwrap();
         }
@@ -462,19 +468,19 @@ mod tests {
     fn corrupt_and_truncated_input_are_errors() {
         let data = sample(200 << 10);
         let gz = gzip(&data, 6);
-        let mut ix = Indexer::new(1 << 20);
-        ix.push(&gz[..gz.len() / 2], &mut |_| Ok(()), &mut || {})
+        let mut ix = Indexer::new(1 << 20, 1 << 40);
+        ix.push(&gz[..gz.len() / 2], &mut |_, _| Ok(()), &mut |_| {})
             .unwrap();
         assert_eq!(ix.finish().unwrap_err(), GzipError::Truncated);
         let mut bad = gz.clone();
         bad[gz.len() / 2] ^= 0xff;
         bad[gz.len() / 2 + 1] ^= 0x55;
-        let mut ix = Indexer::new(1 << 20);
-        let r = ix.push(&bad, &mut |_| Ok(()), &mut || {});
+        let mut ix = Indexer::new(1 << 20, 1 << 40);
+        let r = ix.push(&bad, &mut |_, _| Ok(()), &mut |_| {});
         assert!(r.is_err() || ix.finish().is_err());
-        let mut ix = Indexer::new(1 << 20);
+        let mut ix = Indexer::new(1 << 20, 1 << 40);
         assert!(
-            ix.push(b"not gzip at all", &mut |_| Ok(()), &mut || {})
+            ix.push(b"not gzip at all", &mut |_, _| Ok(()), &mut |_| {})
                 .is_err()
         );
     }

@@ -18,7 +18,7 @@ use crate::source::manifest::Compression;
 use tar::{EntryKind, SparseSegment, TarEntry, TarError, TarIndexer};
 
 const MAGIC: &[u8; 8] = b"OCIDLIX\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// Errors building or loading layer indexes.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +66,14 @@ pub enum IndexError {
     Cache(#[from] CacheError),
 }
 
-/// Uncompressed bytes between span boundaries (gzip spans end at the first
-/// deflate block boundary past this much output).
+/// Uncompressed bytes between access points (gzip checkpoints sit at the
+/// first deflate block boundary past this much output; each costs a 32 KiB
+/// window in the index).
 pub const SPAN: u64 = 1 << 20;
+/// Uncompressed bytes per hashed span: the unit a read fetches and verifies.
+/// A read decodes from the access point before it to the end of the span it
+/// needs, so smaller spans fetch less for small files.
+pub const SUB_SPAN: u64 = 256 << 10;
 
 /// How to start reading a layer somewhere in the middle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +94,9 @@ pub struct Span {
     pub start: u64,
     /// sha256 of its bytes.
     pub sha256: [u8; 32],
+    /// Compressed bytes (from the blob's start) by which all of this span's
+    /// output had been produced: fetching up to here is enough.
+    pub cend: u64,
 }
 
 /// The index of one layer.
@@ -150,44 +158,52 @@ impl LayerIndex {
         (start, end)
     }
 
-    /// The compressed bytes needed to decode span `i` of a blob of `blob_size` bytes.
-    pub fn span_fetch(&self, i: usize, blob_size: u64) -> SpanFetch {
-        let (start, end) = self.span_range(i);
-        match &self.access {
-            Access::Tar => SpanFetch { start, end },
+    /// The access point a read of span `i` starts from: (compressed offset,
+    /// uncompressed offset, index of the first span wholly after it).
+    fn access_for(&self, i: usize) -> (u64, u64, usize) {
+        let start = self.spans[i].start;
+        let (c, u) = match &self.access {
+            Access::Tar => (start, start),
             Access::Gzip(cps) => {
-                let k = cps.partition_point(|c| c.uncompressed <= start) - 1;
-                let cp = &cps[k];
-                let from = cp.compressed - u64::from(cp.bits > 0);
-                let to = cps
-                    .iter()
-                    .find(|c| c.uncompressed >= end)
-                    .map_or(blob_size, |c| (c.compressed + 16).min(blob_size));
-                SpanFetch {
-                    start: from,
-                    end: to,
-                }
+                let cp = &cps[cps.partition_point(|c| c.uncompressed <= start) - 1];
+                (cp.compressed - u64::from(cp.bits > 0), cp.uncompressed)
             }
-            Access::Zstd(frames) => {
-                let k = frames.partition_point(|f| f.1 <= start) - 1;
-                let to = frames
-                    .iter()
-                    .find(|f| f.1 >= end)
-                    .map_or(blob_size, |f| f.0);
-                SpanFetch {
-                    start: frames[k].0,
-                    end: to,
-                }
-            }
+            Access::Zstd(frames) => frames[frames.partition_point(|f| f.1 <= start) - 1],
+        };
+        (c, u, self.spans.partition_point(|s| s.start < u))
+    }
+
+    /// The compressed bytes needed to decode span `i` of a blob of
+    /// `blob_size` bytes: from its access point to where its output ends.
+    pub fn span_fetch(&self, i: usize, blob_size: u64) -> SpanFetch {
+        let (c, _, _) = self.access_for(i);
+        let end = match self.access {
+            Access::Tar => self.span_range(i).1,
+            // A little slack: inflate may look ahead a few bytes, and zstd
+            // releases a frame's last block only with the frame's end in view
+            // (block header and checksum: a few bytes).
+            Access::Gzip(_) => self.spans[i].cend + 16,
+            Access::Zstd(_) => self.spans[i].cend + 64,
+        };
+        SpanFetch {
+            start: c,
+            end: end.min(blob_size),
         }
     }
 
-    /// Decode span `i` from the bytes [`LayerIndex::span_fetch`] named, and
-    /// check it against the hash recorded in the verified first pass.
-    pub fn decode_span(&self, i: usize, compressed: &[u8]) -> Result<Vec<u8>, SpanError> {
+    /// Decode the bytes [`LayerIndex::span_fetch`] named for span `i`: every
+    /// span from the access point through `i`, each checked against the hash
+    /// recorded in the verified first pass. Returns (span index, bytes).
+    pub fn decode_spans(
+        &self,
+        i: usize,
+        compressed: &[u8],
+    ) -> Result<Vec<(usize, Vec<u8>)>, SpanError> {
         use sha2::Digest as _;
-        let (start, end) = self.span_range(i);
-        let len = (end - start) as usize;
+        let (_, base, first) = self.access_for(i);
+        let from = self.spans[first].start;
+        let to = self.span_range(i).1;
+        let len = (to - from) as usize;
         let err = |detail: String| SpanError::Decode {
             layer: self.layer.clone(),
             span: i,
@@ -196,35 +212,36 @@ impl LayerIndex {
         let data = match &self.access {
             Access::Tar => compressed.to_vec(),
             Access::Gzip(cps) => {
-                let k = cps.partition_point(|c| c.uncompressed <= start) - 1;
-                let cp = &cps[k];
-                gzip::read_span(cp, compressed, start - cp.uncompressed, len)
-                    .map_err(|e| err(e.to_string()))?
+                let cp = &cps[cps.partition_point(|c| c.uncompressed <= from) - 1];
+                gzip::read_span(cp, compressed, from - base, len).map_err(|e| err(e.to_string()))?
             }
-            Access::Zstd(frames) => {
-                let k = frames.partition_point(|f| f.1 <= start) - 1;
-                let mut d =
-                    zstd::stream::read::Decoder::new(compressed).map_err(|e| err(e.to_string()))?;
-                let skip = start - frames[k].1;
-                let skipped = io::copy(&mut (&mut d).take(skip), &mut io::sink())
-                    .map_err(|e| err(e.to_string()))?;
-                if skipped != skip {
-                    return Err(err("zstd data ended early".into()));
-                }
-                let mut out = vec![0u8; len];
-                d.read_exact(&mut out).map_err(|e| err(e.to_string()))?;
-                out
-            }
+            Access::Zstd(_) => zstd_range(compressed, from - base, len).map_err(err)?,
         };
-        if data.len() != len
-            || <[u8; 32]>::from(sha2::Sha256::digest(&data)) != self.spans[i].sha256
-        {
+        if data.len() != len {
             return Err(SpanError::Mismatch {
                 layer: self.layer.clone(),
                 span: i,
             });
         }
-        Ok(data)
+        let mut out = Vec::with_capacity(i + 1 - first);
+        for k in first..=i {
+            let (s, e) = self.span_range(k);
+            let piece = &data[(s - from) as usize..(e - from) as usize];
+            if <[u8; 32]>::from(sha2::Sha256::digest(piece)) != self.spans[k].sha256 {
+                return Err(SpanError::Mismatch {
+                    layer: self.layer.clone(),
+                    span: k,
+                });
+            }
+            out.push((k, piece.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Decode and verify span `i` alone (see [`LayerIndex::decode_spans`]).
+    pub fn decode_span(&self, i: usize, compressed: &[u8]) -> Result<Vec<u8>, SpanError> {
+        let mut all = self.decode_spans(i, compressed)?;
+        Ok(all.pop().expect("at least span i").1)
     }
 
     /// The span holding uncompressed offset `at`, as (index, start, end).
@@ -242,7 +259,8 @@ impl LayerIndex {
 }
 
 /// Accepts the uncompressed bytes of a layer: hashes them for the diff_id,
-/// indexes the tar, and hashes spans.
+/// indexes the tar, and hashes spans (cut every [`SUB_SPAN`] bytes and at
+/// access points), noting where each span ends in the compressed stream.
 pub struct IndexSink {
     hasher: Hasher,
     tar: TarIndexer,
@@ -250,13 +268,11 @@ pub struct IndexSink {
     span_hasher: sha2::Sha256,
     span_start: u64,
     pos: u64,
-    fixed: Option<u64>,
 }
 
 impl IndexSink {
-    /// A sink checking against a diff_id of this algorithm. With `fixed`,
-    /// spans are cut every that many bytes; otherwise at [`IndexSink::cut`].
-    pub fn new(algorithm: Algorithm, fixed: Option<u64>) -> IndexSink {
+    /// A sink checking against a diff_id of this algorithm.
+    pub fn new(algorithm: Algorithm) -> IndexSink {
         use sha2::Digest as _;
         IndexSink {
             hasher: Hasher::new(algorithm),
@@ -265,62 +281,54 @@ impl IndexSink {
             span_hasher: sha2::Sha256::new(),
             span_start: 0,
             pos: 0,
-            fixed,
         }
     }
 
-    /// End the current span here (a no-op at its very start).
-    pub fn cut(&mut self) {
+    /// End the current span here; `cend` compressed bytes produced it.
+    pub fn cut(&mut self, cend: u64) {
         use sha2::Digest as _;
         if self.pos > self.span_start {
             let h = std::mem::take(&mut self.span_hasher).finalize();
             self.spans.push(Span {
                 start: self.span_start,
                 sha256: h.into(),
+                cend,
             });
             self.span_start = self.pos;
         }
     }
 
-    fn take(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Take output that does not cross a [`SUB_SPAN`] boundary, produced
+    /// from the first `cpos` compressed bytes.
+    pub fn feed(&mut self, data: &[u8], cpos: u64) -> io::Result<()> {
         use sha2::Digest as _;
-        self.hasher.update(buf);
-        self.span_hasher.update(buf);
-        self.pos += buf.len() as u64;
-        self.tar.write_all(buf)
+        debug_assert!(
+            self.pos / SUB_SPAN == (self.pos + data.len() as u64 - 1) / SUB_SPAN || data.is_empty()
+        );
+        self.hasher.update(data);
+        self.span_hasher.update(data);
+        self.pos += data.len() as u64;
+        self.tar.write_all(data)?;
+        if self.pos.is_multiple_of(SUB_SPAN) {
+            self.cut(cpos);
+        }
+        Ok(())
+    }
+
+    /// Bytes taken so far.
+    pub fn pos(&self) -> u64 {
+        self.pos
     }
 
     /// The diff_id of what was written, the length, the spans, and the tar
-    /// entries (or why the stream is not a tar).
-    pub fn finish(mut self) -> (Digest, u64, Vec<Span>, Result<Vec<TarEntry>, TarError>) {
-        self.cut();
+    /// entries (or why the stream is not a tar). `cend`: the blob's size.
+    pub fn finish(
+        mut self,
+        cend: u64,
+    ) -> (Digest, u64, Vec<Span>, Result<Vec<TarEntry>, TarError>) {
+        self.cut(cend);
         let size = self.pos;
         (self.hasher.finish(), size, self.spans, self.tar.finish())
-    }
-}
-
-impl Write for IndexSink {
-    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len();
-        match self.fixed {
-            Some(f) => {
-                while !buf.is_empty() {
-                    let room = (self.span_start + f - self.pos) as usize;
-                    let (now, rest) = buf.split_at(room.min(buf.len()));
-                    self.take(now)?;
-                    if self.pos == self.span_start + f {
-                        self.cut();
-                    }
-                    buf = rest;
-                }
-            }
-            None => self.take(buf)?,
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -362,29 +370,28 @@ pub struct LayerIndexer {
     sink: IndexSink,
     decoder: Decoder,
     compression: Compression,
+    consumed: u64,
 }
 
 impl LayerIndexer {
     /// An indexer for a layer with this compression and diff_id algorithm.
     pub fn new(compression: Compression, diff_alg: Algorithm) -> Result<LayerIndexer, PushError> {
-        let (fixed, decoder) = match compression {
-            Compression::None => (Some(SPAN), Decoder::Plain),
-            Compression::Gzip => (None, Decoder::Gzip(Box::new(gzip::Indexer::new(SPAN)))),
-            Compression::Zstd => (
-                Some(SPAN),
-                Decoder::Zstd(Box::new(ZstdState {
-                    dec: zstd::stream::raw::Decoder::new()
-                        .map_err(|e| PushError::Decode(e.to_string()))?,
-                    out: vec![0u8; 256 << 10],
-                    frames: vec![(0, 0)],
-                    consumed: 0,
-                    produced: 0,
-                    in_frame: false,
-                })),
-            ),
+        let decoder = match compression {
+            Compression::None => Decoder::Plain,
+            Compression::Gzip => Decoder::Gzip(Box::new(gzip::Indexer::new(SPAN, SUB_SPAN))),
+            Compression::Zstd => Decoder::Zstd(Box::new(ZstdState {
+                dec: zstd::stream::raw::Decoder::new()
+                    .map_err(|e| PushError::Decode(e.to_string()))?,
+                out: vec![0u8; 256 << 10],
+                frames: vec![(0, 0)],
+                consumed: 0,
+                produced: 0,
+                in_frame: false,
+            })),
         };
         Ok(LayerIndexer {
-            sink: IndexSink::new(diff_alg, fixed),
+            consumed: 0,
+            sink: IndexSink::new(diff_alg),
             decoder,
             compression,
         })
@@ -393,16 +400,27 @@ impl LayerIndexer {
     /// Feed compressed bytes.
     pub fn push(&mut self, input: &[u8]) -> Result<(), PushError> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        self.consumed += input.len() as u64;
         match &mut self.decoder {
-            Decoder::Plain => self.sink.write_all(input).map_err(push_error),
+            Decoder::Plain => {
+                let mut rest = input;
+                while !rest.is_empty() {
+                    let room = (SUB_SPAN - self.sink.pos() % SUB_SPAN) as usize;
+                    let (now, later) = rest.split_at(room.min(rest.len()));
+                    let cpos = self.sink.pos() + now.len() as u64;
+                    self.sink.feed(now, cpos).map_err(push_error)?;
+                    rest = later;
+                }
+                Ok(())
+            }
             Decoder::Gzip(g) => {
                 // The sink sees output and checkpoints in stream order, so a
                 // cut lands exactly on the checkpoint's offset.
                 let sink = std::cell::RefCell::new(&mut self.sink);
                 g.push(
                     input,
-                    &mut |data| sink.borrow_mut().write_all(data),
-                    &mut || sink.borrow_mut().cut(),
+                    &mut |data, cpos| sink.borrow_mut().feed(data, cpos),
+                    &mut |cpos| sink.borrow_mut().cut(cpos),
                 )
                 .map_err(push_error)
             }
@@ -410,7 +428,9 @@ impl LayerIndexer {
                 let mut inb = InBuffer::around(input);
                 loop {
                     let before = inb.pos();
-                    let mut outb = OutBuffer::around(&mut z.out[..]);
+                    let room =
+                        (SUB_SPAN - self.sink.pos() % SUB_SPAN).min(z.out.len() as u64) as usize;
+                    let mut outb = OutBuffer::around(&mut z.out[..room]);
                     let hint = z
                         .dec
                         .run(&mut inb, &mut outb)
@@ -421,7 +441,9 @@ impl LayerIndexer {
                     if made > 0 || inb.pos() > before {
                         z.in_frame = true;
                     }
-                    self.sink.write_all(&z.out[..made]).map_err(push_error)?;
+                    self.sink
+                        .feed(&z.out[..made], z.consumed)
+                        .map_err(push_error)?;
                     if hint == 0 && z.in_frame {
                         // A frame ended: the next one can be decoded on its own.
                         z.in_frame = false;
@@ -430,7 +452,7 @@ impl LayerIndexer {
                             z.frames.push((z.consumed, z.produced));
                         }
                     }
-                    if inb.pos() == input.len() && made < z.out.len() {
+                    if inb.pos() == input.len() && made < room {
                         break;
                     }
                 }
@@ -459,7 +481,7 @@ impl LayerIndexer {
                 Access::Zstd(frames)
             }
         };
-        let (actual, tar_size, spans, entries) = self.sink.finish();
+        let (actual, tar_size, spans, entries) = self.sink.finish(self.consumed);
         if actual != *diff_id {
             return Err(IndexError::DiffId {
                 layer: layer.clone(),
@@ -524,6 +546,35 @@ pub fn push_to_index_error(e: PushError, layer: &Digest, compression: Compressio
             detail,
         },
     }
+}
+
+/// Decode `len` bytes after skipping `skip`, from zstd data that starts at a
+/// frame and may stop in the middle of one (the raw decoder, unlike the
+/// reader, returns what it can without demanding the rest of the frame).
+fn zstd_range(compressed: &[u8], mut skip: u64, len: usize) -> Result<Vec<u8>, String> {
+    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+    let mut dec = Decoder::new().map_err(|e| e.to_string())?;
+    let mut input = InBuffer::around(compressed);
+    let mut out = vec![0u8; len];
+    let mut scratch = vec![0u8; 128 << 10];
+    let mut filled = 0;
+    while filled < len {
+        let before = (input.pos(), filled, skip);
+        if skip > 0 {
+            let n = skip.min(scratch.len() as u64) as usize;
+            let mut o = OutBuffer::around(&mut scratch[..n]);
+            dec.run(&mut input, &mut o).map_err(|e| e.to_string())?;
+            skip -= o.pos() as u64;
+        } else {
+            let mut o = OutBuffer::around(&mut out[filled..]);
+            dec.run(&mut input, &mut o).map_err(|e| e.to_string())?;
+            filled += o.pos();
+        }
+        if (input.pos(), filled, skip) == before {
+            return Err("zstd data ended early".into());
+        }
+    }
+    Ok(out)
 }
 
 /// Layer indexes stored under `<cache>/index/`.
@@ -661,6 +712,7 @@ pub fn encode(ix: &LayerIndex) -> Vec<u8> {
     put_var(&mut body, ix.spans.len() as u64);
     for sp in &ix.spans {
         put_var(&mut body, sp.start);
+        put_var(&mut body, sp.cend);
         body.extend_from_slice(&sp.sha256);
     }
     let compressed = zstd::bulk::compress(&body, 3).expect("in-memory zstd");
@@ -821,6 +873,7 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
     let mut spans = Vec::with_capacity(n.min(1 << 20));
     for _ in 0..n {
         let start = r.var()?;
+        let cend = r.var()?;
         if r.0.len() < 32 {
             return None;
         }
@@ -829,6 +882,7 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
         spans.push(Span {
             start,
             sha256: h.try_into().ok()?,
+            cend,
         });
     }
     if !r.0.is_empty() {
@@ -901,6 +955,7 @@ mod tests {
             spans: vec![Span {
                 start: 0,
                 sha256: [7; 32],
+                cend: 99,
             }],
         }
     }
