@@ -6,14 +6,24 @@
 //! ```text
 //! source (registry / oci layout / docker archive)   src/source/
 //!   → verified blobs in the shared cache              src/cache.rs, src/pull.rs
-//!   → (next: layer index → merged tree → ext4 writer → Disk → serve / mount / materialize)
+//!   → layer index (tar entries, access points, span hashes)   src/layer_index/
+//!   → merged tree (whiteouts applied)                 src/tree.rs
+//!   → filesystem layout: metadata blocks + data extents   src/ext4/, src/fs_image.rs
+//!   → materialize (a raw image file)                  src/materialize.rs
+//!   → Disk (read_at / write_at: metadata, lazy data, overlay)   src/disk/
 //! ```
 //!
-//! The original Go package's `ContainerToVirtioOptions` maps onto this crate
-//! as follows: `ImageRef` → [`PullOptions::location`] (any transport, e.g.
-//! `alpine`, `oci:DIR:TAG`), `Platform` → [`PullOptions::platform`] (default:
-//! the host's platform). `OutputPath`, `FilesystemType`, `Size` and `ReadOnly`
-//! belong to image materialisation, which builds on this foundation.
+//! The original Go package's `ContainerToVirtioOptions` maps onto
+//! [`materialize::MaterializeOptions`]:
+//!
+//! | Go field | Rust |
+//! | --- | --- |
+//! | `ImageRef` | `pull.location` (any transport: `alpine`, `oci:DIR:TAG`, `docker-archive:FILE`) |
+//! | `Platform` | `pull.platform` (default: the host's) |
+//! | `OutputPath` | `output` |
+//! | `FilesystemType` | `filesystem` (ext4) |
+//! | `Size` | `size` (`None`: fit the content) |
+//! | `ReadOnly` | `read_only` |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
