@@ -23,6 +23,7 @@ fn options(r: &str) -> DiskOptions {
         read_only: true,
         uuid: None,
         cache_mem: 256 << 20,
+        cache_disk: 0,
         overlay: None,
     }
 }

@@ -29,6 +29,7 @@ fn options(location: &str) -> DiskOptions {
         read_only: true,
         uuid: None,
         cache_mem: 64 << 20,
+        cache_disk: 1 << 30,
         overlay: None,
     }
 }
@@ -402,5 +403,51 @@ fn random_writes_and_zeroes_read_back_over_the_image() {
     assert!(
         disk.write_at(disk.size() - 1, &[1, 2]).is_err(),
         "a write past the end is refused"
+    );
+}
+
+#[test]
+fn chunk_store_serves_a_new_disk_without_the_registry() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    reg.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "chunks:v1",
+        false,
+    );
+    let r = format!("{}/chunks:v1", reg.host());
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let mut first = vec![0u8; disk.size() as usize];
+    disk.read_at(0, &mut first).unwrap();
+    assert!(
+        disk.stats()
+            .spans_fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    drop(disk);
+
+    let n = reg.requests().len();
+    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let mut again = vec![0u8; disk.size() as usize];
+    disk.read_at(0, &mut again).unwrap();
+    assert!(again == first);
+    let fetched: Vec<_> = reg.requests()[n..]
+        .iter()
+        .filter(|q| q.is_blob_fetch())
+        .cloned()
+        .collect();
+    assert!(
+        fetched.is_empty(),
+        "the chunk store should have served every span: {fetched:?}"
+    );
+    assert!(
+        disk.stats()
+            .chunk_hits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
     );
 }

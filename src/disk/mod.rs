@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use lru::LruCache;
 
+pub mod chunks;
 pub mod overlay;
 
+use chunks::ChunkStore;
 use overlay::{Overlay, OverlayError};
 
 use crate::cache::{BlobCache, CacheError};
@@ -91,6 +93,8 @@ pub struct DiskOptions {
     pub uuid: Option<[u8; 16]>,
     /// Bytes of decoded spans kept in memory.
     pub cache_mem: u64,
+    /// Bytes of compressed spans kept on disk, shared by all images (0: none).
+    pub cache_disk: u64,
     /// Where guest writes go (writable disks); `None`: a temporary file in
     /// the cache dir, removed when the disk closes.
     pub overlay: Option<std::path::PathBuf>,
@@ -105,6 +109,8 @@ pub struct DiskStats {
     pub bytes_fetched: AtomicU64,
     /// Span lookups answered from memory.
     pub hits: AtomicU64,
+    /// Span lookups answered from the on-disk chunk store.
+    pub chunk_hits: AtomicU64,
 }
 
 struct SpanCache {
@@ -128,6 +134,7 @@ pub struct Disk {
     /// Compressed bytes already fetched from each access point: the next
     /// span of the same region fetches only what is missing.
     prefixes: Mutex<Prefixes>,
+    chunks: ChunkStore,
     stats: DiskStats,
     overlay: Option<Overlay>,
     temp_overlay: Option<std::path::PathBuf>,
@@ -209,6 +216,11 @@ impl Disk {
             prefixes: Mutex::new(LruCache::new(
                 std::num::NonZeroUsize::new(64).expect("non-zero"),
             )),
+            chunks: ChunkStore::open(
+                &cache.root().join("chunks"),
+                &cache.root().join("tmp"),
+                opts.cache_disk,
+            ),
             stats: DiskStats::default(),
         })
     }
@@ -358,6 +370,10 @@ impl Disk {
 
     fn fetch_span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
         let (index, desc) = &self.layers[layer];
+        if let Some(d) = self.chunks.get(&index.spans[span].sha256) {
+            self.stats.chunk_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Arc::new(d));
+        }
         let f = index.span_fetch(span, desc.size);
         let key = (layer, f.start);
         let have = self
@@ -399,6 +415,7 @@ impl Disk {
         // keep them, a neighbouring read is likely.
         let mut wanted = None;
         for (k, data) in decoded {
+            self.chunks.put(&index.spans[k].sha256, &data);
             let data = Arc::new(data);
             if k == span {
                 wanted = Some(data);
