@@ -25,6 +25,8 @@ fn options(r: &str) -> DiskOptions {
         cache_mem: 256 << 20,
         cache_disk: 0,
         overlay: None,
+        flush_to: None,
+        prefetch: false,
     }
 }
 

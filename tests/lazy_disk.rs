@@ -31,6 +31,8 @@ fn options(location: &str) -> DiskOptions {
         cache_mem: 64 << 20,
         cache_disk: 1 << 30,
         overlay: None,
+        flush_to: None,
+        prefetch: false,
     }
 }
 
@@ -450,4 +452,72 @@ fn chunk_store_serves_a_new_disk_without_the_registry() {
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
     );
+}
+
+#[test]
+fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
+    let mut reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    reg.push(&format!("oci:{}:v1", dir.path().display()), "pre:v1", false);
+    let r = format!("{}/pre:v1", reg.host());
+    let reference = dir.path().join("ref.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        &format!("oci:{}:v1", dir.path().display()),
+        reference.to_str().unwrap(),
+    ]);
+    let mut want = std::fs::read(&reference).unwrap();
+
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let flushed = dir.path().join("flushed.img");
+    let mut opts = options(&r);
+    opts.read_only = false;
+    opts.prefetch = true;
+    opts.flush_to = Some(flushed.clone());
+    opts.overlay = Some(dir.path().join("overlay"));
+    opts.pull.source.registry.retry = RetryPolicy {
+        attempts: 2,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(100),
+        max_total: Duration::from_secs(5),
+    };
+    let disk = Disk::open(&opts, &cache).unwrap();
+    disk.wait_prefetch();
+    assert!(
+        disk.flush_to_complete(),
+        "after prefetch every span has arrived"
+    );
+    assert!(
+        std::fs::read(&flushed).unwrap() == want,
+        "flush-to image differs from materialize's"
+    );
+
+    // A guest write lands in the flushed image on flush.
+    let at = want.len() - (3 << 20) + 7;
+    disk.write_at(at as u64, b"guest was here").unwrap();
+    disk.flush().unwrap();
+    want[at..at + 14].copy_from_slice(b"guest was here");
+    assert!(
+        std::fs::read(&flushed).unwrap() == want,
+        "guest write missing from the flush-to image"
+    );
+
+    // Independent of the registry now.
+    reg.stop();
+    let fresh = Disk::open(
+        &DiskOptions {
+            prefetch: false,
+            flush_to: None,
+            ..opts.clone()
+        },
+        &cache,
+    );
+    // Opening needs the manifest (by tag), which the stopped registry cannot give;
+    // the running disk needs nothing more:
+    assert!(fresh.is_err());
+    let mut all = vec![0u8; want.len()];
+    disk.read_at(0, &mut all).unwrap();
+    assert!(all == want, "reads after prefetch, registry down");
 }

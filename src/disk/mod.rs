@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use lru::LruCache;
 
 pub mod chunks;
+pub mod flush_to;
 pub mod overlay;
 
 use chunks::ChunkStore;
@@ -75,6 +76,9 @@ pub enum DiskError {
     /// A write to a read-only disk.
     #[error("the disk is read-only")]
     ReadOnly,
+    /// Writing the --flush-to image failed.
+    #[error("--flush-to {0}: {1}")]
+    FlushTo(std::path::PathBuf, std::io::Error),
     /// The overlay failed.
     #[error(transparent)]
     Overlay(#[from] OverlayError),
@@ -98,6 +102,10 @@ pub struct DiskOptions {
     /// Where guest writes go (writable disks); `None`: a temporary file in
     /// the cache dir, removed when the disk closes.
     pub overlay: Option<std::path::PathBuf>,
+    /// Keep a complete raw image here, filled as data arrives.
+    pub flush_to: Option<std::path::PathBuf>,
+    /// Fetch the whole image in the background after opening.
+    pub prefetch: bool,
 }
 
 /// Counters, for tests and benchmarks.
@@ -123,8 +131,11 @@ type Pending = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
 /// Compressed prefixes by (layer, offset of the access point).
 type Prefixes = LruCache<(usize, u64), Arc<Vec<u8>>>;
 
-/// A lazily filled block device.
-pub struct Disk {
+/// The shared state of a disk (background readahead and prefetch hold it too).
+struct Inner {
+    flush_to: Option<flush_to::FlushTo>,
+    last_span: Mutex<HashMap<usize, usize>>,
+    readahead: Mutex<Option<std::sync::mpsc::Sender<(usize, usize)>>>,
     image: FsImage,
     layers: Vec<(Arc<LayerIndex>, Descriptor)>,
     source: Source,
@@ -140,7 +151,7 @@ pub struct Disk {
     temp_overlay: Option<std::path::PathBuf>,
 }
 
-impl Drop for Disk {
+impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(p) = self.temp_overlay.take() {
             let _ = std::fs::remove_file(&p);
@@ -149,9 +160,9 @@ impl Drop for Disk {
     }
 }
 
-impl Disk {
+impl Inner {
     /// Open the image: resolve, index (without keeping layer blobs), plan.
-    pub fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Disk, DiskError> {
+    fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Arc<Inner>, DiskError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ocidisk-io")
@@ -180,7 +191,7 @@ impl Disk {
         let plain: Vec<LayerIndex> = indexes.iter().map(|i| (**i).clone()).collect();
         let fs = build_filesystem(image.id(), &plain, opts.size, opts.read_only, opts.uuid)
             .map_err(Box::new)?;
-        let layers = indexes
+        let layers: Vec<(Arc<LayerIndex>, Descriptor)> = indexes
             .into_iter()
             .zip(image.layers.iter().map(|l| l.descriptor.clone()))
             .collect();
@@ -200,7 +211,14 @@ impl Disk {
             };
             (Some(Overlay::open(&path, image.id(), fs.size)?), temp)
         };
-        Ok(Disk {
+        let flush_to = match &opts.flush_to {
+            Some(p) => Some(flush_to::FlushTo::create(p, &fs, &layers)?),
+            None => None,
+        };
+        Ok(Arc::new(Inner {
+            flush_to,
+            last_span: Mutex::new(HashMap::new()),
+            readahead: Mutex::new(None),
             overlay,
             temp_overlay,
             image: fs,
@@ -222,7 +240,7 @@ impl Disk {
                 opts.cache_disk,
             ),
             stats: DiskStats::default(),
-        })
+        }))
     }
 
     /// Device size in bytes.
@@ -255,7 +273,15 @@ impl Disk {
         self.check_range(offset, data.len())?;
         let lower =
             |off: u64, buf: &mut [u8]| self.read_lower(off, buf).map_err(std::io::Error::other);
-        Ok(o.write(offset, data, &lower)?)
+        o.write(offset, data, &lower)?;
+        if let Some(f) = &self.flush_to {
+            let start = offset / BLOCK_SIZE * BLOCK_SIZE;
+            let end = (offset + data.len() as u64).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+            let mut merged = vec![0u8; (end.min(self.image.size) - start) as usize];
+            self.read_at(start, &mut merged)?;
+            f.guest_wrote(start, &merged)?;
+        }
+        Ok(())
     }
 
     /// Make `len` bytes at `offset` read as zeros (virtio WRITE_ZEROES and
@@ -277,10 +303,27 @@ impl Disk {
 
     /// Make every write so far durable (virtio FLUSH).
     pub fn flush(&self) -> Result<(), DiskError> {
-        match &self.overlay {
-            Some(o) => Ok(o.flush()?),
-            None => Ok(()),
+        if let Some(o) = &self.overlay {
+            o.flush()?;
         }
+        if let Some(f) = &self.flush_to {
+            f.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Tell `--flush-to` that span `span` of `layer` arrived.
+    fn arrived(&self, layer: usize, span: usize, data: &[u8]) -> Result<(), DiskError> {
+        if let Some(f) = &self.flush_to {
+            let start = self.layers[layer].0.spans[span].start;
+            let guest_has = |block: u64| {
+                self.overlay
+                    .as_ref()
+                    .is_some_and(|o| o.covered(block * BLOCK_SIZE, 1)[0])
+            };
+            f.span_arrived(layer, span, start, data, &guest_has)?;
+        }
+        Ok(())
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<u64, DiskError> {
@@ -324,6 +367,7 @@ impl Disk {
     /// Fill `out` from layer `layer`'s uncompressed tar at `at`.
     fn read_layer(&self, layer: usize, mut at: u64, mut out: &mut [u8]) -> Result<(), DiskError> {
         let index = &self.layers[layer].0;
+        let mut last = None;
         while !out.is_empty() {
             let (span, start, end) = index.span_at(at).ok_or(DiskError::OutOfRange {
                 offset: at,
@@ -336,6 +380,23 @@ impl Disk {
             out[..n].copy_from_slice(&data[from..from + n]);
             out = &mut out[n..];
             at += n as u64;
+            last = Some(span);
+        }
+        // Read-ahead: a reader moving forward through a layer gets the next
+        // span fetched in the background.
+        if let Some(k) = last {
+            let prev = self
+                .last_span
+                .lock()
+                .expect("readahead lock")
+                .insert(layer, k);
+            let sequential = prev.is_some_and(|p| p + 1 == k || p == k);
+            if sequential
+                && k + 1 < index.spans.len()
+                && let Some(tx) = self.readahead.lock().expect("readahead lock").as_ref()
+            {
+                let _ = tx.send((layer, k + 1));
+            }
         }
         Ok(())
     }
@@ -372,6 +433,7 @@ impl Disk {
         let (index, desc) = &self.layers[layer];
         if let Some(d) = self.chunks.get(&index.spans[span].sha256) {
             self.stats.chunk_hits.fetch_add(1, Ordering::Relaxed);
+            self.arrived(layer, span, &d)?;
             return Ok(Arc::new(d));
         }
         let f = index.span_fetch(span, desc.size);
@@ -416,6 +478,7 @@ impl Disk {
         let mut wanted = None;
         for (k, data) in decoded {
             self.chunks.put(&index.spans[k].sha256, &data);
+            self.arrived(layer, k, &data)?;
             let data = Arc::new(data);
             if k == span {
                 wanted = Some(data);
@@ -436,6 +499,130 @@ impl Disk {
                 Some((_, old)) => c.bytes -= old.len() as u64,
                 None => break,
             }
+        }
+    }
+}
+
+/// A lazily filled block device.
+pub struct Disk {
+    inner: Arc<Inner>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Disk {
+    /// Open the image: resolve, index (without keeping layer blobs), plan;
+    /// start read-ahead, and `--prefetch` if asked.
+    pub fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Disk, DiskError> {
+        let inner = Inner::open(opts, cache)?;
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
+        *inner.readahead.lock().expect("readahead lock") = Some(tx);
+        let weak = Arc::downgrade(&inner);
+        let ra = std::thread::Builder::new()
+            .name("ocidisk-readahead".into())
+            .spawn(move || {
+                for (layer, span) in rx {
+                    let Some(inner) = weak.upgrade() else { break };
+                    if let Err(e) = inner.span(layer, span) {
+                        tracing::debug!("read-ahead of layer {layer} span {span}: {e}");
+                    }
+                }
+            })
+            .map_err(DiskError::Runtime)?;
+        let disk = Disk {
+            inner,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            workers: Mutex::new(vec![ra]),
+        };
+        if opts.prefetch {
+            disk.start_prefetch()?;
+        }
+        Ok(disk)
+    }
+
+    /// Fetch every span in the background (one thread, in layer order), so a
+    /// long-running disk ends up independent of the registry.
+    pub fn start_prefetch(&self) -> Result<(), DiskError> {
+        let inner = self.inner.clone();
+        let stop = self.stop.clone();
+        let h = std::thread::Builder::new()
+            .name("ocidisk-prefetch".into())
+            .spawn(move || {
+                for (layer, (index, _)) in inner.layers.iter().enumerate() {
+                    for span in 0..index.spans.len() {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if let Err(e) = inner.span(layer, span) {
+                            tracing::warn!("prefetch of layer {layer} span {span}: {e}");
+                        }
+                    }
+                }
+                tracing::info!("prefetch done");
+            })
+            .map_err(DiskError::Runtime)?;
+        self.workers.lock().expect("workers lock").push(h);
+        Ok(())
+    }
+
+    /// Wait for a running prefetch to finish.
+    pub fn wait_prefetch(&self) {
+        let mut w = self.workers.lock().expect("workers lock");
+        // The read-ahead worker (first) runs until the disk closes.
+        while w.len() > 1 {
+            let h = w.pop().expect("a worker");
+            let _ = h.join();
+        }
+    }
+
+    /// Whether the `--flush-to` image is complete (every span arrived).
+    pub fn flush_to_complete(&self) -> bool {
+        self.inner.flush_to.as_ref().is_some_and(|f| f.complete())
+    }
+
+    /// Device size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DiskStats {
+        self.inner.stats()
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+
+    /// Fill `buf` with the device bytes at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.inner.read_at(offset, buf)
+    }
+
+    /// Write `data` at `offset` (into the overlay).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.inner.write_at(offset, data)
+    }
+
+    /// Make `len` bytes at `offset` read as zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.inner.write_zeroes(offset, len)
+    }
+
+    /// Make every write so far durable.
+    pub fn flush(&self) -> Result<(), DiskError> {
+        self.inner.flush()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing the channel ends the read-ahead worker.
+        self.inner.readahead.lock().expect("readahead lock").take();
+        for h in self.workers.lock().expect("workers lock").drain(..) {
+            let _ = h.join();
         }
     }
 }

@@ -1,0 +1,140 @@
+//! `--flush-to IMG`: a complete raw image kept up to date beside a running
+//! disk: the bytes `materialize` would write, plus the guest's changes.
+//!
+//! The file is created as `IMG.partial` with every metadata block. Each
+//! span that arrives (read by the guest, by read-ahead or by `--prefetch`)
+//! writes the file data it holds; guest writes are written merged with the
+//! block below. Base data never overwrites a block the guest has written:
+//! both paths take one lock, and spans skip blocks the overlay holds. When
+//! every span has arrived once the file is fsynced and renamed to `IMG`;
+//! from then on it is complete and stays current (fsynced on flush).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::DiskError;
+use crate::fs_image::{BLOCK_SIZE, DataExtent, FsImage};
+use crate::layer_index::LayerIndex;
+use crate::source::manifest::Descriptor;
+
+struct Progress {
+    arrived: HashSet<(usize, usize)>,
+    complete: bool,
+}
+
+/// The image file being kept.
+pub struct FlushTo {
+    file: File,
+    partial: PathBuf,
+    path: PathBuf,
+    by_layer: Vec<Vec<DataExtent>>,
+    total_spans: usize,
+    progress: Mutex<Progress>,
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+    move |e| DiskError::FlushTo(path.to_path_buf(), e)
+}
+
+impl FlushTo {
+    /// Start `path.partial` with the metadata of `fs`.
+    pub fn create(
+        path: &Path,
+        fs: &FsImage,
+        layers: &[(std::sync::Arc<LayerIndex>, Descriptor)],
+    ) -> Result<FlushTo, DiskError> {
+        let partial = PathBuf::from(format!("{}.partial", path.display()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+            .map_err(write_err(&partial))?;
+        file.set_len(fs.size).map_err(write_err(&partial))?;
+        for (block, bytes) in &fs.metadata {
+            file.write_all_at(bytes, block * BLOCK_SIZE)
+                .map_err(write_err(&partial))?;
+        }
+        Ok(FlushTo {
+            file,
+            partial,
+            path: path.to_path_buf(),
+            by_layer: (0..layers.len()).map(|i| fs.extents_of_layer(i)).collect(),
+            total_spans: layers.iter().map(|(ix, _)| ix.spans.len()).sum(),
+            progress: Mutex::new(Progress {
+                arrived: HashSet::new(),
+                complete: false,
+            }),
+        })
+    }
+
+    /// Whether every span has arrived and the file has its final name.
+    pub fn complete(&self) -> bool {
+        self.progress.lock().expect("flush-to lock").complete
+    }
+
+    /// A verified span of `layer` covering tar bytes `[start, start+len)`
+    /// arrived. `guest_has(block)` says whether the overlay holds a block.
+    pub fn span_arrived(
+        &self,
+        layer: usize,
+        span: usize,
+        start: u64,
+        data: &[u8],
+        guest_has: &dyn Fn(u64) -> bool,
+    ) -> Result<(), DiskError> {
+        let mut p = self.progress.lock().expect("flush-to lock");
+        if !p.arrived.insert((layer, span)) {
+            return Ok(());
+        }
+        let end = start + data.len() as u64;
+        let exts = &self.by_layer[layer];
+        let first = exts.partition_point(|e| e.tar_offset + e.len <= start);
+        for e in &exts[first..] {
+            if e.tar_offset >= end {
+                break;
+            }
+            let lo = e.tar_offset.max(start);
+            let hi = (e.tar_offset + e.len).min(end);
+            let mut dev = e.device_offset + (lo - e.tar_offset);
+            let mut piece = &data[(lo - start) as usize..(hi - start) as usize];
+            // Block by block, skipping what the guest has written.
+            while !piece.is_empty() {
+                let block = dev / BLOCK_SIZE;
+                let n = (((block + 1) * BLOCK_SIZE - dev) as usize).min(piece.len());
+                if !guest_has(block) {
+                    self.file
+                        .write_all_at(&piece[..n], dev)
+                        .map_err(write_err(&self.partial))?;
+                }
+                piece = &piece[n..];
+                dev += n as u64;
+            }
+        }
+        if !p.complete && p.arrived.len() == self.total_spans {
+            self.file.sync_all().map_err(write_err(&self.partial))?;
+            std::fs::rename(&self.partial, &self.path).map_err(write_err(&self.path))?;
+            p.complete = true;
+            tracing::info!(path = %self.path.display(), "flush-to image is complete");
+        }
+        Ok(())
+    }
+
+    /// The guest wrote: `merged` is the device's bytes at `offset` (whole
+    /// blocks, overlay included).
+    pub fn guest_wrote(&self, offset: u64, merged: &[u8]) -> Result<(), DiskError> {
+        let _p = self.progress.lock().expect("flush-to lock");
+        self.file
+            .write_all_at(merged, offset)
+            .map_err(write_err(&self.partial))
+    }
+
+    /// Make what was written durable.
+    pub fn flush(&self) -> Result<(), DiskError> {
+        self.file.sync_data().map_err(write_err(&self.path))
+    }
+}
