@@ -521,3 +521,71 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
     disk.read_at(0, &mut all).unwrap();
     assert!(all == want, "reads after prefetch, registry down");
 }
+
+#[test]
+fn a_registry_that_ignores_range_gets_its_blobs_cached_whole() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let built = imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    reg.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "norange:v1",
+        false,
+    );
+    let reference = dir.path().join("ref.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        "--read-only",
+        &format!("oci:{}:v1", dir.path().display()),
+        reference.to_str().unwrap(),
+    ]);
+    let want = std::fs::read(&reference).unwrap();
+
+    let proxy = common::proxy::FaultProxy::start(&reg.host());
+    proxy.strip_range();
+    let r = format!("{}/norange:v1", proxy.host());
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let mut opts = options(&r);
+    opts.cache_disk = 0;
+    let layer_gets = |from: usize| -> Vec<(String, u16)> {
+        reg.requests()[from..]
+            .iter()
+            .filter(|q| q.is_blob_fetch() && q.method == "GET")
+            .filter(|q| {
+                built
+                    .layers
+                    .iter()
+                    .any(|l| q.reference() == Some(l.digest.as_str()))
+            })
+            .map(|q| (q.reference().unwrap().to_string(), q.status))
+            .collect()
+    };
+    let mut after_first = 0;
+    for round in 0..2 {
+        let disk = Disk::open(&opts, &cache).unwrap();
+        let mut all = vec![0u8; want.len()];
+        for (i, chunk) in all.chunks_mut(1 << 20).enumerate() {
+            disk.read_at((i as u64) << 20, chunk).unwrap();
+        }
+        assert!(
+            all == want,
+            "reads through a Range-ignoring registry differ"
+        );
+        if round == 0 {
+            after_first = reg.requests().len();
+        }
+    }
+    let gets = layer_gets(0);
+    assert!(gets.iter().all(|(_, s)| *s == 200), "{gets:?}");
+    for layer in &built.layers {
+        let n = gets.iter().filter(|(d, _)| *d == layer.digest).count();
+        // The index pass, at most one Range attempt answered 200 (dropped
+        // once seen), and one fill of the cache.
+        assert!(n <= 3, "layer {} fetched {n} times", layer.digest);
+    }
+    assert!(
+        layer_gets(after_first).is_empty(),
+        "later reads come from the cached blobs"
+    );
+}

@@ -133,6 +133,10 @@ type Prefixes = LruCache<(usize, u64), Arc<Vec<u8>>>;
 
 /// The shared state of a disk (background readahead and prefetch hold it too).
 struct Inner {
+    blob_cache: BlobCache,
+    pull: PullOptions,
+    /// Set once a registry ignored a Range request and the blobs were cached.
+    whole_blobs: std::sync::atomic::AtomicBool,
     flush_to: Option<flush_to::FlushTo>,
     last_span: Mutex<HashMap<usize, usize>>,
     readahead: Mutex<Option<std::sync::mpsc::Sender<(usize, usize)>>>,
@@ -216,6 +220,9 @@ impl Inner {
             None => None,
         };
         Ok(Arc::new(Inner {
+            blob_cache: cache.clone(),
+            pull: pull.clone(),
+            whole_blobs: std::sync::atomic::AtomicBool::new(false),
             flush_to,
             last_span: Mutex::new(HashMap::new()),
             readahead: Mutex::new(None),
@@ -448,13 +455,7 @@ impl Inner {
             Some(p) if p.len() as u64 >= f.end - f.start => p,
             have => {
                 let have_len = have.as_ref().map_or(0, |p| p.len() as u64);
-                let more = self
-                    .rt
-                    .block_on(self.source.read_range(desc, f.start + have_len, f.end))
-                    .map_err(|e| DiskError::Fetch {
-                        layer: desc.digest.to_string(),
-                        source: Box::new(e),
-                    })?;
+                let more = self.read_blob(desc, f.start + have_len, f.end)?;
                 self.stats.spans_fetched.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .bytes_fetched
@@ -487,6 +488,54 @@ impl Inner {
             }
         }
         Ok(wanted.expect("decode_spans returns the span asked for"))
+    }
+
+    /// Compressed bytes `[start, end)` of a layer blob: from the cached
+    /// blob if there is one, else from the source. A registry that ignores
+    /// Range gets the image's blobs pulled (verified) into the cache once.
+    fn read_blob(&self, desc: &Descriptor, start: u64, end: u64) -> Result<Vec<u8>, DiskError> {
+        use std::os::unix::fs::FileExt;
+        let local = self.blob_cache.blob_path(&desc.digest);
+        if let Ok(f) = std::fs::File::open(&local) {
+            let mut buf = vec![0u8; (end - start) as usize];
+            if f.read_exact_at(&mut buf, start).is_ok() {
+                return Ok(buf);
+            }
+        }
+        let fetch_err = |e: SourceError| DiskError::Fetch {
+            layer: desc.digest.to_string(),
+            source: Box::new(e),
+        };
+        match self.rt.block_on(self.source.read_range(desc, start, end)) {
+            Ok(b) => Ok(b),
+            Err(SourceError::Registry(crate::source::registry::RegistryError::RangeIgnored {
+                ..
+            })) if !self.whole_blobs.swap(true, Ordering::SeqCst) => {
+                tracing::warn!(layer = %desc.digest, "the registry ignores Range requests; fetching whole blobs into the cache once");
+                let mut pull = self.pull.clone();
+                pull.keep_blobs = true;
+                self.rt
+                    .block_on(pull_image(&pull, &self.blob_cache, Arc::new(NoProgress)))
+                    .map_err(Box::new)?;
+                let f = std::fs::File::open(&local).map_err(|e| {
+                    fetch_err(SourceError::Read {
+                        image: local.display().to_string(),
+                        what: format!("blob {}", desc.digest),
+                        source: e,
+                    })
+                })?;
+                let mut buf = vec![0u8; (end - start) as usize];
+                f.read_exact_at(&mut buf, start).map_err(|e| {
+                    fetch_err(SourceError::Read {
+                        image: local.display().to_string(),
+                        what: format!("blob {}", desc.digest),
+                        source: e,
+                    })
+                })?;
+                Ok(buf)
+            }
+            Err(e) => Err(fetch_err(e)),
+        }
     }
 
     fn remember(&self, key: (usize, usize), data: Arc<Vec<u8>>) {

@@ -74,6 +74,14 @@ pub enum RegistryError {
         /// The TLS error chain.
         detail: String,
     },
+    /// A range request was answered with the whole blob.
+    #[error("registry {registry} ignored a Range request for blob {digest} (answered 200)")]
+    RangeIgnored {
+        /// Registry host.
+        registry: String,
+        /// The blob.
+        digest: Digest,
+    },
     /// Any other error answer.
     #[error("registry {registry} failed fetching {what}: {detail}")]
     Other {
@@ -461,6 +469,12 @@ impl RegistrySource {
                 })
                 .await?;
             let (mut stream, at) = match r {
+                oci_client::client::BlobResponse::Full(_) if start > 0 || end < desc.size => {
+                    return Err(RegistryError::RangeIgnored {
+                        registry: self.registry(),
+                        digest: desc.digest.clone(),
+                    });
+                }
                 oci_client::client::BlobResponse::Full(s) => (s.stream, 0u64),
                 oci_client::client::BlobResponse::Partial(s) => (s.stream, start),
             };

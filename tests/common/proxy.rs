@@ -22,6 +22,8 @@ struct Shared {
     cuts_done: AtomicU32,
     /// Response bytes forwarded, in all.
     bytes_down: AtomicU64,
+    /// Rename `Range:` request headers so the registry answers 200.
+    strip_range: AtomicBool,
 }
 
 /// A running proxy; stops when dropped.
@@ -43,6 +45,7 @@ impl FaultProxy {
             cuts_left: AtomicU32::new(0),
             cuts_done: AtomicU32::new(0),
             bytes_down: AtomicU64::new(0),
+            strip_range: AtomicBool::new(false),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -74,6 +77,12 @@ impl FaultProxy {
         self.shared.cuts_left.store(count, Ordering::SeqCst);
     }
 
+    /// Make the registry behind ignore Range: the header is renamed (same
+    /// length) on its way through, so the registry answers 200.
+    pub fn strip_range(&self) {
+        self.shared.strip_range.store(true, Ordering::SeqCst);
+    }
+
     /// Connections cut so far.
     pub fn cuts_done(&self) -> u32 {
         self.shared.cuts_done.load(Ordering::SeqCst)
@@ -98,11 +107,22 @@ fn serve(client: TcpStream, s: &Shared) {
     let (Ok(mut c_read), Ok(mut s_write)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    // Requests: client → server, unchanged.
+    // Requests: client → server, unchanged unless Range is stripped.
+    let strip = s.strip_range.load(Ordering::SeqCst);
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 << 10];
         while let Ok(n) = c_read.read(&mut buf) {
-            if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+            if n == 0 {
+                break;
+            }
+            if strip {
+                for i in 0..n.saturating_sub(7) {
+                    if buf[i..i + 7].eq_ignore_ascii_case(b"\nrange:") {
+                        buf[i + 1..i + 7].copy_from_slice(b"xange:");
+                    }
+                }
+            }
+            if s_write.write_all(&buf[..n]).is_err() {
                 break;
             }
         }
