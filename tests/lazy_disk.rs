@@ -589,3 +589,57 @@ fn a_registry_that_ignores_range_gets_its_blobs_cached_whole() {
         "later reads come from the cached blobs"
     );
 }
+
+#[test]
+fn concurrent_misses_on_one_span_share_one_fetch() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    reg.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "together:v1",
+        false,
+    );
+    let r = format!("{}/together:v1", reg.host());
+    let reference = dir.path().join("ref.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        "--read-only",
+        &format!("oci:{}:v1", dir.path().display()),
+        reference.to_str().unwrap(),
+    ]);
+    // The data block of a small file.
+    let block = file_blocks(&reference, "/etc/hostname")[0];
+    let want = std::fs::read(&reference).unwrap()[(block * 4096) as usize..][..4096].to_vec();
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let mut opts = options(&r);
+    opts.cache_disk = 0;
+    let disk = Disk::open(&opts, &cache).unwrap();
+    let n = reg.requests().len();
+    let barrier = std::sync::Barrier::new(8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                barrier.wait();
+                let mut buf = vec![0u8; 4096];
+                disk.read_at(block * 4096, &mut buf).unwrap();
+                assert_eq!(buf, want);
+            });
+        }
+    });
+    let gets = reg.requests()[n..]
+        .iter()
+        .filter(|q| q.is_blob_fetch())
+        .count();
+    assert_eq!(
+        gets, 1,
+        "eight concurrent readers of one span caused {gets} fetches"
+    );
+    assert_eq!(
+        disk.stats()
+            .spans_fetched
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

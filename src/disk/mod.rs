@@ -128,6 +128,8 @@ struct SpanCache {
 }
 
 type Pending = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
+/// Consecutive spans a reader must stream before read-ahead starts.
+const READAHEAD_AFTER: usize = 4;
 /// Compressed prefixes by (layer, offset of the access point).
 type Prefixes = LruCache<(usize, u64), Arc<Vec<u8>>>;
 
@@ -138,7 +140,8 @@ struct Inner {
     /// Set once a registry ignored a Range request and the blobs were cached.
     whole_blobs: std::sync::atomic::AtomicBool,
     flush_to: Option<flush_to::FlushTo>,
-    last_span: Mutex<HashMap<usize, usize>>,
+    /// Per layer: the last span read and how many spans in a row led to it.
+    last_span: Mutex<HashMap<usize, (usize, usize)>>,
     readahead: Mutex<Option<std::sync::mpsc::Sender<(usize, usize)>>>,
     image: FsImage,
     layers: Vec<(Arc<LayerIndex>, Descriptor)>,
@@ -389,16 +392,20 @@ impl Inner {
             at += n as u64;
             last = Some(span);
         }
-        // Read-ahead: a reader moving forward through a layer gets the next
-        // span fetched in the background.
+        // Read-ahead: a reader streaming forward through a layer (several
+        // spans in a row: more than one small file) gets the next span
+        // fetched in the background. Short reads never trigger it, so they
+        // cost no more than what they read.
         if let Some(k) = last {
-            let prev = self
-                .last_span
-                .lock()
-                .expect("readahead lock")
-                .insert(layer, k);
-            let sequential = prev.is_some_and(|p| p + 1 == k || p == k);
-            if sequential
+            let mut runs = self.last_span.lock().expect("readahead lock");
+            let run = match runs.get(&layer) {
+                Some(&(p, n)) if p == k => n,
+                Some(&(p, n)) if p + 1 == k => n + 1,
+                _ => 1,
+            };
+            runs.insert(layer, (k, run));
+            drop(runs);
+            if run >= READAHEAD_AFTER
                 && k + 1 < index.spans.len()
                 && let Some(tx) = self.readahead.lock().expect("readahead lock").as_ref()
             {
