@@ -51,6 +51,7 @@ pub mod fs_image;
 pub mod inspect;
 pub mod layer_index;
 pub mod materialize;
+pub mod mount;
 pub mod progress;
 pub mod pull;
 pub mod source;

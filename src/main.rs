@@ -8,6 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ocidisk::cache::BlobCache;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ocidisk::disk::{Disk, DiskOptions};
 use ocidisk::inspect::{human_size, inspect};
 use ocidisk::materialize::{Filesystem, MaterializeOptions, materialize};
 use ocidisk::progress::StderrProgress;
@@ -93,9 +96,114 @@ writable ones 50% + 256 MiB (the file is sparse, so unused space costs nothing o
         uuid: Option<[u8; 16]>,
     },
 
+    /// Show the image's disk as one regular file through FUSE (lazy: data is fetched when read)
+    #[command(after_help = "Examples:
+  touch debian.img && ocidisk mount --read-only debian:bookworm debian.img
+  mkdir /mnt/app && ocidisk mount --overlay app.overlay registry.example.com/app:v1 /mnt/app
+      (the disk appears as /mnt/app/disk.img; writes go to app.overlay)
+  ocidisk umount debian.img
+
+The mount stays in the foreground; Ctrl-C or SIGTERM unmounts cleanly and flushes writes.
+Mounting needs root (a plain mount(2)) or fusermount3 from the fuse3 package.")]
+    Mount {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Where the disk appears: an existing regular file, or a directory (then PATH/disk.img)
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        #[command(flatten)]
+        disk: DiskArgs,
+    },
+
+    /// Unmount an ocidisk mount (also one whose process died)
+    Umount {
+        /// The mount point
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+
     /// Manage the blob cache
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+#[derive(Args)]
+struct DiskArgs {
+    /// Read-only disk (no journal; writes refused)
+    #[arg(long)]
+    read_only: bool,
+    /// Keep guest writes in this file (and FILE.bitmap) across restarts [default: a temporary file]
+    #[arg(long, value_name = "FILE")]
+    overlay: Option<PathBuf>,
+    /// Device size, e.g. 2G [default: fit the content, as materialize]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    size: Option<u64>,
+    /// Filesystem UUID [default: derived from the image digest]
+    #[arg(long, value_parser = parse_uuid)]
+    uuid: Option<[u8; 16]>,
+    /// Memory for decoded data
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    cache_mem: u64,
+    /// Disk space for fetched data, shared by all images (0 disables)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
+    cache_disk: u64,
+    /// Fetch the whole image in the background, so the disk ends up independent of the registry
+    #[arg(long)]
+    prefetch: bool,
+    /// Keep a complete raw image here, filled as data arrives and writes land
+    #[arg(long, value_name = "IMG")]
+    flush_to: Option<PathBuf>,
+}
+
+impl DiskArgs {
+    fn options(&self, pull: PullOptions) -> DiskOptions {
+        DiskOptions {
+            pull,
+            size: self.size,
+            read_only: self.read_only,
+            uuid: self.uuid,
+            cache_mem: self.cache_mem,
+            cache_disk: self.cache_disk,
+            overlay: self.overlay.clone(),
+            flush_to: self.flush_to.clone(),
+            prefetch: self.prefetch,
+        }
+    }
+}
+
+/// `mount` and `umount`: synchronous (the disk runs its own I/O runtime).
+fn run_sync(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Mount { image, path, disk } => {
+            let cache = open_cache(cli.cache_dir)?;
+            let pull = image.options()?;
+            let name = image.image.clone();
+            let disk = Arc::new(Disk::open(&disk.options(pull), &cache)?);
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handlers")?;
+            }
+            let size = disk.size();
+            let mounted = ocidisk::mount::mount(disk, &path, &name)?;
+            println!(
+                "mounted {name} at {} ({}); Ctrl-C or SIGTERM unmounts",
+                mounted.image_path().display(),
+                human_size(size)
+            );
+            while !stop.load(Ordering::Relaxed) && mounted.is_running() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            mounted.unmount()?;
+            eprintln!("unmounted {}", path.display());
+        }
+        Command::Umount { path } => {
+            ocidisk::mount::umount(&path)?;
+            eprintln!("unmounted {}", path.display());
+        }
+        _ => unreachable!("only mount and umount run synchronously"),
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -323,6 +431,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Mount { .. } | Command::Umount { .. } => {
+            unreachable!("mount and umount run outside the async runtime")
+        }
         Command::Cache(CacheCommand::Prune { max_size }) => {
             let r = cache.prune(max_size)?;
             println!(
@@ -356,6 +467,15 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if matches!(cli.command, Command::Mount { .. } | Command::Umount { .. }) {
+        return match run_sync(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ocidisk: error: {}", format!("{e:#}").replace('\n', " "));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,8 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cli::Ocidisk;
-use common::imagegen::{self, Compression, Oracle, Platform};
-use common::registry::{Registry, run_ok, run_with_timeout};
+use common::fscheck::{LoopMount, assert_e2fsck_clean, compare_mounted, with_lost_found};
+use common::imagegen::{self, Compression, Platform};
+use common::registry::{Registry, run_ok};
 use sha2::Digest as _;
 
 fn materialize(o: &Ocidisk, image: &str, out: &Path, extra: &[&str]) {
@@ -20,80 +21,6 @@ fn materialize(o: &Ocidisk, image: &str, out: &Path, extra: &[&str]) {
     args.extend_from_slice(extra);
     o.ok(&args);
     assert!(out.is_file());
-}
-
-/// `e2fsck -fn` finds nothing at all to complain about.
-fn assert_e2fsck_clean(img: &Path) {
-    let out = run_with_timeout(
-        Command::new("e2fsck").args(["-fn"]).arg(img),
-        Duration::from_secs(300),
-    );
-    let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(out.success(), "e2fsck -fn {}:\n{text}", img.display());
-    for line in text.lines() {
-        let ok = line.starts_with("e2fsck ")
-            || line.starts_with("Pass ")
-            || line.contains(" files (")
-            || line.trim().is_empty();
-        assert!(
-            ok,
-            "e2fsck complained about {}: {line:?}\n{text}",
-            img.display()
-        );
-    }
-}
-
-/// A read-only loop mount, unmounted on drop.
-struct LoopMount {
-    dir: tempfile::TempDir,
-}
-
-impl LoopMount {
-    fn new(img: &Path) -> LoopMount {
-        let dir = tempfile::tempdir().unwrap();
-        run_ok(
-            Command::new("mount")
-                .args(["-o", "loop,ro"])
-                .arg(img)
-                .arg(dir.path()),
-            Duration::from_secs(60),
-        );
-        LoopMount { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// The oracle as the filesystem shows it: plus the `lost+found` that every
-/// ext4 (like mke2fs's) has, which adds one link to `/`.
-fn with_lost_found(mut o: Oracle) -> Oracle {
-    o.entries.get_mut("/").expect("root").nlink += 1;
-    o
-}
-
-fn compare_mounted(expected: &Oracle, img: &Path) {
-    let m = LoopMount::new(img);
-    let got = imagegen::scan_tree(m.path());
-    let opts = imagegen::CompareOptions {
-        skip_paths: vec!["/lost+found".into()],
-        ..Default::default()
-    };
-    let diffs = imagegen::compare_trees(expected, &got, &opts);
-    assert!(
-        diffs.is_empty(),
-        "{}: {} differences:\n{}",
-        img.display(),
-        diffs.len(),
-        diffs.join("\n")
-    );
 }
 
 fn file_sha256(p: &Path) -> String {

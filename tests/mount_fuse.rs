@@ -1,0 +1,220 @@
+//! `ocidisk mount`: the lazy disk as one regular file through FUSE, checked
+//! with the tools that use such files: cmp against materialize's image,
+//! e2fsck, and kernel loop mounts (read-only against the oracle, and
+//! writable across a remount with the same overlay).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cli::Ocidisk;
+use common::fscheck::{LoopMount, assert_e2fsck_clean, compare_mounted, with_lost_found};
+use common::imagegen::{self, Compression};
+
+/// A running `ocidisk mount`, stopped with SIGTERM when dropped.
+struct MountProc {
+    child: Child,
+    image: PathBuf,
+}
+
+impl MountProc {
+    fn start(o: &Ocidisk, image: &str, path: &Path, extra: &[&str]) -> MountProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ocidisk"))
+            .arg("mount")
+            .args(extra)
+            .arg(image)
+            .arg(path)
+            .env("OCIDISK_CACHE_DIR", o.cache_dir())
+            .env("DOCKER_CONFIG", o.docker_config_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("mounted "),
+            "no ready line from ocidisk mount: {line:?}"
+        );
+        let image = if path.is_dir() {
+            path.join("disk.img")
+        } else {
+            path.to_path_buf()
+        };
+        MountProc { child, image }
+    }
+
+    /// SIGTERM, then wait; returns the exit status code.
+    fn stop(mut self) -> Option<i32> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ocidisk mount did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for MountProc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+fn mounted(path: &Path) -> bool {
+    let abs = std::fs::canonicalize(path.parent().unwrap())
+        .unwrap()
+        .join(path.file_name().unwrap());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(abs.to_str().unwrap()))
+}
+
+#[test]
+fn read_only_mount_on_a_file_and_in_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(&dir.path().join("layout"), "v1", Compression::Gzip);
+    let r = format!("oci:{}:v1", dir.path().join("layout").display());
+    let reference = dir.path().join("ref.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        "--read-only",
+        &r,
+        reference.to_str().unwrap(),
+    ]);
+    let want = std::fs::read(&reference).unwrap();
+    let expected = with_lost_found(imagegen::oracle(&imagegen::standard_layers()));
+
+    let file_point = dir.path().join("disk-file");
+    std::fs::write(&file_point, b"").unwrap();
+    let dir_point = dir.path().join("disk-dir");
+    std::fs::create_dir(&dir_point).unwrap();
+    let o = Ocidisk::new();
+    for point in [&file_point, &dir_point] {
+        let m = MountProc::start(&o, &r, point, &["--read-only"]);
+        assert!(
+            std::fs::read(&m.image).unwrap() == want,
+            "{}: FUSE file differs from materialize's image",
+            point.display()
+        );
+        assert_e2fsck_clean(&m.image);
+        compare_mounted(&expected, &m.image);
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&m.image)
+            .unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EROFS),
+            "a read-only disk refuses writers"
+        );
+        assert_eq!(m.stop(), Some(0));
+        assert!(!mounted(point), "SIGTERM unmounts {}", point.display());
+    }
+}
+
+#[test]
+fn writes_through_a_loop_mount_survive_a_remount_with_the_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(&dir.path().join("layout"), "v1", Compression::Zstd);
+    let r = format!("oci:{}:v1", dir.path().join("layout").display());
+    let point = dir.path().join("disk");
+    std::fs::write(&point, b"").unwrap();
+    let overlay = dir.path().join("overlay");
+    let o = Ocidisk::new();
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    let m = MountProc::start(&o, &r, &point, &["--overlay", overlay.to_str().unwrap()]);
+    {
+        let fs = LoopMount::writable(&m.image);
+        std::fs::write(fs.path().join("written-by-guest"), &content).unwrap();
+        std::fs::remove_file(fs.path().join("etc/hostname")).unwrap();
+        // SAFETY: sync(2) has no preconditions.
+        unsafe { libc::sync() };
+    }
+    assert_eq!(m.stop(), Some(0));
+
+    let m = MountProc::start(&o, &r, &point, &["--overlay", overlay.to_str().unwrap()]);
+    assert_e2fsck_clean(&m.image);
+    let fs = LoopMount::new(&m.image);
+    assert_eq!(
+        std::fs::read(fs.path().join("written-by-guest")).unwrap(),
+        content
+    );
+    assert!(!fs.path().join("etc/hostname").exists());
+    drop(fs);
+    assert_eq!(m.stop(), Some(0));
+}
+
+#[test]
+fn missing_path_existing_mount_stale_mount_and_no_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(&dir.path().join("layout"), "v1", Compression::Gzip);
+    let r = format!("oci:{}:v1", dir.path().join("layout").display());
+    let o = Ocidisk::new();
+
+    let err = o.fail(&["mount", &r, dir.path().join("nope").to_str().unwrap()]);
+    assert!(err.contains("does not exist"), "{err}");
+
+    let point = dir.path().join("disk");
+    std::fs::write(&point, b"").unwrap();
+    let mut m = MountProc::start(&o, &r, &point, &["--read-only"]);
+    let err = o.fail(&["mount", "--read-only", &r, point.to_str().unwrap()]);
+    assert!(err.contains("already a mount point"), "{err}");
+
+    // A crash leaves a stale mount: reported as such, cleared by umount.
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    let err = o.fail(&["mount", "--read-only", &r, point.to_str().unwrap()]);
+    assert!(err.contains("stale mount"), "{err}");
+    o.ok(&["umount", point.to_str().unwrap()]);
+    assert!(!mounted(&point));
+    let m = MountProc::start(&o, &r, &point, &["--read-only"]);
+    assert_eq!(m.stop(), Some(0));
+
+    // An unprivileged user without fusermount3 gets a clear refusal.
+    let open = |p: &Path| {
+        let _ = Command::new("chmod").args(["-R", "a+rwX"]).arg(p).status();
+    };
+    open(dir.path());
+    open(&o.cache_dir());
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            env!("CARGO_BIN_EXE_ocidisk"),
+            "mount",
+            "--read-only",
+        ])
+        .arg(&r)
+        .arg(&point)
+        .env("OCIDISK_CACHE_DIR", dir.path().join("nobody-cache"))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not permitted") && stderr.contains("fusermount3"),
+        "{stderr}"
+    );
+}
