@@ -126,6 +126,17 @@ fn read_only_mount_on_a_file_and_in_a_directory() {
             Some(libc::EROFS),
             "a read-only disk refuses writers"
         );
+        // Reads past the end are short; the file cannot be resized.
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&m.image).unwrap();
+        let mut buf = [0u8; 100];
+        assert_eq!(f.read_at(&mut buf, want.len() as u64 - 10).unwrap(), 10);
+        assert_eq!(f.read_at(&mut buf, want.len() as u64 + 5).unwrap(), 0);
+        let c = std::ffi::CString::new(m.image.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let rc = unsafe { libc::truncate(c.as_ptr(), 4096) };
+        assert_eq!(rc, -1, "truncating the disk file must fail");
+        drop(f);
         assert_eq!(m.stop(), Some(0));
         assert!(!mounted(point), "SIGTERM unmounts {}", point.display());
     }

@@ -68,12 +68,14 @@ pub enum IndexError {
 
 /// Uncompressed bytes between access points (gzip checkpoints sit at the
 /// first deflate block boundary past this much output; each costs a 32 KiB
-/// window in the index).
-pub const SPAN: u64 = 1 << 20;
+/// window in the index). 512 KiB rather than the 1 MiB first planned: on the
+/// Debian benchmark image it brings a boot's file reads under 10% of the
+/// compressed image (9.0% against 12.4%), for an index of 6% of the blob.
+pub const SPAN: u64 = 512 << 10;
 /// Uncompressed bytes per hashed span: the unit a read fetches and verifies.
 /// A read decodes from the access point before it to the end of the span it
 /// needs, so smaller spans fetch less for small files.
-pub const SUB_SPAN: u64 = 256 << 10;
+pub const SUB_SPAN: u64 = 128 << 10;
 
 /// How to start reading a layer somewhere in the middle.
 #[derive(Debug, Clone, PartialEq, Eq)]
