@@ -18,6 +18,7 @@ fn options(r: &str) -> DiskOptions {
             source: SourceOptions::default(),
             concurrency: 3,
             keep_blobs: false,
+            span_store: None,
         },
         size: None,
         read_only: true,

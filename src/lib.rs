@@ -37,6 +37,7 @@
 //!     source: Default::default(),
 //!     concurrency: 3,
 //!     keep_blobs: true,
+//!     span_store: None,
 //! };
 //! let report = ocidisk::pull::pull(&opts, &cache, Arc::new(NoProgress)).await?;
 //! println!("{} is {}", report.reference, report.image_id);

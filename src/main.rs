@@ -323,6 +323,7 @@ impl ImageArgs {
             },
             concurrency: usize::from(self.jobs),
             keep_blobs: true,
+            span_store: None,
         })
     }
 }

@@ -99,6 +99,9 @@ pub struct PullOptions {
     /// Keep the layer blobs in the cache (`pull`, `materialize`), or only
     /// build their indexes and let the bytes go (the lazy disk's cold pass).
     pub keep_blobs: bool,
+    /// Where the cold pass stores the decoded spans of zstd layers (whose
+    /// only access point may be their start), when blobs are not kept.
+    pub span_store: Option<Arc<crate::disk::chunks::ChunkStore>>,
 }
 
 /// What a pull did.
@@ -148,7 +151,7 @@ pub async fn pull_image(
                 &image,
                 layer,
                 progress.as_ref(),
-                opts.keep_blobs,
+                opts,
             )
         })
         .buffered(opts.concurrency.max(1))
@@ -286,8 +289,9 @@ async fn fetch_layer(
     image: &ResolvedImage,
     layer: &Layer,
     progress: &dyn PullProgress,
-    keep_blobs: bool,
+    opts: &PullOptions,
 ) -> Result<(bool, u64), PullError> {
+    let keep_blobs = opts.keep_blobs;
     let desc = &layer.descriptor;
     if !keep_blobs && indexes.load(&desc.digest).is_some() {
         progress.finish(layer, false);
@@ -316,6 +320,15 @@ async fn fetch_layer(
         compression: layer.compression,
         detail,
     })?;
+    if !keep_blobs
+        && layer.compression == Compression::Zstd
+        && let Some(store) = &opts.span_store
+    {
+        let store = store.clone();
+        verifier
+            .indexer
+            .keep_spans(Box::new(move |hash, data| store.put(hash, data)));
+    }
     let started = Instant::now();
     let mut attempt = 1;
     let mut transferred = 0u64;

@@ -24,6 +24,7 @@ fn options(location: &str) -> DiskOptions {
             source: SourceOptions::default(),
             concurrency: 2,
             keep_blobs: false,
+            span_store: None,
         },
         size: None,
         read_only: true,
@@ -242,7 +243,8 @@ fn tampered_registry_blob_fails_reads_but_never_returns_wrong_bytes() {
 fn registry_outage_gives_io_errors_then_recovers() {
     let mut reg = Registry::start();
     let dir = tempfile::tempdir().unwrap();
-    imagegen::write_standard(dir.path(), "v1", Compression::Zstd);
+    // gzip: its spans come from the registry (zstd spans would be kept on disk).
+    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
     reg.push(
         &format!("oci:{}:v1", dir.path().display()),
         "flaky:v1",
@@ -641,5 +643,49 @@ fn concurrent_misses_on_one_span_share_one_fetch() {
             .spans_fetched
             .load(std::sync::atomic::Ordering::Relaxed),
         1
+    );
+}
+
+#[test]
+fn single_frame_zstd_layers_keep_their_spans_from_the_first_pass() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The generator writes each zstd layer as one frame: no access point but its start.
+    imagegen::write_standard(dir.path(), "v1", Compression::Zstd);
+    reg.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "onezstd:v1",
+        false,
+    );
+    let r = format!("{}/onezstd:v1", reg.host());
+    let reference = dir.path().join("ref.img");
+    Ocidisk::new().ok(&[
+        "materialize",
+        "--read-only",
+        &format!("oci:{}:v1", dir.path().display()),
+        reference.to_str().unwrap(),
+    ]);
+    let want = std::fs::read(&reference).unwrap();
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let n = reg.requests().len();
+    let mut all = vec![0u8; want.len()];
+    disk.read_at(0, &mut all).unwrap();
+    assert!(all == want);
+    let fetched: Vec<_> = reg.requests()[n..]
+        .iter()
+        .filter(|q| q.is_blob_fetch())
+        .cloned()
+        .collect();
+    assert!(
+        fetched.is_empty(),
+        "spans should come from the first pass's chunk store: {fetched:?}"
+    );
+    assert!(
+        disk.stats()
+            .chunk_hits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
     );
 }

@@ -35,6 +35,17 @@ fn name(hash: &[u8; 32]) -> String {
     format!("{}.zst", hex::encode(hash))
 }
 
+impl std::fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ChunkStore({}, {} bytes)",
+            self.dir.display(),
+            self.bytes()
+        )
+    }
+}
+
 impl ChunkStore {
     /// Open the store in `dir` (created if needed) with a budget of `cap`
     /// bytes; `tmp` is where chunks are written before their rename.

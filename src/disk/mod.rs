@@ -152,7 +152,7 @@ struct Inner {
     /// Compressed bytes already fetched from each access point: the next
     /// span of the same region fetches only what is missing.
     prefixes: Mutex<Prefixes>,
-    chunks: ChunkStore,
+    chunks: Arc<ChunkStore>,
     stats: DiskStats,
     overlay: Option<Overlay>,
     temp_overlay: Option<std::path::PathBuf>,
@@ -176,8 +176,14 @@ impl Inner {
             .enable_all()
             .build()
             .map_err(DiskError::Runtime)?;
+        let chunks = Arc::new(ChunkStore::open(
+            &cache.root().join("chunks"),
+            &cache.root().join("tmp"),
+            opts.cache_disk,
+        ));
         let mut pull = opts.pull.clone();
         pull.keep_blobs = false;
+        pull.span_store = Some(chunks.clone());
         let (source, image, indexes) = rt.block_on(async {
             let (_, image) = pull_image(&pull, cache, Arc::new(NoProgress))
                 .await
@@ -244,11 +250,7 @@ impl Inner {
             prefixes: Mutex::new(LruCache::new(
                 std::num::NonZeroUsize::new(64).expect("non-zero"),
             )),
-            chunks: ChunkStore::open(
-                &cache.root().join("chunks"),
-                &cache.root().join("tmp"),
-                opts.cache_disk,
-            ),
+            chunks,
             stats: DiskStats::default(),
         }))
     }

@@ -270,7 +270,13 @@ pub struct IndexSink {
     span_hasher: sha2::Sha256,
     span_start: u64,
     pos: u64,
+    /// When set, each finished span's bytes go here (only the current span
+    /// is buffered).
+    span_out: Option<(SpanOut, Vec<u8>)>,
 }
+
+/// Receives (sha256, bytes) of every span as the first pass finishes it.
+pub type SpanOut = Box<dyn FnMut(&[u8; 32], &[u8]) + Send>;
 
 impl IndexSink {
     /// A sink checking against a diff_id of this algorithm.
@@ -283,6 +289,7 @@ impl IndexSink {
             span_hasher: sha2::Sha256::new(),
             span_start: 0,
             pos: 0,
+            span_out: None,
         }
     }
 
@@ -290,10 +297,14 @@ impl IndexSink {
     pub fn cut(&mut self, cend: u64) {
         use sha2::Digest as _;
         if self.pos > self.span_start {
-            let h = std::mem::take(&mut self.span_hasher).finalize();
+            let h: [u8; 32] = std::mem::take(&mut self.span_hasher).finalize().into();
+            if let Some((out, buf)) = &mut self.span_out {
+                out(&h, buf);
+                buf.clear();
+            }
             self.spans.push(Span {
                 start: self.span_start,
-                sha256: h.into(),
+                sha256: h,
                 cend,
             });
             self.span_start = self.pos;
@@ -309,6 +320,9 @@ impl IndexSink {
         );
         self.hasher.update(data);
         self.span_hasher.update(data);
+        if let Some((_, buf)) = &mut self.span_out {
+            buf.extend_from_slice(data);
+        }
         self.pos += data.len() as u64;
         self.tar.write_all(data)?;
         if self.pos.is_multiple_of(SUB_SPAN) {
@@ -397,6 +411,13 @@ impl LayerIndexer {
             decoder,
             compression,
         })
+    }
+
+    /// Hand every finished span's bytes to `out` (the lazy disk's fallback
+    /// for zstd layers with a single frame, which have no other access point
+    /// than their start).
+    pub fn keep_spans(&mut self, out: SpanOut) {
+        self.sink.span_out = Some((out, Vec::with_capacity(SUB_SPAN as usize)));
     }
 
     /// Feed compressed bytes.
