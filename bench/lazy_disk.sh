@@ -8,6 +8,7 @@
 # Usage: bench/lazy_disk.sh [RUNS]   (default 5). Prints medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 runs=${1:-5}
 bash scripts/setup.sh >/dev/null 2>&1
 layout=$(bash scripts/debian-image.sh)
@@ -16,18 +17,9 @@ cargo build --release --quiet
 bin=$PWD/target/release/ocidisk
 
 work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log: {level: warn, formatter: text, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-trap 'umount "$work/mnt" 2>/dev/null; kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
-ref=127.0.0.1:$port/debian:bookworm
+trap 'umount "$work/mnt" 2>/dev/null; stop_registry; rm -rf "$work"' EXIT
+start_registry "$work" quiet
+ref=$REGISTRY/debian:bookworm
 skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
 layer=$(ls -S "$layout/blobs/sha256" | head -1)
 layer_bytes=$(stat -c %s "$layout/blobs/sha256/$layer")
@@ -52,7 +44,7 @@ echo "$out" > "$work/out"
 get() { awk -v k="$1" '$1==k{print $2}' "$work/out"; }
 gz_t=()
 for _ in $(seq "$runs"); do s=$(date +%s.%N); gzip -dc "$layout/blobs/sha256/$layer" >/dev/null; e=$(date +%s.%N); gz_t+=("$(echo "$e - $s" | bc -l)"); done
-gzip_s=$(printf '%s\n' "${gz_t[@]}" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}')
+gzip_s=$(printf '%s\n' "${gz_t[@]}" | median)
 
 echo "image: debootstrap --variant=minbase bookworm, one $layer_bytes-byte gzip layer; $runs runs, medians"
 printf '%-52s %s s\n' "ready to serve, cold (index every layer once)" "$(get cold_ready_s)"

@@ -8,6 +8,7 @@
 # Usage: bench/materialize.sh [RUNS]   (default 5). Prints medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 runs=${1:-5}
 bash scripts/setup.sh >/dev/null 2>&1
 layout=$(bash scripts/debian-image.sh)
@@ -15,18 +16,9 @@ cargo build --release --quiet
 bin=$PWD/target/release/ocidisk
 
 work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log: {level: warn, formatter: text, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-trap 'kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
-ref=127.0.0.1:$port/debian:bookworm
+trap 'stop_registry; rm -rf "$work"' EXIT
+start_registry "$work" quiet
+ref=$REGISTRY/debian:bookworm
 skopeo copy -q --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
 layer=$(ls -S "$layout/blobs/sha256" | head -1)
 
@@ -34,8 +26,6 @@ layer=$(ls -S "$layout/blobs/sha256" | head -1)
 OCIDISK_CACHE_DIR="$work/sizecache" "$bin" materialize "$ref" "$work/size.img" 2>/dev/null
 size_bytes=$(stat -c %s "$work/size.img"); rm -rf "$work/size.img" "$work/sizecache"
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 cold() { rm -rf "$work/cache" "$work/out" "$work/bundle" "$work/img" "$work/ocidisk.img"; sync; }
 time_runs() { # CMD...: run $runs times from cold, print the median seconds
   local t=()

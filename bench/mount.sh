@@ -8,6 +8,7 @@
 # Usage: bench/mount.sh [RUNS]   (default 5). Needs root. Prints medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 runs=${1:-5}
 bash scripts/setup.sh >/dev/null 2>&1
 layout=$(bash scripts/debian-image.sh)
@@ -27,8 +28,6 @@ cat "$work/fuse.img" > /dev/null   # warm ocidisk's cache
 size=$(stat -c %s "$work/local.img")
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f", m}'; }
 seq_mib_s() { local t=(); for _ in $(seq "$runs"); do drop; s=$(now); dd if="$1" of=/dev/null bs=1M status=none; e=$(now); t+=("$(echo "$size / 1048576 / ($e - $s)" | bc -l)"); done; printf '%s\n' "${t[@]}" | median; }
 rand_iops() {
   local t=()

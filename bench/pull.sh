@@ -7,6 +7,7 @@
 # Usage: bench/pull.sh [RUNS]   (default 5). Prints medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 runs=${1:-5}
 bash scripts/setup.sh >/dev/null 2>&1
 layout=$(bash scripts/debian-image.sh)
@@ -14,23 +15,12 @@ cargo build --release --quiet
 bin=$PWD/target/release/ocidisk
 
 work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log: {level: warn, formatter: text, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-trap 'kill $registry_pid 2>/dev/null; wait $registry_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
-ref=127.0.0.1:$port/debian:bookworm
+trap 'stop_registry; rm -rf "$work"' EXIT
+start_registry "$work" quiet
+ref=$REGISTRY/debian:bookworm
 skopeo copy -q --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
 layer=$(ls -S "$layout/blobs/sha256" | head -1)
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 time_runs() { # NAME CMD...: run CMD $runs times, cold, print the median seconds
   local name=$1; shift
   local t=()

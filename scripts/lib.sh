@@ -1,0 +1,39 @@
+# Shell helpers shared by scripts/demo.sh and bench/*.sh. Source, do not run.
+
+# start_registry DIR [quiet]: a throwaway docker-registry on a free loopback
+# port with its storage under DIR. Sets REGISTRY (host:port) and
+# REGISTRY_PID. "quiet" turns the access log off (for benchmarks).
+start_registry() {
+  local dir=$1 quiet=${2:-}
+  local port log
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  if [ -n "$quiet" ]; then log='{level: warn, formatter: text, accesslog: {disabled: true}}'; else log='{level: info, formatter: text}'; fi
+  cat >"$dir/registry.yml" <<YML
+version: 0.1
+log: $log
+storage: {filesystem: {rootdirectory: $dir/registry}}
+http: {addr: 127.0.0.1:$port}
+YML
+  docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
+  REGISTRY_PID=$!
+  REGISTRY=127.0.0.1:$port
+  for _ in $(seq 100); do
+    curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "docker-registry did not start; see $dir/registry.log" >&2
+  return 1
+}
+
+stop_registry() {
+  [ -n "${REGISTRY_PID:-}" ] || return 0
+  kill "$REGISTRY_PID" 2>/dev/null
+  wait "$REGISTRY_PID" 2>/dev/null || true
+}
+
+# median: the median of the numbers on stdin, one per line.
+median() {
+  sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'
+}
+
+now() { date +%s.%N; }
