@@ -516,14 +516,18 @@ impl LayerIndexer {
             layer: layer.clone(),
             source,
         })?;
-        Ok(LayerIndex {
+        let ix = LayerIndex {
             layer: layer.clone(),
             diff_id: diff_id.clone(),
             tar_size,
             entries,
             access,
             spans,
-        })
+        };
+        if !ix.is_consistent() {
+            return Err(trunc("the stream has no usable access points".into()));
+        }
+        Ok(ix)
     }
 }
 
@@ -911,14 +915,54 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
     if !r.0.is_empty() {
         return None;
     }
-    Some(LayerIndex {
+    let ix = LayerIndex {
         layer,
         diff_id,
         tar_size,
         entries,
         access,
         spans,
-    })
+    };
+    ix.is_consistent().then_some(ix)
+}
+
+impl LayerIndex {
+    /// The invariants readers rely on: access points start at offset 0 and
+    /// increase; spans start at 0, increase and end inside the tar; every
+    /// entry's data lies inside the tar.
+    pub fn is_consistent(&self) -> bool {
+        fn increasing(v: impl Iterator<Item = u64>) -> bool {
+            let mut last = None;
+            for x in v {
+                if last.is_some_and(|l| x <= l) {
+                    return false;
+                }
+                last = Some(x);
+            }
+            true
+        }
+        let access_ok = match &self.access {
+            Access::Tar => true,
+            Access::Gzip(cps) => {
+                cps.first()
+                    .is_some_and(|c| c.uncompressed == 0 && c.window.len() <= gzip::WINDOW)
+                    && increasing(cps.iter().map(|c| c.uncompressed))
+            }
+            Access::Zstd(frames) => {
+                frames.first() == Some(&(0, 0)) && increasing(frames.iter().map(|f| f.1))
+            }
+        };
+        let spans_ok = self.spans.is_empty() && self.tar_size == 0
+            || self.spans.first().is_some_and(|s| s.start == 0)
+                && increasing(self.spans.iter().map(|s| s.start))
+                && self.spans.last().is_some_and(|s| s.start < self.tar_size);
+        let entries_ok = self.entries.iter().all(|e| {
+            e.data_offset
+                .checked_add(e.data_len)
+                .is_some_and(|end| end <= self.tar_size)
+        });
+        access_ok && spans_ok && entries_ok
+    }
 }
 
 #[cfg(test)]
@@ -994,6 +1038,30 @@ mod tests {
             assert!(decode(&bad).is_none(), "flipping byte {i} went unnoticed");
         }
         assert!(decode(&bytes[..bytes.len() - 3]).is_none());
+    }
+
+    #[test]
+    fn inconsistent_indexes_are_not_trusted() {
+        let mut ix = sample();
+        ix.tar_size = 5_000_000_000 + 4096;
+        assert!(ix.is_consistent());
+        let mut bad = ix.clone();
+        bad.access = Access::Gzip(vec![gzip::Checkpoint {
+            compressed: 10,
+            bits: 0,
+            uncompressed: 7,
+            window: vec![],
+        }]);
+        assert!(decode(&encode(&bad)).is_none(), "no checkpoint at offset 0");
+        let mut bad = ix.clone();
+        bad.entries[0].data_offset = u64::MAX;
+        assert!(
+            decode(&encode(&bad)).is_none(),
+            "entry data outside the tar"
+        );
+        let mut bad = ix;
+        bad.access = Access::Zstd(vec![(5, 5)]);
+        assert!(decode(&encode(&bad)).is_none(), "zstd frames start at 0");
     }
 
     #[test]

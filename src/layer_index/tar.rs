@@ -651,7 +651,9 @@ impl TarIndexer {
             entry.size = ext.sparse_realsize.unwrap_or(data_len);
             entry.sparse = Some(self.segments(&ext.sparse_map, header_offset)?);
         }
-        self.push_entry(entry, size)
+        // A PAX `size` overrides the header's field (files over 8 GiB have
+        // no room for their size there): skip what is really stored.
+        self.push_entry(entry, data_len)
     }
 
     fn segments(&self, map: &[u64], offset: u64) -> Result<Vec<SparseSegment>, TarError> {
@@ -687,7 +689,10 @@ impl TarIndexer {
             }
             entry.data_len = total;
         }
-        let skip = stored + pad(stored);
+        let skip = stored.checked_add(pad(stored)).ok_or(TarError::BadNumber {
+            offset: header_offset,
+            field: "size",
+        })?;
         self.entries.push(entry);
         self.state = if skip == 0 {
             State::Header
@@ -1088,6 +1093,38 @@ mod tests {
                 String::from_utf8_lossy(rec)
             );
         }
+    }
+
+    #[test]
+    fn pax_size_overrides_the_header_field() {
+        // Writers put sizes over 8 GiB only in PAX `size`; the header's own
+        // field then says something else (here 0). The stored bytes follow
+        // the PAX size, and the next entry must still be found.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", &b"5"[..])]).unwrap();
+        let mut h = header(tar::EntryType::Regular, 0);
+        h.set_cksum();
+        b.append(&h, &b"12345"[..]).unwrap();
+        b.append_data(&mut header(tar::EntryType::Regular, 3), "next", &b"abc"[..])
+            .unwrap();
+        let tar = b.into_inner().unwrap();
+        let e = index(&tar, 100);
+        assert_eq!((e[0].size, e.len()), (5, 2));
+        assert_eq!(&tar[e[0].data_offset as usize..][..5], b"12345");
+        assert_eq!(e[1].path, b"next");
+    }
+
+    #[test]
+    fn absurd_sizes_are_errors_not_overflows() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", u64::MAX.to_string().as_bytes())])
+            .unwrap();
+        b.append_data(&mut header(tar::EntryType::Regular, 0), "huge", &b""[..])
+            .unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut ix = TarIndexer::new();
+        let err = ix.write_all(&tar).unwrap_err();
+        assert!(err.to_string().contains("size"), "{err}");
     }
 
     #[test]
