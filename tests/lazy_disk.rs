@@ -98,6 +98,48 @@ fn reads_equal_the_materialized_image_cold_and_warm() {
     }
 }
 
+/// A standard image pushed to a fresh registry, materialize's image of it
+/// (the bytes a disk must serve) and an empty ocidisk cache.
+struct Served {
+    reg: Registry,
+    dir: tempfile::TempDir,
+    built: imagegen::BuiltImage,
+    /// The registry reference.
+    r: String,
+    want: Vec<u8>,
+    /// Owns the cache directory for as long as the fixture lives.
+    _home: Ocidisk,
+    cache: BlobCache,
+}
+
+fn served(c: Compression, repo: &str, read_only: bool) -> Served {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let built = imagegen::write_standard(dir.path(), "v1", c);
+    let layout = format!("oci:{}:v1", dir.path().display());
+    reg.push(&layout, &format!("{repo}:v1"), false);
+    let r = format!("{}/{repo}:v1", reg.host());
+    let reference = dir.path().join("reference.img");
+    let mut args = vec!["materialize"];
+    if read_only {
+        args.push("--read-only");
+    }
+    args.extend([layout.as_str(), reference.to_str().unwrap()]);
+    Ocidisk::new().ok(&args);
+    let want = std::fs::read(&reference).unwrap();
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    Served {
+        reg,
+        dir,
+        built,
+        r,
+        want,
+        _home: o,
+        cache,
+    }
+}
+
 /// Device block numbers of a file, from debugfs on a materialized copy.
 fn file_blocks(img: &Path, path: &str) -> Vec<u64> {
     let out = run_ok(
@@ -197,34 +239,15 @@ fn opening_transfers_no_layer_bytes_and_a_file_costs_a_span() {
 
 #[test]
 fn tampered_registry_blob_fails_reads_but_never_returns_wrong_bytes() {
-    let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let built = imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
-    reg.push(
-        &format!("oci:{}:v1", dir.path().display()),
-        "tamper:v1",
-        false,
-    );
-    let r = format!("{}/tamper:v1", reg.host());
-    let img_path = dir.path().join("m.img");
-    Ocidisk::new().ok(&[
-        "materialize",
-        "--read-only",
-        &format!("oci:{}:v1", dir.path().display()),
-        img_path.to_str().unwrap(),
-    ]);
-    let img = std::fs::read(&img_path).unwrap();
+    let f = served(Compression::Gzip, "tamper", true);
+    drop(Disk::open(&options(&f.r), &f.cache).unwrap()); // index the genuine layers
+    let big = f.built.layers.iter().max_by_key(|l| l.size).unwrap();
+    corrupt_file(&f.reg.blob_data_path(&big.digest));
 
-    let o = Ocidisk::new();
-    let cache = BlobCache::open(o.cache_dir()).unwrap();
-    drop(Disk::open(&options(&r), &cache).unwrap()); // index the genuine layers
-    let big = built.layers.iter().max_by_key(|l| l.size).unwrap();
-    corrupt_file(&reg.blob_data_path(&big.digest));
-
-    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let disk = Disk::open(&options(&f.r), &f.cache).unwrap();
     let mut failures = 0;
     let mut buf = vec![0u8; 1 << 20];
-    for (i, want) in img.chunks(1 << 20).enumerate() {
+    for (i, want) in f.want.chunks(1 << 20).enumerate() {
         match disk.read_at((i as u64) << 20, &mut buf[..want.len()]) {
             Ok(()) => assert!(&buf[..want.len()] == want, "chunk {i} returned wrong bytes"),
             Err(e) => {
@@ -241,38 +264,19 @@ fn tampered_registry_blob_fails_reads_but_never_returns_wrong_bytes() {
 
 #[test]
 fn registry_outage_gives_io_errors_then_recovers() {
-    let mut reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
     // gzip: its spans come from the registry (zstd spans would be kept on disk).
-    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
-    reg.push(
-        &format!("oci:{}:v1", dir.path().display()),
-        "flaky:v1",
-        false,
-    );
-    let r = format!("{}/flaky:v1", reg.host());
-    let img_path = dir.path().join("m.img");
-    Ocidisk::new().ok(&[
-        "materialize",
-        "--read-only",
-        &format!("oci:{}:v1", dir.path().display()),
-        img_path.to_str().unwrap(),
-    ]);
-    let img = std::fs::read(&img_path).unwrap();
-
-    let o = Ocidisk::new();
-    let cache = BlobCache::open(o.cache_dir()).unwrap();
-    let mut opts = options(&r);
+    let mut f = served(Compression::Gzip, "flaky", true);
+    let mut opts = options(&f.r);
     opts.pull.source.registry.retry = RetryPolicy {
         attempts: 2,
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(100),
         max_total: Duration::from_secs(5),
     };
-    let disk = Disk::open(&opts, &cache).unwrap();
-    reg.stop();
+    let disk = Disk::open(&opts, &f.cache).unwrap();
+    f.reg.stop();
     let t = std::time::Instant::now();
-    let mut buf = vec![0u8; img.len()];
+    let mut buf = vec![0u8; f.want.len()];
     let err = disk.read_at(0, &mut buf).unwrap_err();
     assert!(
         t.elapsed() < Duration::from_secs(30),
@@ -280,9 +284,9 @@ fn registry_outage_gives_io_errors_then_recovers() {
         t.elapsed()
     );
     assert!(err.to_string().contains("unreachable"), "{err}");
-    reg.restart();
+    f.reg.restart();
     disk.read_at(0, &mut buf).unwrap();
-    assert!(buf == img, "after the registry is back, reads succeed");
+    assert!(buf == f.want, "after the registry is back, reads succeed");
 }
 
 #[test]
@@ -412,20 +416,11 @@ fn random_writes_and_zeroes_read_back_over_the_image() {
 
 #[test]
 fn chunk_store_serves_a_new_disk_without_the_registry() {
-    let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
-    reg.push(
-        &format!("oci:{}:v1", dir.path().display()),
-        "chunks:v1",
-        false,
-    );
-    let r = format!("{}/chunks:v1", reg.host());
-    let o = Ocidisk::new();
-    let cache = BlobCache::open(o.cache_dir()).unwrap();
-    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let f = served(Compression::Gzip, "chunks", true);
+    let disk = Disk::open(&options(&f.r), &f.cache).unwrap();
     let mut first = vec![0u8; disk.size() as usize];
     disk.read_at(0, &mut first).unwrap();
+    assert!(first == f.want);
     assert!(
         disk.stats()
             .spans_fetched
@@ -434,12 +429,12 @@ fn chunk_store_serves_a_new_disk_without_the_registry() {
     );
     drop(disk);
 
-    let n = reg.requests().len();
-    let disk = Disk::open(&options(&r), &cache).unwrap();
+    let n = f.reg.requests().len();
+    let disk = Disk::open(&options(&f.r), &f.cache).unwrap();
     let mut again = vec![0u8; disk.size() as usize];
     disk.read_at(0, &mut again).unwrap();
-    assert!(again == first);
-    let fetched: Vec<_> = reg.requests()[n..]
+    assert!(again == f.want);
+    let fetched: Vec<_> = f.reg.requests()[n..]
         .iter()
         .filter(|q| q.is_blob_fetch())
         .cloned()
@@ -594,31 +589,14 @@ fn a_registry_that_ignores_range_gets_its_blobs_cached_whole() {
 
 #[test]
 fn concurrent_misses_on_one_span_share_one_fetch() {
-    let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
-    reg.push(
-        &format!("oci:{}:v1", dir.path().display()),
-        "together:v1",
-        false,
-    );
-    let r = format!("{}/together:v1", reg.host());
-    let reference = dir.path().join("ref.img");
-    Ocidisk::new().ok(&[
-        "materialize",
-        "--read-only",
-        &format!("oci:{}:v1", dir.path().display()),
-        reference.to_str().unwrap(),
-    ]);
+    let f = served(Compression::Gzip, "together", true);
     // The data block of a small file.
-    let block = file_blocks(&reference, "/etc/hostname")[0];
-    let want = std::fs::read(&reference).unwrap()[(block * 4096) as usize..][..4096].to_vec();
-    let o = Ocidisk::new();
-    let cache = BlobCache::open(o.cache_dir()).unwrap();
-    let mut opts = options(&r);
+    let block = file_blocks(&f.dir.path().join("reference.img"), "/etc/hostname")[0];
+    let want = f.want[(block * 4096) as usize..][..4096].to_vec();
+    let mut opts = options(&f.r);
     opts.cache_disk = 0;
-    let disk = Disk::open(&opts, &cache).unwrap();
-    let n = reg.requests().len();
+    let disk = Disk::open(&opts, &f.cache).unwrap();
+    let n = f.reg.requests().len();
     let barrier = std::sync::Barrier::new(8);
     std::thread::scope(|s| {
         for _ in 0..8 {
@@ -630,7 +608,7 @@ fn concurrent_misses_on_one_span_share_one_fetch() {
             });
         }
     });
-    let gets = reg.requests()[n..]
+    let gets = f.reg.requests()[n..]
         .iter()
         .filter(|q| q.is_blob_fetch())
         .count();
@@ -648,32 +626,14 @@ fn concurrent_misses_on_one_span_share_one_fetch() {
 
 #[test]
 fn single_frame_zstd_layers_keep_their_spans_from_the_first_pass() {
-    let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
     // The generator writes each zstd layer as one frame: no access point but its start.
-    imagegen::write_standard(dir.path(), "v1", Compression::Zstd);
-    reg.push(
-        &format!("oci:{}:v1", dir.path().display()),
-        "onezstd:v1",
-        false,
-    );
-    let r = format!("{}/onezstd:v1", reg.host());
-    let reference = dir.path().join("ref.img");
-    Ocidisk::new().ok(&[
-        "materialize",
-        "--read-only",
-        &format!("oci:{}:v1", dir.path().display()),
-        reference.to_str().unwrap(),
-    ]);
-    let want = std::fs::read(&reference).unwrap();
-    let o = Ocidisk::new();
-    let cache = BlobCache::open(o.cache_dir()).unwrap();
-    let disk = Disk::open(&options(&r), &cache).unwrap();
-    let n = reg.requests().len();
-    let mut all = vec![0u8; want.len()];
+    let f = served(Compression::Zstd, "onezstd", true);
+    let disk = Disk::open(&options(&f.r), &f.cache).unwrap();
+    let n = f.reg.requests().len();
+    let mut all = vec![0u8; f.want.len()];
     disk.read_at(0, &mut all).unwrap();
-    assert!(all == want);
-    let fetched: Vec<_> = reg.requests()[n..]
+    assert!(all == f.want);
+    let fetched: Vec<_> = f.reg.requests()[n..]
         .iter()
         .filter(|q| q.is_blob_fetch())
         .cloned()
