@@ -19,8 +19,7 @@ use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::ext4::{self, Ext4Error, Ext4Options};
 use crate::fs_image::FsImage;
-use crate::layer_index::IndexStore;
-use crate::pull::{PullError, PullOptions, PullProgress, ensure_index, pull_image};
+use crate::pull::{PullError, PullOptions, PullProgress, pull_image};
 use crate::source::manifest::Compression;
 use crate::tree::{Tree, TreeError};
 
@@ -156,14 +155,9 @@ pub async fn materialize(
             "is a directory",
         ));
     }
-    let (report, image) = pull_image(&opts.pull, cache, progress)
+    let (report, image, indexes) = pull_image(&opts.pull, cache, progress)
         .await
         .map_err(Box::new)?;
-    let store = IndexStore::new(cache).map_err(|e| Box::new(PullError::from(e)))?;
-    let mut indexes = Vec::with_capacity(image.layers.len());
-    for layer in &image.layers {
-        indexes.push(ensure_index(cache, &store, layer).await.map_err(Box::new)?);
-    }
     let (id, size, read_only, uuid) = (image.id().clone(), opts.size, opts.read_only, opts.uuid);
     let fs =
         tokio::task::spawn_blocking(move || build_filesystem(&id, &indexes, size, read_only, uuid))

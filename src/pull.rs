@@ -129,20 +129,21 @@ pub async fn pull(
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
 ) -> Result<PullReport, PullError> {
-    pull_image(opts, cache, progress).await.map(|(r, _)| r)
+    pull_image(opts, cache, progress).await.map(|(r, _, _)| r)
 }
 
-/// Pull an image into the cache and return it resolved too: every layer
-/// blob is then cached and verified, and its index stored.
+/// Pull an image into the cache and return it resolved, with its layer
+/// indexes (bottom first): every layer is then verified and indexed, and its
+/// blob cached when `keep_blobs` is set.
 pub async fn pull_image(
     opts: &PullOptions,
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
-) -> Result<(PullReport, ResolvedImage), PullError> {
+) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>), PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
     let image = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
     let indexes = IndexStore::new(cache)?;
-    let results: Vec<(bool, u64)> = futures_util::stream::iter(image.layers.iter())
+    let results: Vec<(bool, u64, LayerIndex)> = futures_util::stream::iter(image.layers.iter())
         .map(|layer| {
             fetch_layer(
                 &source,
@@ -157,14 +158,14 @@ pub async fn pull_image(
         .buffered(opts.concurrency.max(1))
         .try_collect()
         .await?;
-    let downloaded_layers = results.iter().filter(|(d, _)| *d).count();
+    let downloaded_layers = results.iter().filter(|(d, _, _)| *d).count();
     let report = PullReport {
         reference: image.location.clone(),
         image_id: image.id().clone(),
         platform: image.platform.clone(),
         layers: image.layers.len(),
         downloaded_layers,
-        downloaded_bytes: results.iter().map(|(_, b)| b).sum(),
+        downloaded_bytes: results.iter().map(|(_, b, _)| b).sum(),
         cached_layers: image.layers.len() - downloaded_layers,
     };
     let mut size = image.manifest.config.size + image.layers_size();
@@ -179,7 +180,8 @@ pub async fn pull_image(
         size,
         pulled_at: now_secs(),
     })?;
-    Ok((report, image))
+    let indexes = results.into_iter().map(|(_, _, ix)| ix).collect();
+    Ok((report, image, indexes))
 }
 
 /// The index of a cached layer: from the store, or built from the blob.
@@ -281,7 +283,7 @@ enum StreamFailure {
 }
 
 /// Fetch one layer into the cache unless it is there. Returns whether it was
-/// downloaded and how many bytes were transferred.
+/// downloaded, how many bytes were transferred, and the layer's index.
 async fn fetch_layer(
     source: &Source,
     cache: &BlobCache,
@@ -290,21 +292,21 @@ async fn fetch_layer(
     layer: &Layer,
     progress: &dyn PullProgress,
     opts: &PullOptions,
-) -> Result<(bool, u64), PullError> {
+) -> Result<(bool, u64, LayerIndex), PullError> {
     let keep_blobs = opts.keep_blobs;
     let desc = &layer.descriptor;
-    if !keep_blobs && indexes.load(&desc.digest).is_some() {
+    if !keep_blobs && let Some(ix) = indexes.load(&desc.digest) {
         progress.finish(layer, false);
-        return Ok((false, 0));
+        return Ok((false, 0, ix));
     }
     let check = {
         let (cache, digest, size) = (cache.clone(), desc.digest.clone(), desc.size);
         tokio::task::spawn_blocking(move || cache.has_verified(&digest, Some(size)))
     };
     if check.await.expect("cache check does not panic")? {
-        ensure_index(cache, indexes, layer).await?;
+        let ix = ensure_index(cache, indexes, layer).await?;
         progress.finish(layer, false);
-        return Ok((false, 0));
+        return Ok((false, 0, ix));
     }
     let mut received = Received {
         writer: if keep_blobs {
@@ -414,7 +416,7 @@ async fn fetch_layer(
     }
     indexes.save(&index)?;
     progress.finish(layer, true);
-    Ok((true, transferred))
+    Ok((true, transferred, index))
 }
 
 async fn stream_once(

@@ -28,7 +28,7 @@ use overlay::{Overlay, OverlayError};
 
 use crate::cache::{BlobCache, CacheError};
 use crate::fs_image::{BLOCK_SIZE, FsImage};
-use crate::layer_index::{IndexStore, LayerIndex, SpanError};
+use crate::layer_index::{LayerIndex, SpanError};
 use crate::materialize::{MaterializeError, build_filesystem};
 use crate::pull::{NoProgress, PullError, PullOptions, pull_image};
 use crate::source::manifest::Descriptor;
@@ -185,27 +185,19 @@ impl Inner {
         pull.keep_blobs = false;
         pull.span_store = Some(chunks.clone());
         let (source, image, indexes) = rt.block_on(async {
-            let (_, image) = pull_image(&pull, cache, Arc::new(NoProgress))
+            let (_, image, indexes) = pull_image(&pull, cache, Arc::new(NoProgress))
                 .await
                 .map_err(Box::new)?;
-            let store = IndexStore::new(cache)?;
-            let mut indexes = Vec::with_capacity(image.layers.len());
-            for layer in &image.layers {
-                let ix = crate::pull::ensure_index(cache, &store, layer)
-                    .await
-                    .map_err(Box::new)?;
-                indexes.push(Arc::new(ix));
-            }
             let source = Source::open(&pull.location, &pull.source)
                 .await
                 .map_err(|e| Box::new(PullError::from(e)))?;
             Ok::<_, DiskError>((source, image, indexes))
         })?;
-        let plain: Vec<LayerIndex> = indexes.iter().map(|i| (**i).clone()).collect();
-        let fs = build_filesystem(image.id(), &plain, opts.size, opts.read_only, opts.uuid)
+        let fs = build_filesystem(image.id(), &indexes, opts.size, opts.read_only, opts.uuid)
             .map_err(Box::new)?;
         let layers: Vec<(Arc<LayerIndex>, Descriptor)> = indexes
             .into_iter()
+            .map(Arc::new)
             .zip(image.layers.iter().map(|l| l.descriptor.clone()))
             .collect();
         let (overlay, temp_overlay) = if opts.read_only {
@@ -328,11 +320,7 @@ impl Inner {
     fn arrived(&self, layer: usize, span: usize, data: &[u8]) -> Result<(), DiskError> {
         if let Some(f) = &self.flush_to {
             let start = self.layers[layer].0.spans[span].start;
-            let guest_has = |block: u64| {
-                self.overlay
-                    .as_ref()
-                    .is_some_and(|o| o.covered(block * BLOCK_SIZE, 1)[0])
-            };
+            let guest_has = |block: u64| self.overlay.as_ref().is_some_and(|o| o.has(block));
             f.span_arrived(layer, span, start, data, &guest_has)?;
         }
         Ok(())
@@ -525,6 +513,7 @@ impl Inner {
                 pull.keep_blobs = true;
                 self.rt
                     .block_on(pull_image(&pull, &self.blob_cache, Arc::new(NoProgress)))
+                    .map(|_| ())
                     .map_err(Box::new)?;
                 let f = std::fs::File::open(&local).map_err(|e| {
                     fetch_err(SourceError::Read {

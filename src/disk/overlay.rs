@@ -119,7 +119,8 @@ impl Overlay {
         })
     }
 
-    fn has(&self, block: u64) -> bool {
+    /// Whether the overlay holds block `block`.
+    pub fn has(&self, block: u64) -> bool {
         let s = self.state.lock().expect("overlay lock");
         s.bits[(block / 64) as usize] & (1 << (block % 64)) != 0
     }
