@@ -453,23 +453,11 @@ fn chunk_store_serves_a_new_disk_without_the_registry() {
 
 #[test]
 fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
-    let mut reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
-    reg.push(&format!("oci:{}:v1", dir.path().display()), "pre:v1", false);
-    let r = format!("{}/pre:v1", reg.host());
-    let reference = dir.path().join("ref.img");
-    Ocidisk::new().ok(&[
-        "materialize",
-        &format!("oci:{}:v1", dir.path().display()),
-        reference.to_str().unwrap(),
-    ]);
-    let mut want = std::fs::read(&reference).unwrap();
-
-    let o = Ocidisk::new();
-    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let f = served(Compression::Gzip, "pre", false);
+    let (mut reg, dir, cache) = (f.reg, f.dir, f.cache);
+    let mut want = f.want;
     let flushed = dir.path().join("flushed.img");
-    let mut opts = options(&r);
+    let mut opts = options(&f.r);
     opts.read_only = false;
     opts.prefetch = true;
     opts.flush_to = Some(flushed.clone());
@@ -521,28 +509,11 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
 
 #[test]
 fn a_registry_that_ignores_range_gets_its_blobs_cached_whole() {
-    let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let built = imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
-    reg.push(
-        &format!("oci:{}:v1", dir.path().display()),
-        "norange:v1",
-        false,
-    );
-    let reference = dir.path().join("ref.img");
-    Ocidisk::new().ok(&[
-        "materialize",
-        "--read-only",
-        &format!("oci:{}:v1", dir.path().display()),
-        reference.to_str().unwrap(),
-    ]);
-    let want = std::fs::read(&reference).unwrap();
-
+    let f = served(Compression::Gzip, "norange", true);
+    let (reg, built, want, cache) = (&f.reg, &f.built, &f.want, &f.cache);
     let proxy = common::proxy::FaultProxy::start(&reg.host());
     proxy.strip_range();
     let r = format!("{}/norange:v1", proxy.host());
-    let o = Ocidisk::new();
-    let cache = BlobCache::open(o.cache_dir()).unwrap();
     let mut opts = options(&r);
     opts.cache_disk = 0;
     let layer_gets = |from: usize| -> Vec<(String, u16)> {
@@ -560,13 +531,13 @@ fn a_registry_that_ignores_range_gets_its_blobs_cached_whole() {
     };
     let mut after_first = 0;
     for round in 0..2 {
-        let disk = Disk::open(&opts, &cache).unwrap();
+        let disk = Disk::open(&opts, cache).unwrap();
         let mut all = vec![0u8; want.len()];
         for (i, chunk) in all.chunks_mut(1 << 20).enumerate() {
             disk.read_at((i as u64) << 20, chunk).unwrap();
         }
         assert!(
-            all == want,
+            all == *want,
             "reads through a Range-ignoring registry differ"
         );
         if round == 0 {
