@@ -10,18 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 runs=${1:-5}
-bash scripts/setup.sh >/dev/null 2>&1
-layout=$(bash scripts/debian-image.sh)
+bench_prepare
 cargo build --release --quiet --example lazy_bench
-cargo build --release --quiet
-bin=$PWD/target/release/ocidisk
 
 work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
-trap 'umount "$work/mnt" 2>/dev/null; stop_registry; rm -rf "$work"' EXIT
-start_registry "$work" quiet
-ref=$REGISTRY/debian:bookworm
-skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
-layer=$(ls -S "$layout/blobs/sha256" | head -1)
+trap 'umount "$work/mnt" 2>/dev/null || true; stop_registry; rm -rf "$work"' EXIT
+push_debian "$work"
 layer_bytes=$(stat -c %s "$layout/blobs/sha256/$layer")
 
 # Boot files: the shell, coreutils and util-linux a minimal boot runs, their

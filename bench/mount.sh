@@ -10,13 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 runs=${1:-5}
-bash scripts/setup.sh >/dev/null 2>&1
-layout=$(bash scripts/debian-image.sh)
-cargo build --release --quiet
-bin=$PWD/target/release/ocidisk
+bench_prepare
 work=$(mktemp -d /var/tmp/ocidisk-bench.XXXXXX)
 mount_pid=
-trap '[ -n "$mount_pid" ] && kill $mount_pid 2>/dev/null; wait 2>/dev/null || true; umount "$work/fuse.img" 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -n "$mount_pid" ] && kill $mount_pid 2>/dev/null; wait 2>/dev/null || true; umount "$work/fuse.img" 2>/dev/null || true; rm -rf "$work"' EXIT
 export OCIDISK_CACHE_DIR=$work/cache
 
 "$bin" materialize --read-only "oci:$layout:bookworm" "$work/local.img" 2>/dev/null

@@ -9,17 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 runs=${1:-5}
-bash scripts/setup.sh >/dev/null 2>&1
-layout=$(bash scripts/debian-image.sh)
-cargo build --release --quiet
-bin=$PWD/target/release/ocidisk
+bench_prepare
 
 work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
 trap 'stop_registry; rm -rf "$work"' EXIT
-start_registry "$work" quiet
-ref=$REGISTRY/debian:bookworm
-skopeo copy -q --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
-layer=$(ls -S "$layout/blobs/sha256" | head -1)
+push_debian "$work"
 
 time_runs() { # NAME CMD...: run CMD $runs times, cold, print the median seconds
   local name=$1; shift

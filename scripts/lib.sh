@@ -37,3 +37,22 @@ median() {
 }
 
 now() { date +%s.%N; }
+
+# bench_prepare: what every benchmark needs first. Installs what is missing,
+# builds (once) the Debian test image and a release ocidisk. Sets `layout`
+# (the OCI layout), `layer` (its largest blob's file name) and `bin`.
+bench_prepare() {
+  bash scripts/setup.sh >/dev/null 2>&1
+  layout=$(bash scripts/debian-image.sh)
+  cargo build --release --quiet
+  bin=$PWD/target/release/ocidisk
+  layer=$(ls -S "$layout/blobs/sha256" | head -1)
+}
+
+# push_debian DIR: a quiet registry under DIR holding the Debian image, with
+# the layout's digests. Sets `ref`. Stop it with stop_registry.
+push_debian() {
+  start_registry "$1" quiet
+  ref=$REGISTRY/debian:bookworm
+  skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
+}
