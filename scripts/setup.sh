@@ -19,6 +19,16 @@ packages=(
   pigz
   bc                # bench arithmetic
   time              # GNU time: peak RSS in bench/
+  linux-image-amd64 # the guest kernel the VM tests boot (virtio and ext4 as modules)
+  busybox-static    # the guest's userland, in a small initramfs
+  cpio              # packs that initramfs
+  fio               # in-guest and host benchmarks
+)
+# From bookworm-backports: bookworm's QEMU 7.2 does not work beside the
+# machine's qemu-utils 10, which also comes from backports.
+backports=(
+  qemu-system-x86       # the VMM of the VM tests (TCG)
+  qemu-block-extra
 )
 
 missing=()
@@ -26,14 +36,36 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+missing_bpo=()
+for p in "${backports[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_bpo+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bpo[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages (${missing[*]} ${missing_bpo[*]}); run this script as root" >&2
+    exit 1
+  fi
+  if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" \
+      > /etc/apt/sources.list.d/bookworm-backports.list
+  fi
+fi
+
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bpo[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+fi
+if [ ${#missing_bpo[@]} -gt 0 ]; then
+  echo "setup: installing ${missing_bpo[*]} from bookworm-backports" >&2
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports "${missing_bpo[@]}" >/dev/null
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing packages (${missing[*]}); run this script as root" >&2
     exit 1
   fi
   echo "setup: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 

@@ -11,6 +11,7 @@
 //!   → filesystem layout: metadata blocks + data extents   src/ext4/, src/fs_image.rs
 //!   → materialize (a raw image file)                  src/materialize.rs
 //!   → Disk (read_at / write_at: metadata, lazy data, overlay)   src/disk/
+//!   → frontends: vhost-user `serve`, FUSE `mount`     src/serve/, src/mount.rs
 //! ```
 //!
 //! The original Go package's `ContainerToVirtioOptions` maps onto
@@ -55,6 +56,7 @@ pub mod materialize;
 pub mod mount;
 pub mod progress;
 pub mod pull;
+pub mod serve;
 pub mod source;
 pub mod tree;
 pub mod units;

@@ -115,6 +115,35 @@ Mounting needs root (a plain mount(2)) or fusermount3 from the fuse3 package.")]
         disk: DiskArgs,
     },
 
+    /// Serve the image's disk to a VM over a vhost-user-blk socket (lazy: data is fetched when read)
+    #[command(after_help = "Examples:
+  ocidisk serve --read-only debian:bookworm --socket /run/ocidisk/debian.sock
+  ocidisk serve --overlay app.overlay --queues 2 registry.example.com/app:v1 --socket app.sock
+
+Then attach the socket to a VMM (guest RAM must be shared memory):
+  qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \\
+    -machine q35,memory-backend=mem -chardev socket,id=c0,path=SOCK \\
+    -device vhost-user-blk-pci,chardev=c0,num-queues=N ...
+  cloud-hypervisor --memory size=1G,shared=on --disk vhost_user=true,socket=SOCK,num_queues=N ...
+
+The server prints a ready line once the socket accepts connections and keeps
+serving across VM reboots and restarts. Ctrl-C or SIGTERM flushes writes and exits.")]
+    Serve {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The vhost-user socket to create (a stale one is replaced; a live one refused)
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Virtqueues, one worker thread each (at most one per core)
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
+        /// Write the server's pid here once the socket accepts connections
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+        #[command(flatten)]
+        disk: DiskArgs,
+    },
+
     /// Unmount an ocidisk mount (also one whose process died)
     Umount {
         /// The mount point
@@ -197,11 +226,50 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             mounted.unmount()?;
             eprintln!("unmounted {}", path.display());
         }
+        Command::Serve {
+            image,
+            socket,
+            queues,
+            pid_file,
+            disk,
+        } => {
+            let cache = open_cache(cli.cache_dir)?;
+            let pull = image.options()?;
+            let name = image.image.clone();
+            let max = ocidisk::serve::max_queues();
+            if queues == 0 || queues > max {
+                anyhow::bail!("--queues {queues}: must be between 1 and {max} (the cores here)");
+            }
+            let disk = Arc::new(Disk::open(&disk.options(pull), &cache)?);
+            let serial = disk.image_id()[..20].to_string();
+            let (size, ro) = (disk.size(), disk.read_only());
+            let server = ocidisk::serve::Server::bind(
+                disk,
+                ocidisk::serve::ServeOptions {
+                    socket: socket.clone(),
+                    queues,
+                    pid_file,
+                    serial,
+                },
+            )?;
+            server.stop_on_signals()?;
+            println!(
+                "serving {name} on {} ({}, {}, {queues} queue{}); Ctrl-C or SIGTERM stops",
+                socket.display(),
+                human_size(size),
+                if ro { "read-only" } else { "writable" },
+                if queues == 1 { "" } else { "s" }
+            );
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            server.run()?;
+            eprintln!("stopped serving {}", socket.display());
+        }
         Command::Umount { path } => {
             ocidisk::mount::umount(&path)?;
             eprintln!("unmounted {}", path.display());
         }
-        _ => unreachable!("only mount and umount run synchronously"),
+        _ => unreachable!("only mount, umount and serve run synchronously"),
     }
     Ok(())
 }
@@ -432,7 +500,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Mount { .. } | Command::Umount { .. } => {
+        Command::Mount { .. } | Command::Umount { .. } | Command::Serve { .. } => {
             unreachable!("mount and umount run outside the async runtime")
         }
         Command::Cache(CacheCommand::Prune { max_size }) => {
@@ -468,7 +536,10 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    if matches!(cli.command, Command::Mount { .. } | Command::Umount { .. }) {
+    if matches!(
+        cli.command,
+        Command::Mount { .. } | Command::Umount { .. } | Command::Serve { .. }
+    ) {
         return match run_sync(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

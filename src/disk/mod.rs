@@ -144,6 +144,8 @@ struct Inner {
     last_span: Mutex<HashMap<usize, (usize, usize)>>,
     readahead: Mutex<Option<std::sync::mpsc::Sender<(usize, usize)>>>,
     image: FsImage,
+    /// The image digest (sha256 hex of the manifest).
+    image_id: String,
     layers: Vec<(Arc<LayerIndex>, Descriptor)>,
     source: Source,
     rt: tokio::runtime::Runtime,
@@ -230,6 +232,7 @@ impl Inner {
             overlay,
             temp_overlay,
             image: fs,
+            image_id: image.id().hex().to_string(),
             layers,
             source,
             rt,
@@ -630,6 +633,11 @@ impl Disk {
     /// Device size in bytes.
     pub fn size(&self) -> u64 {
         self.inner.size()
+    }
+
+    /// The image's manifest digest (hex), e.g. for a device serial number.
+    pub fn image_id(&self) -> &str {
+        &self.inner.image_id
     }
 
     /// Counters.
