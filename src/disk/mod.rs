@@ -144,7 +144,7 @@ struct Inner {
     last_span: Mutex<HashMap<usize, (usize, usize)>>,
     readahead: Mutex<Option<std::sync::mpsc::Sender<(usize, usize)>>>,
     image: FsImage,
-    /// The image digest (sha256 hex of the manifest).
+    /// The image identity (manifest digest hex; config digest for archives).
     image_id: String,
     layers: Vec<(Arc<LayerIndex>, Descriptor)>,
     source: Source,
@@ -635,7 +635,8 @@ impl Disk {
         self.inner.size()
     }
 
-    /// The image's manifest digest (hex), e.g. for a device serial number.
+    /// The image identity (manifest digest hex; the config digest for docker
+    /// archives), e.g. for a device serial number.
     pub fn image_id(&self) -> &str {
         &self.inner.image_id
     }

@@ -7,7 +7,7 @@
 //! ring outside its memory) is marked broken and ignored until the driver
 //! resets it; the worker thread never dies of guest input.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -18,7 +18,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -40,6 +40,7 @@ pub struct BlkBackend {
     queues: usize,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     broken: Vec<AtomicBool>,
+    failures: AtomicU64,
 }
 
 impl BlkBackend {
@@ -52,6 +53,7 @@ impl BlkBackend {
             queues,
             mem: RwLock::new(None),
             broken: (0..queues).map(|_| AtomicBool::new(false)).collect(),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -113,17 +115,34 @@ impl BlkBackend {
                 if event_idx {
                     state.get_queue_mut().disable_notification(&*mem)?;
                 }
-                let mut used_any = false;
-                while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) {
+                let chains: Vec<_> = state.get_queue_mut().iter(&*mem)?.collect();
+                let used_any = !chains.is_empty();
+                for chain in chains {
                     let head = chain.head_index();
                     let done = handler.handle(&mem, chain);
                     if let Some(e) = &done.error {
-                        tracing::warn!(queue = queue_index, "request failed: {e}");
+                        // A guest can fail requests in a loop: log the first
+                        // ones, then ever more rarely.
+                        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n <= 20 || n.is_power_of_two() {
+                            tracing::warn!(
+                                queue = queue_index,
+                                failures = n,
+                                "request failed: {e}"
+                            );
+                        }
                     }
                     state.get_queue_mut().add_used(&*mem, head, done.written)?;
-                    used_any = true;
                 }
-                if used_any && state.get_queue_mut().needs_notification(&*mem)? {
+                let notify = used_any && state.get_queue_mut().needs_notification(&*mem)?;
+                tracing::trace!(
+                    queue = queue_index,
+                    used_any,
+                    notify,
+                    next_used = state.get_queue().next_used(),
+                    "processed"
+                );
+                if notify {
                     state.signal_used_queue().map_err(|e| {
                         tracing::warn!(queue = queue_index, "signalling the guest: {e}");
                         virtio_queue::Error::QueueNotReady

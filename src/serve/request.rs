@@ -338,9 +338,9 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::QueueOwnedT;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::QueueOwnedT;
     use vm_memory::{Bytes, GuestAddress};
 
     /// A byte vector standing in for the disk: these tests are about chain

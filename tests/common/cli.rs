@@ -49,7 +49,9 @@ impl Ocidisk {
         self.dir.path().join("docker")
     }
 
-    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+    /// The command for `ocidisk ARGS` in this installation, pipes for all
+    /// three standard streams.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocidisk"));
         cmd.args(args)
             .env("OCIDISK_CACHE_DIR", self.cache_dir())
@@ -61,6 +63,11 @@ impl Ocidisk {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = self.command(args);
         let mut child = cmd.spawn().expect("spawn ocidisk");
         child
             .stdin

@@ -8,3 +8,5 @@ pub mod fscheck;
 pub mod imagegen;
 pub mod proxy;
 pub mod registry;
+pub mod serve;
+pub mod vhost_driver;
