@@ -11,8 +11,8 @@
 #
 # The init understands, on the kernel command line:
 #   ocidisk.mount=ro|rw    how to mount /dev/vda (default ro)
-#   ocidisk.action=tree    print every entry under the mount (type, mode,
-#                          owner, size, link target, sha256) between markers
+#   ocidisk.action=tree    print every entry under the mount between markers:
+#                          PATH f|d|l|c|b|p MODE UID GID [SIZE SHA256 | -> TARGET | MAJ MIN]
 #   ocidisk.action=write:TEXT   write TEXT to /mnt/ocidisk-guest-file, sync
 #   ocidisk.action=cat     print /mnt/ocidisk-guest-file between markers
 #   ocidisk.action=bench   fio sequential (1 MiB) and random (4 KiB) direct
@@ -56,9 +56,14 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# Module parameters on the kernel command line reach built-in drivers only;
+# hand virtio_mmio its device list (microvm without ACPI) explicitly.
+mmio=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^virtio_mmio\.//p')
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio \
          virtio_blk crc16 mbcache jbd2 crc32c_generic libcrc32c ext4; do
-  insmod /lib/modules/$m.ko || echo "OCIDISK-INSMOD-FAILED $m"
+  params=""
+  [ "$m" = virtio_mmio ] && params="$mmio"
+  insmod /lib/modules/$m.ko $params || echo "OCIDISK-INSMOD-FAILED $m"
 done
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
 mode=$(arg ocidisk.mount); mode=${mode:-ro}
@@ -81,7 +86,8 @@ if mount -t ext4 -o "$mode" /dev/vda /mnt; then
         elif [ -d "$p" ]; then
           echo "$p d $(stat -c '%a %u %g' "$p")"
         else
-          echo "$p o $(stat -c '%a %u %g %F %t %T' "$p")"
+          t=o; [ -c "$p" ] && t=c; [ -b "$p" ] && t=b; [ -p "$p" ] && t=p
+          echo "$p $t $(stat -c '%a %u %g %t %T' "$p")"
         fi
       done
       cd /

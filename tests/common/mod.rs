@@ -10,3 +10,4 @@ pub mod proxy;
 pub mod registry;
 pub mod serve;
 pub mod vhost_driver;
+pub mod vm;
