@@ -52,15 +52,31 @@ fn assert_same_bytes(disk: &Disk, img: &[u8], random_reads: usize, seed: u64) {
     assert_eq!(disk.size(), img.len() as u64);
     let mut rng = Rng(seed);
     let mut buf = vec![0u8; 300_000];
-    for _ in 0..random_reads {
+    for i in 0..random_reads {
         let len = 1 + (rng.next() % buf.len() as u64) as usize;
         let off = rng.next() % (img.len() as u64 - len as u64);
-        disk.read_at(off, &mut buf[..len]).unwrap();
-        assert!(
-            buf[..len] == img[off as usize..off as usize + len],
-            "read of {len} at {off} differs"
-        );
+        let want = &img[off as usize..off as usize + len];
+        if i % 2 == 0 {
+            disk.read_at(off, &mut buf[..len]).unwrap();
+            assert!(buf[..len] == *want, "read of {len} at {off} differs");
+        } else {
+            assert!(
+                read_with(disk, off, len) == want,
+                "read_with of {len} at {off} differs"
+            );
+        }
     }
+}
+
+/// The bytes `Disk::read_with` hands out, collected.
+fn read_with(disk: &Disk, off: u64, len: usize) -> Vec<u8> {
+    let mut got = Vec::with_capacity(len);
+    disk.read_with(off, len, &mut |piece| {
+        got.extend_from_slice(piece);
+        Ok(())
+    })
+    .unwrap();
+    got
 }
 
 #[test]
@@ -82,6 +98,10 @@ fn reads_equal_the_materialized_image_cold_and_warm() {
             disk.read_at((i as u64) << 20, chunk).unwrap();
         }
         assert!(whole == img, "{c:?}: sequential read differs");
+        assert!(
+            read_with(&disk, 0, img.len()) == img,
+            "{c:?}: read_with differs"
+        );
         assert_same_bytes(&disk, &img, 300, 0x1234 + c as u64);
         let err = disk.read_at(disk.size() - 10, &mut [0u8; 20]).unwrap_err();
         assert!(err.to_string().contains("beyond"), "{err}");
@@ -408,6 +428,13 @@ fn random_writes_and_zeroes_read_back_over_the_image() {
         got == shadow,
         "device differs from the shadow copy after random writes"
     );
+    // read_with hands out the same bytes, over overlay blocks or not.
+    assert!(read_with(&disk, 0, REGION) == shadow);
+    for _ in 0..200 {
+        let len = 1 + (rng.next() % 300_000) as usize;
+        let off = (rng.next() % (REGION - len) as u64) as usize;
+        assert!(read_with(&disk, off as u64, len) == shadow[off..off + len]);
+    }
     assert!(
         disk.write_at(disk.size() - 1, &[1, 2]).is_err(),
         "a write past the end is refused"

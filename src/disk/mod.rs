@@ -82,6 +82,9 @@ pub enum DiskError {
     /// The overlay failed.
     #[error(transparent)]
     Overlay(#[from] OverlayError),
+    /// The consumer of `read_with` could not take the bytes.
+    #[error("delivering read data: {0}")]
+    Sink(std::io::Error),
 }
 
 /// How to open a disk.
@@ -368,20 +371,37 @@ impl Inner {
     }
 
     /// Fill `out` from layer `layer`'s uncompressed tar at `at`.
-    fn read_layer(&self, layer: usize, mut at: u64, mut out: &mut [u8]) -> Result<(), DiskError> {
+    fn read_layer(&self, layer: usize, at: u64, out: &mut [u8]) -> Result<(), DiskError> {
+        let mut done = 0;
+        self.layer_pieces(layer, at, out.len(), &mut |piece| {
+            out[done..done + piece.len()].copy_from_slice(piece);
+            done += piece.len();
+            Ok(())
+        })
+    }
+
+    /// Hand `len` bytes of layer `layer`'s uncompressed tar at `at` to
+    /// `emit`, piece by piece, straight from the verified spans.
+    fn layer_pieces(
+        &self,
+        layer: usize,
+        mut at: u64,
+        mut len: usize,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), DiskError>,
+    ) -> Result<(), DiskError> {
         let index = &self.layers[layer].0;
         let mut last = None;
-        while !out.is_empty() {
+        while len > 0 {
             let (span, start, end) = index.span_at(at).ok_or(DiskError::OutOfRange {
                 offset: at,
-                len: out.len(),
+                len,
                 size: index.tar_size,
             })?;
             let data = self.span(layer, span)?;
-            let n = ((end - at) as usize).min(out.len());
+            let n = ((end - at) as usize).min(len);
             let from = (at - start) as usize;
-            out[..n].copy_from_slice(&data[from..from + n]);
-            out = &mut out[n..];
+            emit(&data[from..from + n])?;
+            len -= n;
             at += n as u64;
             last = Some(span);
         }
@@ -403,6 +423,74 @@ impl Inner {
                 && let Some(tx) = self.readahead.lock().expect("readahead lock").as_ref()
             {
                 let _ = tx.send((layer, k + 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand the device bytes `[offset, offset+len)` to `emit` in order,
+    /// without an intermediate buffer where the bytes already exist in
+    /// memory (metadata blocks, cached spans, zeros). Ranges the overlay
+    /// covers go through `read_at` in pieces.
+    pub fn read_with(
+        &self,
+        offset: u64,
+        len: usize,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), DiskError>,
+    ) -> Result<(), DiskError> {
+        let end = self.check_range(offset, len)?;
+        if let Some(o) = &self.overlay
+            && o.covered(offset, len).into_iter().any(|b| b)
+        {
+            let mut buf = vec![0u8; len.min(1 << 20)];
+            let mut at = offset;
+            while at < end {
+                let n = ((end - at) as usize).min(buf.len());
+                self.read_at(at, &mut buf[..n])?;
+                emit(&buf[..n])?;
+                at += n as u64;
+            }
+            return Ok(());
+        }
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let data = &self.image.data;
+        let mut at = offset;
+        let mut i = data.partition_point(|e| e.device_offset + e.len <= offset);
+        while at < end {
+            let block = at / BLOCK_SIZE;
+            if let Some(bytes) = self.image.metadata.get(&block) {
+                let from = (at - block * BLOCK_SIZE) as usize;
+                let n = (bytes.len() - from).min((end - at) as usize);
+                emit(&bytes[from..from + n])?;
+                at += n as u64;
+                continue;
+            }
+            while data.get(i).is_some_and(|e| e.device_offset + e.len <= at) {
+                i += 1;
+            }
+            // The next thing that is not zeros: a metadata block or data.
+            let next_meta = self
+                .image
+                .metadata
+                .range(block + 1..)
+                .next()
+                .map_or(u64::MAX, |(b, _)| b * BLOCK_SIZE);
+            match data.get(i) {
+                Some(e) if e.device_offset <= at => {
+                    let hi = (e.device_offset + e.len).min(end).min(next_meta);
+                    let n = (hi - at) as usize;
+                    self.layer_pieces(e.layer, e.tar_offset + (at - e.device_offset), n, emit)?;
+                    at = hi;
+                }
+                next => {
+                    let next_data = next.map_or(u64::MAX, |e| e.device_offset);
+                    let hi = end.min(next_meta).min(next_data);
+                    while at < hi {
+                        let n = ((hi - at) as usize).min(ZEROS.len());
+                        emit(&ZEROS[..n])?;
+                        at += n as u64;
+                    }
+                }
             }
         }
         Ok(())
@@ -654,6 +742,18 @@ impl Disk {
     /// Fill `buf` with the device bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.inner.read_at(offset, buf)
+    }
+
+    /// Hand the device bytes `[offset, offset+len)` to `emit` in order, as
+    /// slices of the decoded data itself (no copy into a caller's buffer):
+    /// a frontend copies them straight to where they go, e.g. guest memory.
+    pub fn read_with(
+        &self,
+        offset: u64,
+        len: usize,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), DiskError>,
+    ) -> Result<(), DiskError> {
+        self.inner.read_with(offset, len, emit)
     }
 
     /// Write `data` at `offset` (into the overlay).

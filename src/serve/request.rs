@@ -37,6 +37,25 @@ pub trait BlockDevice: Send + Sync {
     fn read_only(&self) -> bool;
     /// Fill `buf` from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+    /// Hand `len` bytes at `offset` to `emit` in order. The default reads
+    /// into a buffer; a device holding its bytes in memory hands out
+    /// slices of them instead.
+    fn read_with(
+        &self,
+        offset: u64,
+        len: usize,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), DiskError>,
+    ) -> Result<(), DiskError> {
+        let mut buf = vec![0u8; len.min(CHUNK)];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            self.read_at(offset + done as u64, &mut buf[..n])?;
+            emit(&buf[..n])?;
+            done += n;
+        }
+        Ok(())
+    }
     /// Write `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError>;
     /// Make a range read as zeros.
@@ -54,6 +73,14 @@ impl BlockDevice for Disk {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         Disk::read_at(self, offset, buf)
+    }
+    fn read_with(
+        &self,
+        offset: u64,
+        len: usize,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), DiskError>,
+    ) -> Result<(), DiskError> {
+        Disk::read_with(self, offset, len, emit)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         Disk::write_at(self, offset, data)
@@ -261,17 +288,12 @@ impl<'d> RequestHandler<'d> {
             })
     }
 
+    /// Device bytes go from where the disk holds them (decoded spans,
+    /// metadata blocks) straight into the guest's buffers.
     fn read(&mut self, offset: u64, len: usize, out: &mut Writer) -> Result<(), RequestError> {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(CHUNK);
-            self.buf.resize(n, 0);
-            self.device
-                .read_at(offset + done as u64, &mut self.buf[..n])?;
-            out.write_all(&self.buf[..n])
-                .map_err(RequestError::Memory)?;
-            done += n;
-        }
+        self.device.read_with(offset, len, &mut |piece| {
+            out.write_all(piece).map_err(DiskError::Sink)
+        })?;
         Ok(())
     }
 
