@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: install what is needed, build a
 # real Debian image, start a local registry holding it, and show ocidisk
-# inspecting and pulling it (a second pull downloads nothing), then writing
-# it as an ext4 disk image that e2fsck accepts.
+# inspecting and pulling it (a second pull downloads nothing), writing it as
+# an ext4 disk image that e2fsck accepts, and finally booting a VM (QEMU,
+# TCG) whose root disk is `ocidisk serve` fetching lazily from the registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -13,7 +14,8 @@ cargo build --release --quiet
 bin=$PWD/target/release/ocidisk
 
 work=$(mktemp -d /tmp/ocidisk-demo.XXXXXX)
-trap 'stop_registry; rm -rf "$work"' EXIT
+serve_pid=
+trap '[ -n "$serve_pid" ] && kill $serve_pid 2>/dev/null; wait 2>/dev/null; stop_registry; rm -rf "$work"' EXIT
 start_registry "$work"
 ref=$REGISTRY/debian:bookworm
 echo "demo: pushing the Debian image to the local registry at $ref" >&2
@@ -28,3 +30,21 @@ set -x
 "$bin" materialize "$ref" "$work/debian.img"
 e2fsck -fn "$work/debian.img"
 ls -ls "$work/debian.img"
+{ set +x; } 2>/dev/null
+
+echo "demo: serving the image over vhost-user (lazy) and booting a VM from it" >&2
+kit=$(bash scripts/vm-kit.sh)
+rm -rf "$work/cache"   # cold: nothing cached, data comes from the registry on demand
+"$bin" serve --read-only "$ref" --socket "$work/debian.sock" &
+serve_pid=$!
+for _ in $(seq 200); do [ -S "$work/debian.sock" ] && break; sleep 0.1; done
+set -x
+qemu-system-x86_64 -machine q35,accel=tcg,memory-backend=mem -cpu max -m 512 \
+  -object memory-backend-memfd,id=mem,size=512M,share=on \
+  -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+  -chardev socket,id=c0,path="$work/debian.sock" -device vhost-user-blk-pci,chardev=c0 \
+  -kernel "$kit/vmlinuz" -initrd "$kit/initramfs.cpio" \
+  -append "console=ttyS0 quiet panic=-1 ocidisk.mount=ro ocidisk.action=boot" | tr -d '\r' | tee "$work/console.log"
+{ set +x; } 2>/dev/null
+grep -q "OCIDISK-DONE rc=0" "$work/console.log" || { echo "demo: the VM did not boot from the served disk" >&2; exit 1; }
+echo "demo: the VM ran programs from the image, served lazily by ocidisk from $ref" >&2

@@ -23,14 +23,19 @@
 set -euo pipefail
 
 dir=${1:-/var/cache/ocidisk-fixtures/vm}
-kver=$(ls /lib/modules | sort -V | tail -1)
-[ -n "$kver" ] && [ -e "/boot/vmlinuz-$kver" ] || { echo "vm-kit: no kernel; run scripts/setup.sh" >&2; exit 1; }
+# The newest kernel that has both an image in /boot and its modules.
+kver=$(ls /boot | sed -n 's/^vmlinuz-//p' | sort -V | while read -r v; do
+  [ -d "/lib/modules/$v/kernel" ] && echo "$v"; done | tail -1)
+[ -n "$kver" ] || { echo "vm-kit: no kernel in /boot with modules; run scripts/setup.sh" >&2; exit 1; }
 stamp="$kver $(sha256sum "$0" | cut -c1-16)"
-if [ -f "$dir/stamp" ] && [ "$(cat "$dir/stamp")" = "$stamp" ] && [ -f "$dir/initramfs.cpio" ]; then
-  echo "$dir"
-  exit 0
-fi
+fresh() { [ -f "$dir/stamp" ] && [ "$(cat "$dir/stamp")" = "$stamp" ]; }
+fresh && { echo "$dir"; exit 0; }
 mkdir -p "$dir"
+# Tests run in parallel: one builder at a time, the others wait and reuse.
+exec 9>"$dir/.lock"
+flock 9
+fresh && { echo "$dir"; exit 0; }
+rm -f "$dir/stamp"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage"/{bin,dev,proc,sys,mnt,lib/modules,tmp}
@@ -112,7 +117,7 @@ if mount -t ext4 -o "$mode" /dev/vda /mnt; then
     boot)
       # What a booting system does first: run programs from the image.
       chroot /mnt /bin/sh -c 'dpkg --version && ls -l /usr/bin /etc' >/dev/null 2>&1 || rc=1
-      echo "OCIDISK-BOOTED"
+      echo "OCIDISK-BOOTED $(sed -n 's/^PRETTY_NAME=//p' /mnt/etc/os-release 2>/dev/null)"
       ;;
   esac
   umount /mnt 2>/dev/null

@@ -390,3 +390,39 @@ fn socket_lifecycle_refuses_live_replaces_stale() {
     assert!(status.success(), "{status}; stderr:\n{}", served.stderr());
     assert!(!f.sock.exists());
 }
+
+#[test]
+fn prefetch_and_flush_to_keep_a_complete_image_with_guest_writes() {
+    let f = fixture(false);
+    let full = f.dir.join("full.img");
+    let mut served = Served::start(
+        &f.o,
+        &f.image,
+        &f.sock,
+        &["--prefetch", "--flush-to", full.to_str().unwrap()],
+    );
+    let mut d = Driver::connect(&f.sock, 1, 0);
+    let sector = 2048;
+    assert_eq!(d.write(0, sector, &[0x5au8; 4096]), S_OK);
+    assert_eq!(d.request(0, VIRTIO_BLK_T_FLUSH, 0, 0, false).0, S_OK);
+    // --prefetch fetches every span; --flush-to renames the image into
+    // place once all have arrived.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !full.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--flush-to image never completed; stderr:\n{}",
+            served.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(d);
+    assert!(served.stop().success());
+    let mut want = f.img.clone();
+    let at = sector as usize * 512;
+    want[at..at + 4096].fill(0x5a);
+    assert!(
+        std::fs::read(&full).unwrap() == want,
+        "--flush-to image differs"
+    );
+}

@@ -203,6 +203,11 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
     }
 
+    fn acked_features(&self, features: u64) {
+        // Firmware and kernel each negotiate during one boot: one line each.
+        tracing::info!("driver accepted features {features:#x}");
+    }
+
     fn reset_device(&self) {
         for b in &self.broken {
             b.store(false, Ordering::Relaxed);
