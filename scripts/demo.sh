@@ -15,7 +15,7 @@ bin=$PWD/target/release/ocidisk
 
 work=$(mktemp -d /tmp/ocidisk-demo.XXXXXX)
 serve_pid=
-trap '[ -n "$serve_pid" ] && kill $serve_pid 2>/dev/null; wait 2>/dev/null; stop_registry; rm -rf "$work"' EXIT
+trap '[ -n "$serve_pid" ] && { kill $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null; }; stop_registry; rm -rf "$work"' EXIT
 start_registry "$work"
 ref=$REGISTRY/debian:bookworm
 echo "demo: pushing the Debian image to the local registry at $ref" >&2
