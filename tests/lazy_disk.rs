@@ -442,6 +442,52 @@ fn random_writes_and_zeroes_read_back_over_the_image() {
 }
 
 #[test]
+fn zeroing_whole_blocks_costs_no_overlay_space() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    let r = format!("oci:{}:v1", dir.path().display());
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let mut opts = options(&r);
+    opts.read_only = false;
+    let overlay = dir.path().join("overlay");
+    opts.overlay = Some(overlay.clone());
+    let disk = Disk::open(&opts, &cache).unwrap();
+    let allocated = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&overlay).unwrap().blocks() * 512
+    };
+    // Fill 8 MiB with data, then zero 64 MiB around it (unaligned ends).
+    disk.write_at(1 << 20, &vec![0xeeu8; 8 << 20]).unwrap();
+    assert!(allocated() >= 8 << 20);
+    let (off, len) = (4095u64, (64u64 << 20) + 3);
+    disk.write_zeroes(off, len).unwrap();
+    assert!(
+        allocated() < 1 << 20,
+        "zeroed whole blocks still take {} bytes",
+        allocated()
+    );
+    let got = read_with(&disk, off, len as usize);
+    assert!(got.iter().all(|&b| b == 0));
+    // The bytes just outside the range are untouched.
+    let mut edge = [0u8; 2];
+    disk.read_at(off - 1, &mut edge[..1]).unwrap();
+    disk.read_at(off + len, &mut edge[1..]).unwrap();
+    let mut want = [0u8; 2];
+    let img_path = dir.path().join("rw.img");
+    o.ok(&["materialize", &r, img_path.to_str().unwrap()]);
+    let img = std::fs::read(&img_path).unwrap();
+    want[0] = img[off as usize - 1];
+    want[1] = img[(off + len) as usize];
+    assert_eq!(edge, want);
+    // And it all survives a flush and reopen.
+    disk.flush().unwrap();
+    drop(disk);
+    let disk = Disk::open(&opts, &cache).unwrap();
+    assert!(read_with(&disk, off, len as usize).iter().all(|&b| b == 0));
+}
+
+#[test]
 fn chunk_store_serves_a_new_disk_without_the_registry() {
     let f = served(Compression::Gzip, "chunks", true);
     let disk = Disk::open(&options(&f.r), &f.cache).unwrap();

@@ -295,18 +295,25 @@ impl Inner {
     }
 
     /// Make `len` bytes at `offset` read as zeros (virtio WRITE_ZEROES and
-    /// DISCARD).
+    /// DISCARD). Whole blocks cost no space in the overlay.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError> {
-        if self.overlay.is_none() {
-            return Err(DiskError::ReadOnly);
-        }
-        self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(zeros.len() as u64) as usize;
-            self.write_at(at, &zeros[..n])?;
-            at += n as u64;
+        let o = self.overlay.as_ref().ok_or(DiskError::ReadOnly)?;
+        let end = self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
+        let lower =
+            |off: u64, buf: &mut [u8]| self.read_lower(off, buf).map_err(std::io::Error::other);
+        o.zero(offset, len, &lower)?;
+        if let Some(f) = &self.flush_to {
+            let start = offset / BLOCK_SIZE * BLOCK_SIZE;
+            let end = end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+            let end = end.min(self.image.size);
+            let mut merged = vec![0u8; ((end - start) as usize).min(1 << 20)];
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(merged.len());
+                self.read_at(at, &mut merged[..n])?;
+                f.guest_wrote(at, &merged[..n])?;
+                at += n as u64;
+            }
         }
         Ok(())
     }

@@ -195,6 +195,73 @@ impl Overlay {
         Ok(())
     }
 
+    /// Make `[offset, offset+len)` read as zeros. Whole blocks become holes
+    /// in the data file (no space used); partial blocks at the ends are
+    /// written as usual.
+    pub fn zero(
+        &self,
+        offset: u64,
+        len: u64,
+        lower: &dyn Fn(u64, &mut [u8]) -> io::Result<()>,
+    ) -> Result<(), OverlayError> {
+        let end = offset + len;
+        let first_whole = offset.div_ceil(BS) * BS;
+        let end_whole = end / BS * BS;
+        if first_whole >= end_whole {
+            return self.write(offset, &vec![0u8; len as usize], lower);
+        }
+        if offset < first_whole {
+            self.write(offset, &vec![0u8; (first_whole - offset) as usize], lower)?;
+        }
+        {
+            let _guard = self.write_lock.lock().expect("overlay write lock");
+            self.punch(first_whole, end_whole - first_whole)?;
+            let mut s = self.state.lock().expect("overlay lock");
+            for b in first_whole / BS..end_whole / BS {
+                s.bits[(b / 64) as usize] |= 1 << (b % 64);
+            }
+            s.dirty = true;
+        }
+        if end_whole < end {
+            self.write(end_whole, &vec![0u8; (end - end_whole) as usize], lower)?;
+        }
+        Ok(())
+    }
+
+    /// Deallocate a block-aligned range of the data file (it reads zeros);
+    /// where the filesystem cannot punch holes, write zeros.
+    fn punch(&self, offset: u64, len: u64) -> Result<(), OverlayError> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate on a file descriptor we own, with a range inside
+        // the file (the caller passes block-aligned device offsets and the
+        // file is the device's size); no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.data.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(io_err(&self.data_path)(e));
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.data
+                .write_all_at(&zeros[..n], at)
+                .map_err(io_err(&self.data_path))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Make every write so far durable.
     pub fn flush(&self) -> Result<(), OverlayError> {
         let _guard = self.write_lock.lock().expect("overlay write lock");
