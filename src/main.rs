@@ -253,6 +253,7 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
                 },
             )?;
             server.stop_on_signals()?;
+            server.write_pid_file()?;
             println!(
                 "serving {name} on {} ({}, {}, {queues} queue{}); Ctrl-C or SIGTERM stops",
                 socket.display(),

@@ -268,12 +268,30 @@ impl Inner {
         self.overlay.is_none()
     }
 
-    /// Fill `buf` with the device bytes at `offset`.
+    /// Fill `buf` with the device bytes at `offset`. Blocks the overlay
+    /// holds are not read from below (no fetch for data the guest wrote).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        self.read_lower(offset, buf)?;
-        if let Some(o) = &self.overlay {
-            o.read_into(offset, buf)?;
+        let Some(o) = &self.overlay else {
+            return self.read_lower(offset, buf);
+        };
+        self.check_range(offset, buf.len())?;
+        let covered = o.covered(offset, buf.len());
+        let first = offset / BLOCK_SIZE;
+        let end = offset + buf.len() as u64;
+        // Read each run of blocks the overlay does not hold from below.
+        let mut i = 0;
+        while i < covered.len() {
+            if covered[i] {
+                i += 1;
+                continue;
+            }
+            let run = covered[i..].iter().take_while(|c| !**c).count();
+            let lo = ((first + i as u64) * BLOCK_SIZE).max(offset);
+            let hi = ((first + (i + run) as u64) * BLOCK_SIZE).min(end);
+            self.read_lower(lo, &mut buf[(lo - offset) as usize..(hi - offset) as usize])?;
+            i += run;
         }
+        o.read_into(offset, buf)?;
         Ok(())
     }
 
@@ -418,14 +436,17 @@ impl Inner {
         // cost no more than what they read.
         if let Some(k) = last {
             let mut runs = self.last_span.lock().expect("readahead lock");
-            let run = match runs.get(&layer) {
-                Some(&(p, n)) if p == k => n,
-                Some(&(p, n)) if p + 1 == k => n + 1,
-                _ => 1,
+            let (run, advanced) = match runs.get(&layer) {
+                Some(&(p, n)) if p == k => (n, false),
+                Some(&(p, n)) if p + 1 == k => (n + 1, true),
+                _ => (1, true),
             };
             runs.insert(layer, (k, run));
             drop(runs);
-            if run >= READAHEAD_AFTER
+            // Ask once per span reached: re-reading the last span must not
+            // queue the same read-ahead again and again.
+            if advanced
+                && run >= READAHEAD_AFTER
                 && k + 1 < index.spans.len()
                 && let Some(tx) = self.readahead.lock().expect("readahead lock").as_ref()
             {
@@ -466,9 +487,15 @@ impl Inner {
         while at < end {
             let block = at / BLOCK_SIZE;
             if let Some(bytes) = self.image.metadata.get(&block) {
+                // Metadata blocks are whole blocks; should one be short,
+                // the rest of its block reads as zeros (as in read_lower).
                 let from = (at - block * BLOCK_SIZE) as usize;
-                let n = (bytes.len() - from).min((end - at) as usize);
-                emit(&bytes[from..from + n])?;
+                let n = ((BLOCK_SIZE as usize - from) as u64).min(end - at) as usize;
+                let have = bytes.len().saturating_sub(from).min(n);
+                emit(&bytes[from..from + have])?;
+                if have < n {
+                    emit(&ZEROS[..n - have])?;
+                }
                 at += n as u64;
                 continue;
             }

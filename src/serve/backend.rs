@@ -29,6 +29,8 @@ use super::request::{BlockDevice, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, RequestH
 
 /// The largest queue a driver may set up.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// Requests handled per batch before the vring lock is released.
+const BATCH: usize = 256;
 /// Segments per request we advertise (QEMU's default for a 128-entry queue;
 /// with indirect descriptors a request may use them all).
 pub const SEG_MAX: u32 = 126;
@@ -41,6 +43,9 @@ pub struct BlkBackend {
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     broken: Vec<AtomicBool>,
     failures: AtomicU64,
+    stopping: AtomicBool,
+    /// Exit-event descriptors the library registers and never closes.
+    exit_fds: std::sync::Mutex<Vec<std::os::fd::RawFd>>,
 }
 
 impl BlkBackend {
@@ -54,6 +59,8 @@ impl BlkBackend {
             mem: RwLock::new(None),
             broken: (0..queues).map(|_| AtomicBool::new(false)).collect(),
             failures: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            exit_fds: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -101,68 +108,110 @@ impl BlkBackend {
         c
     }
 
-    /// Process everything the driver made available on `vring`.
+    /// Stop processing queues: the connection is over. A guest that keeps
+    /// its queue full cannot hold the worker (and so shutdown) any longer
+    /// than one batch.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Process what the driver made available on `vring`, in batches of at
+    /// most [`BATCH`] requests. The vring lock is released between batches,
+    /// so the frontend's control messages for this ring (stop, reset) get
+    /// through even while a guest keeps the queue full.
     fn process(&self, queue_index: usize, vring: &VringRwLock) {
         let Some(atomic) = self.mem.read().expect("mem lock").clone() else {
             return;
         };
-        let mem = atomic.memory();
         let mut handler = RequestHandler::new(&*self.device, &self.serial);
-        let mut state = vring.get_mut();
-        let event_idx = state.get_queue().event_idx_enabled();
-        let result: Result<(), virtio_queue::Error> = (|| {
-            loop {
-                if event_idx {
-                    state.get_queue_mut().disable_notification(&*mem)?;
-                }
-                let chains: Vec<_> = state.get_queue_mut().iter(&*mem)?.collect();
-                let used_any = !chains.is_empty();
-                for chain in chains {
-                    let head = chain.head_index();
-                    let done = handler.handle(&mem, chain);
-                    if let Some(e) = &done.error {
-                        // A guest can fail requests in a loop: log the first
-                        // ones, then ever more rarely.
-                        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n <= 20 || n.is_power_of_two() {
-                            tracing::warn!(
-                                queue = queue_index,
-                                failures = n,
-                                "request failed: {e}"
-                            );
-                        }
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let mem = atomic.memory();
+            let mut state = vring.get_mut();
+            // A ring the frontend has stopped is not the guest's fault.
+            if !state.get_queue().ready() {
+                return;
+            }
+            match self.batch(queue_index, &mut state, &mem, &mut handler) {
+                Ok(true) => continue,
+                Ok(false) | Err(virtio_queue::Error::QueueNotReady) => return,
+                Err(e) => {
+                    if !self.broken[queue_index].swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            queue = queue_index,
+                            "the guest broke queue {queue_index} ({e}); ignoring it until the driver resets it"
+                        );
                     }
-                    state.get_queue_mut().add_used(&*mem, head, done.written)?;
-                }
-                let notify = used_any && state.get_queue_mut().needs_notification(&*mem)?;
-                tracing::trace!(
-                    queue = queue_index,
-                    used_any,
-                    notify,
-                    next_used = state.get_queue().next_used(),
-                    "processed"
-                );
-                if notify {
-                    state.signal_used_queue().map_err(|e| {
-                        tracing::warn!(queue = queue_index, "signalling the guest: {e}");
-                        virtio_queue::Error::QueueNotReady
-                    })?;
-                }
-                // With EVENT_IDX, re-enabling notifications tells us whether
-                // the driver added more while we worked: loop, or a kick is
-                // lost.
-                if !event_idx || !state.get_queue_mut().enable_notification(&*mem)? {
-                    return Ok(());
+                    return;
                 }
             }
-        })();
-        if let Err(e) = result
-            && !self.broken[queue_index].swap(true, Ordering::Relaxed)
-        {
-            tracing::error!(
-                queue = queue_index,
-                "the guest broke queue {queue_index} ({e}); ignoring it until the driver resets it"
-            );
+        }
+    }
+
+    /// One batch; true if more requests may be waiting.
+    fn batch(
+        &self,
+        queue_index: usize,
+        state: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>,
+        mem: &GuestMemoryMmap,
+        handler: &mut RequestHandler,
+    ) -> Result<bool, virtio_queue::Error> {
+        let event_idx = state.get_queue().event_idx_enabled();
+        if event_idx {
+            state.get_queue_mut().disable_notification(mem)?;
+        }
+        let chains: Vec<_> = state.get_queue_mut().iter(mem)?.take(BATCH).collect();
+        let full = chains.len() == BATCH;
+        let used_any = !chains.is_empty();
+        for chain in chains {
+            let head = chain.head_index();
+            // A bug in the device path must fail the request, not take the
+            // worker (and the vring lock it holds) down with it.
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.handle(mem, chain)
+            }))
+            .unwrap_or(super::request::Completion {
+                written: 0,
+                error: Some(super::request::RequestError::Panicked),
+            });
+            if let Some(e) = &done.error {
+                // A guest can fail requests in a loop: log the first ones,
+                // then ever more rarely.
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= 20 || n.is_power_of_two() {
+                    tracing::warn!(queue = queue_index, failures = n, "request failed: {e}");
+                }
+            }
+            state.get_queue_mut().add_used(mem, head, done.written)?;
+        }
+        if used_any && state.get_queue_mut().needs_notification(mem)? {
+            state.signal_used_queue().map_err(|e| {
+                tracing::warn!(queue = queue_index, "signalling the guest: {e}");
+                virtio_queue::Error::QueueNotReady
+            })?;
+        }
+        if full {
+            return Ok(true);
+        }
+        // With EVENT_IDX, re-enabling notifications tells us whether the
+        // driver added more while we worked: go again, or a kick is lost.
+        Ok(event_idx && state.get_queue_mut().enable_notification(mem)?)
+    }
+}
+
+impl BlkBackend {
+    /// Close the exit-event descriptors the library leaked. Call only once
+    /// the daemon (its epoll handlers and worker threads) is gone.
+    pub fn close_leaked_fds(&self) {
+        for fd in self.exit_fds.lock().expect("exit fds lock").drain(..) {
+            // SAFETY: `fd` came from an EventConsumer we created in
+            // `exit_event`; the library took it with `into_raw_fd` for its
+            // epoll set and never closes it. The daemon that used it has
+            // been dropped (threads joined, epoll closed), so nothing refers
+            // to the descriptor any more and closing it once is sound.
+            unsafe { libc::close(fd) };
         }
     }
 }
@@ -237,7 +286,17 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        // vhost-user-backend 0.24 turns the consumer into a raw fd for its
+        // epoll and never closes it; remember it so the connection's end
+        // can (see `close_leaked_fds`).
+        use std::os::fd::AsRawFd;
+        self.exit_fds
+            .lock()
+            .expect("exit fds lock")
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {

@@ -121,8 +121,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Create the socket (replacing a stale one, refusing a live one) and
-    /// write the pid file.
+    /// Create the socket (replacing a stale one, refusing a live one).
     pub fn bind(device: Arc<dyn BlockDevice>, opts: ServeOptions) -> Result<Server, ServeError> {
         let max = max_queues();
         if opts.queues == 0 || opts.queues > max {
@@ -136,9 +135,6 @@ impl Server {
             path: opts.socket.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        if let Some(p) = &opts.pid_file {
-            write_pid_file(p)?;
-        }
         let wake = EventFd::new(EFD_NONBLOCK).map_err(|e| ServeError::Socket {
             path: opts.socket.clone(),
             source: e,
@@ -160,7 +156,8 @@ impl Server {
         self.stopper.clone()
     }
 
-    /// Make SIGINT and SIGTERM stop the server.
+    /// Make SIGINT and SIGTERM stop the server (flush, clean up); a second
+    /// signal exits at once.
     pub fn stop_on_signals(&self) -> Result<(), ServeError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals =
@@ -169,13 +166,29 @@ impl Server {
         std::thread::Builder::new()
             .name("ocidisk-signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    tracing::info!("signal {sig}: stopping");
-                    stopper.stop();
+                let mut seen = 0;
+                for sig in signals.forever() {
+                    seen += 1;
+                    if seen == 1 {
+                        tracing::info!("signal {sig}: stopping");
+                        stopper.stop();
+                    } else {
+                        eprintln!("ocidisk: second signal {sig}: exiting without flushing");
+                        std::process::exit(130);
+                    }
                 }
             })
             .map_err(ServeError::Signals)?;
         Ok(())
+    }
+
+    /// Write `--pid-file` (call once signal handling is set up, so whoever
+    /// reacts to the pid file can already stop us cleanly).
+    pub fn write_pid_file(&self) -> Result<(), ServeError> {
+        match &self.opts.pid_file {
+            Some(p) => write_pid_file(p),
+            None => Ok(()),
+        }
     }
 
     /// Serve connections one after another until stopped; then flush the
@@ -258,11 +271,16 @@ impl Server {
             self.opts.queues,
         ));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("ocidisk-vhost".into(), backend, mem)
+        let mut daemon = VhostUserDaemon::new("ocidisk-vhost".into(), backend.clone(), mem)
             .map_err(|e| ServeError::VhostUser(e.to_string()))?;
         // `start` accepts the pending connection; poll said one is waiting.
         if let Err(e) = daemon.start(&mut self.listener) {
             tracing::warn!("accepting connection {n}: {e}");
+            backend.stop();
+            drop(daemon);
+            backend.close_leaked_fds();
+            // An error that persists (EMFILE) must not spin the loop.
+            std::thread::sleep(std::time::Duration::from_millis(100));
             return Ok(());
         }
         *self.stopper.conn.lock().expect("conn lock") = daemon.shutdown_handle();
@@ -278,8 +296,11 @@ impl Server {
             Err(e) => tracing::warn!("connection {n} ended: {e}"),
         }
         *self.stopper.conn.lock().expect("conn lock") = None;
-        // Dropping the daemon stops and joins the queue workers.
+        // Workers leave after their current batch; dropping the daemon
+        // joins them.
+        backend.stop();
         drop(daemon);
+        backend.close_leaked_fds();
         Ok(())
     }
 }

@@ -133,6 +133,10 @@ pub enum RequestError {
     /// The device failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// Handling the request panicked (a bug; the request fails, the server
+    /// goes on).
+    #[error("internal error while handling the request (see the panic message above)")]
+    Panicked,
 }
 
 impl RequestError {
@@ -181,10 +185,9 @@ impl<'d> RequestHandler<'d> {
         chain: DescriptorChain<&GuestMemoryMmap>,
     ) -> Completion {
         let reader = chain.clone().reader(mem);
-        let writer = chain.writer(mem);
-        let (mut reader, mut writer): (Reader, Writer) = match (reader, writer) {
-            (Ok(r), Ok(w)) => (r, w),
-            (Err(e), _) | (_, Err(e)) => {
+        let mut writer: Writer = match chain.writer(mem) {
+            Ok(w) => w,
+            Err(e) => {
                 return Completion {
                     written: 0,
                     error: Some(RequestError::Chain(e.to_string())),
@@ -209,7 +212,12 @@ impl<'d> RequestHandler<'d> {
                 };
             }
         };
-        let result = self.execute(&mut reader, &mut writer);
+        let result = match reader {
+            Ok(mut reader) => self.execute(&mut reader, &mut writer),
+            // The readable part is unusable, but the guest still learns
+            // that the request failed.
+            Err(e) => Err(RequestError::Chain(e.to_string())),
+        };
         let (status, error) = match result {
             Ok(()) => (VIRTIO_BLK_S_OK as u8, None),
             Err(e) => (e.status(), Some(e)),

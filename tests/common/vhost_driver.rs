@@ -8,6 +8,8 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
@@ -254,6 +256,49 @@ impl Driver {
         r.avail.idx().store(r.avail_idx);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         r.kick.write(1).unwrap();
+    }
+
+    /// A guest that floods queue `q`: from another thread, keep a queue's
+    /// worth of 1 MiB reads always outstanding (never reading completions), so the device
+    /// always finds more work, until the returned flag is set.
+    pub fn flood(&mut self, q: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+        self.header(VIRTIO_BLK_T_IN, 0);
+        let r = &mut self.rings[q];
+        r.desc
+            .store(0, RawDescriptor::from(Descriptor::new(HDR, 16, F_NEXT, 1)))
+            .unwrap();
+        r.desc
+            .store(
+                1,
+                RawDescriptor::from(Descriptor::new(DATA, 1 << 20, F_WRITE | F_NEXT, 2)),
+            )
+            .unwrap();
+        r.desc
+            .store(
+                2,
+                RawDescriptor::from(Descriptor::new(STATUS, 1, F_WRITE, 0)),
+            )
+            .unwrap();
+        for i in 0..QUEUE_SIZE as usize {
+            r.avail.ring().ref_at(i).unwrap().store(0);
+        }
+        let mem = self.mem;
+        let avail_idx = GuestAddress(r.base.0 + 0x1000 + 2);
+        let used_idx = GuestAddress(r.base.0 + 0x2000 + 2);
+        let kick = r.kick.try_clone().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let used: u16 = mem.read_obj(used_idx).unwrap();
+                mem.write_obj(used.wrapping_add(QUEUE_SIZE), avail_idx)
+                    .unwrap();
+                std::sync::atomic::fence(Ordering::SeqCst);
+                let _ = kick.write(1);
+                std::thread::yield_now();
+            }
+        });
+        (stop, t)
     }
 
     /// Set the avail index to an arbitrary (possibly hostile) value and kick.
