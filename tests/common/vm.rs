@@ -103,6 +103,11 @@ impl Vm {
     /// Boot, wait for the init to finish (at most `timeout`), return the
     /// serial console output.
     pub fn run(&self, socket: &Path, timeout: Duration) -> String {
+        // One VM at a time. Under TCG on a loaded host a microvm guest
+        // (no HPET, no PM timer) can fail to calibrate its TSC against the
+        // PIT and hang before init: seen with three VMs on two cores.
+        static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = self
             .command(socket, "initramfs.cpio")
             .stdin(Stdio::null())
