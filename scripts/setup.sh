@@ -29,6 +29,7 @@ packages=(
 backports=(
   qemu-system-x86       # the VMM of the VM tests (TCG)
   qemu-block-extra
+  qemu-utils            # qemu-storage-daemon, the bench baseline for serve
 )
 
 missing=()
