@@ -60,6 +60,8 @@ cat > "$stage/init" <<'INIT'
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
+# Kernel messages from here on would interleave with the reports below.
+echo 1 > /proc/sys/kernel/printk
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 # Module parameters on the kernel command line reach built-in drivers only;
