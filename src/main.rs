@@ -236,12 +236,10 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             let cache = open_cache(cli.cache_dir)?;
             let pull = image.options()?;
             let name = image.image.clone();
-            let max = ocidisk::serve::max_queues();
-            if queues == 0 || queues > max {
-                anyhow::bail!("--queues {queues}: must be between 1 and {max} (the cores here)");
-            }
+            // Before the (possibly slow) disk open.
+            ocidisk::serve::check_queues(queues)?;
             let disk = Arc::new(Disk::open(&disk.options(pull), &cache)?);
-            let serial = disk.image_id()[..20].to_string();
+            let serial = disk.image_id().to_string();
             let (size, ro) = (disk.size(), disk.read_only());
             let server = ocidisk::serve::Server::bind(
                 disk,

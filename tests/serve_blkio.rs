@@ -8,9 +8,8 @@ mod common;
 use std::mem::MaybeUninit;
 
 use blkio::{Blkio, Completion, MemoryRegion, ReqFlags};
-use common::cli::Ocidisk;
-use common::imagegen::{self, Compression};
-use common::serve::Served;
+use common::imagegen::Compression;
+use common::serve::{Fixture, Served};
 
 struct Client {
     b: Blkio,
@@ -60,27 +59,12 @@ impl Client {
     }
 }
 
-fn image(read_only: bool) -> (tempfile::TempDir, Ocidisk, String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    imagegen::write_standard(dir.path(), "v1", Compression::Zstd);
-    let image = format!("oci:{}:v1", dir.path().display());
-    let img_path = dir.path().join("m.img");
-    let o = Ocidisk::new();
-    let mut args = vec!["materialize", &image, img_path.to_str().unwrap()];
-    if read_only {
-        args.insert(1, "--read-only");
-    }
-    o.ok(&args);
-    let img = std::fs::read(&img_path).unwrap();
-    (dir, o, image, img)
-}
-
 #[test]
 fn libblkio_reads_the_whole_device_as_materialize_wrote_it() {
-    let (dir, o, image, img) = image(true);
-    let sock = dir.path().join("blk.sock");
-    let _served = Served::start(&o, &image, &sock, &["--read-only", "--queues", "2"]);
-    let mut c = Client::connect(&sock, 2, true);
+    let f = Fixture::standard(true, Compression::Zstd);
+    let (o, image, img, sock) = (&f.o, &f.image, &f.img, &f.sock);
+    let _served = Served::start(o, image, sock, &["--read-only", "--queues", "2"]);
+    let mut c = Client::connect(sock, 2, true);
     assert_eq!(c.b.get_u64("capacity").unwrap(), img.len() as u64);
     assert!(c.b.get_bool("read-only").unwrap());
     let mut all = Vec::with_capacity(img.len());
@@ -89,7 +73,7 @@ fn libblkio_reads_the_whole_device_as_materialize_wrote_it() {
         all.extend_from_slice(&c.read(all.len() as u64, n));
     }
     assert!(
-        all == img,
+        all == *img,
         "libblkio read differs from the materialized image"
     );
     drop(c);
@@ -106,11 +90,11 @@ fn libblkio_reads_the_whole_device_as_materialize_wrote_it() {
 
 #[test]
 fn libblkio_writes_flushes_and_zeroes_a_writable_device() {
-    let (dir, o, image, img) = image(false);
-    let sock = dir.path().join("blk.sock");
-    let overlay = dir.path().join("o.overlay");
-    let mut served = Served::start(&o, &image, &sock, &["--overlay", overlay.to_str().unwrap()]);
-    let mut c = Client::connect(&sock, 1, false);
+    let f = Fixture::standard(false, Compression::Zstd);
+    let (o, image, img, sock) = (&f.o, &f.image, &f.img, &f.sock);
+    let overlay = f.dir.join("o.overlay");
+    let mut served = Served::start(o, image, sock, &["--overlay", overlay.to_str().unwrap()]);
+    let mut c = Client::connect(sock, 1, false);
     assert!(!c.b.get_bool("read-only").unwrap());
     let at = img.len() as u64 - (1 << 20);
     let pattern: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
@@ -134,7 +118,7 @@ fn libblkio_writes_flushes_and_zeroes_a_writable_device() {
     let status = served.stop();
     assert!(status.success());
     // The overlay carried the writes across a server restart.
-    let _served = Served::start(&o, &image, &sock, &["--overlay", overlay.to_str().unwrap()]);
-    let mut c = Client::connect(&sock, 1, false);
+    let _served = Served::start(o, image, sock, &["--overlay", overlay.to_str().unwrap()]);
+    let mut c = Client::connect(sock, 1, false);
     assert_eq!(c.read(at, pattern.len()), pattern);
 }

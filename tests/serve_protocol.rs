@@ -9,45 +9,18 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cli::{Ocidisk, inspect_json};
-use common::imagegen::{self, Compression};
-use common::serve::Served;
+use common::cli::inspect_json;
+use common::imagegen::Compression;
+use common::serve::{Fixture, Served};
 use common::vhost_driver::*;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::Bytes;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    o: Ocidisk,
-    image: String,
-    img: Vec<u8>,
-    sock: std::path::PathBuf,
-    dir: std::path::PathBuf,
-}
-
-/// The standard test image as an OCI layout, and its materialized bytes.
+/// The standard image (gzip layers) as an OCI layout, and its bytes.
 fn fixture(read_only: bool) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
-    let image = format!("oci:{}:v1", dir.path().display());
-    let img_path = dir.path().join("m.img");
-    let o = Ocidisk::new();
-    let mut args = vec!["materialize", &image, img_path.to_str().unwrap()];
-    if read_only {
-        args.insert(1, "--read-only");
-    }
-    o.ok(&args);
-    let img = std::fs::read(&img_path).unwrap();
-    Fixture {
-        sock: dir.path().join("blk.sock"),
-        dir: dir.path().to_path_buf(),
-        _dir: dir,
-        o,
-        image,
-        img,
-    }
+    Fixture::standard(read_only, Compression::Gzip)
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {

@@ -302,36 +302,35 @@ impl Inner {
         let lower =
             |off: u64, buf: &mut [u8]| self.read_lower(off, buf).map_err(std::io::Error::other);
         o.write(offset, data, &lower)?;
-        if let Some(f) = &self.flush_to {
-            let start = offset / BLOCK_SIZE * BLOCK_SIZE;
-            let end = (offset + data.len() as u64).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-            let mut merged = vec![0u8; (end.min(self.image.size) - start) as usize];
-            self.read_at(start, &mut merged)?;
-            f.guest_wrote(start, &merged)?;
-        }
-        Ok(())
+        self.guest_wrote(offset, data.len() as u64)
     }
 
     /// Make `len` bytes at `offset` read as zeros (virtio WRITE_ZEROES and
     /// DISCARD). Whole blocks cost no space in the overlay.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError> {
         let o = self.overlay.as_ref().ok_or(DiskError::ReadOnly)?;
-        let end = self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
+        self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
         let lower =
             |off: u64, buf: &mut [u8]| self.read_lower(off, buf).map_err(std::io::Error::other);
         o.zero(offset, len, &lower)?;
-        if let Some(f) = &self.flush_to {
-            let start = offset / BLOCK_SIZE * BLOCK_SIZE;
-            let end = end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-            let end = end.min(self.image.size);
-            let mut merged = vec![0u8; ((end - start) as usize).min(1 << 20)];
-            let mut at = start;
-            while at < end {
-                let n = ((end - at) as usize).min(merged.len());
-                self.read_at(at, &mut merged[..n])?;
-                f.guest_wrote(at, &merged[..n])?;
-                at += n as u64;
-            }
+        self.guest_wrote(offset, len)
+    }
+
+    /// Tell `--flush-to` about a guest write: the whole blocks it touched,
+    /// as the device now reads them, in pieces of at most 1 MiB.
+    fn guest_wrote(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        let Some(f) = &self.flush_to else {
+            return Ok(());
+        };
+        let start = offset / BLOCK_SIZE * BLOCK_SIZE;
+        let end = ((offset + len).div_ceil(BLOCK_SIZE) * BLOCK_SIZE).min(self.image.size);
+        let mut merged = vec![0u8; ((end - start) as usize).min(1 << 20)];
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(merged.len());
+            self.read_at(at, &mut merged[..n])?;
+            f.guest_wrote(at, &merged[..n])?;
+            at += n as u64;
         }
         Ok(())
     }

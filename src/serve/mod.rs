@@ -49,7 +49,7 @@ pub enum ServeError {
     #[error("vhost-user: {0}")]
     VhostUser(String),
     /// `--queues` out of range.
-    #[error("--queues {given}: must be between 1 and {max}")]
+    #[error("--queues {given}: must be between 1 and {max} (the cores here)")]
     Queues {
         /// What was asked for.
         given: usize,
@@ -81,7 +81,7 @@ pub struct ServeOptions {
     pub queues: usize,
     /// Write our pid here once the socket accepts connections.
     pub pid_file: Option<PathBuf>,
-    /// Serial number answered to GET_ID (up to 20 bytes are used).
+    /// Serial number answered to GET_ID (its first 20 bytes).
     pub serial: String,
 }
 
@@ -91,6 +91,15 @@ pub fn max_queues() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
         .min(64)
+}
+
+/// Check a `--queues` value: 1 up to [`max_queues`].
+pub fn check_queues(queues: usize) -> Result<(), ServeError> {
+    let max = max_queues();
+    if queues == 0 || queues > max {
+        return Err(ServeError::Queues { given: queues, max });
+    }
+    Ok(())
 }
 
 /// A server stopper that signal handlers and tests can hold.
@@ -123,13 +132,7 @@ pub struct Server {
 impl Server {
     /// Create the socket (replacing a stale one, refusing a live one).
     pub fn bind(device: Arc<dyn BlockDevice>, opts: ServeOptions) -> Result<Server, ServeError> {
-        let max = max_queues();
-        if opts.queues == 0 || opts.queues > max {
-            return Err(ServeError::Queues {
-                given: opts.queues,
-                max,
-            });
-        }
+        check_queues(opts.queues)?;
         prepare_socket(&opts.socket)?;
         let listener = Listener::new(&opts.socket, false).map_err(|e| ServeError::Socket {
             path: opts.socket.clone(),

@@ -10,6 +10,43 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cli::Ocidisk;
+use super::imagegen::{self, Compression};
+
+/// The standard test image as an OCI layout in a temp dir, `materialize`'s
+/// image of it (the bytes a served disk must show), and a socket path.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub o: Ocidisk,
+    /// `oci:DIR:v1`.
+    pub image: String,
+    pub img: Vec<u8>,
+    pub sock: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Fixture {
+    pub fn standard(read_only: bool, compression: Compression) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        imagegen::write_standard(dir.path(), "v1", compression);
+        let image = format!("oci:{}:v1", dir.path().display());
+        let img_path = dir.path().join("m.img");
+        let o = Ocidisk::new();
+        let mut args = vec!["materialize", &image, img_path.to_str().unwrap()];
+        if read_only {
+            args.insert(1, "--read-only");
+        }
+        o.ok(&args);
+        let img = std::fs::read(&img_path).unwrap();
+        Fixture {
+            sock: dir.path().join("blk.sock"),
+            dir: dir.path().to_path_buf(),
+            _dir: dir,
+            o,
+            image,
+            img,
+        }
+    }
+}
 
 pub struct Served {
     child: Option<Child>,
