@@ -411,3 +411,35 @@ fn sparse_file_over_4gib_large_xattr_and_acl() {
         "the kernel reads the ACL back"
     );
 }
+
+/// The bytes of the standard test image (uncompressed layers, so no
+/// compressor version enters) as ext4, writable and read-only. A change to
+/// the writers that moves a single byte fails here; update the hashes only
+/// for a change that means to alter the output, and say why in its commit.
+#[test]
+fn golden_hashes_pin_the_ext4_output() {
+    const GOLDEN: [(&str, &[&str], &str); 2] = [
+        (
+            "rw.img",
+            &[],
+            "53346076e0b587f9d594b7ac31ef5ba7fdf4e2dfa5daa70488fadd129411045b",
+        ),
+        (
+            "ro.img",
+            &["--read-only"],
+            "7110f76b1c500386a2833f18205f47b77c30a99844c745796ef3de6c9cfa3dd0",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::None);
+    let r = format!("oci:{}:v1", dir.path().display());
+    let o = Ocidisk::new();
+    let mut got = Vec::new();
+    for (name, extra, _) in GOLDEN {
+        let img = dir.path().join(name);
+        materialize(&o, &r, &img, extra);
+        got.push(file_sha256(&img));
+    }
+    let want: Vec<String> = GOLDEN.iter().map(|g| g.2.to_string()).collect();
+    assert_eq!(got, want, "the ext4 output changed");
+}
