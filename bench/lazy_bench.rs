@@ -20,9 +20,10 @@ fn options(r: &str) -> DiskOptions {
             keep_blobs: false,
             span_store: None,
         },
-        size: None,
-        read_only: true,
-        uuid: None,
+        fs: ocidisk::fs::FsOptions {
+            read_only: true,
+            ..Default::default()
+        },
         cache_mem: 256 << 20,
         cache_disk: 0,
         overlay: None,

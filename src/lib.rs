@@ -8,7 +8,7 @@
 //!   → verified blobs in the shared cache              src/cache.rs, src/pull.rs
 //!   → layer index (tar entries, access points, span hashes)   src/layer_index/
 //!   → merged tree (whiteouts applied)                 src/tree.rs
-//!   → filesystem layout: metadata blocks + data extents   src/ext4/, src/fs_image.rs
+//!   → filesystem plan: metadata blocks + data extents   src/fs/ (writers: src/fs/extfs/)
 //!   → materialize (a raw image file)                  src/materialize.rs
 //!   → Disk (read_at / write_at: metadata, lazy data, overlay)   src/disk/
 //!   → frontends: vhost-user `serve`, FUSE `mount`     src/serve/, src/mount.rs
@@ -22,9 +22,9 @@
 //! | `ImageRef` | `pull.location` (any transport: `alpine`, `oci:DIR:TAG`, `docker-archive:FILE`) |
 //! | `Platform` | `pull.platform` (default: the host's) |
 //! | `OutputPath` | `output` |
-//! | `FilesystemType` | `filesystem` (ext4) |
-//! | `Size` | `size` (`None`: fit the content) |
-//! | `ReadOnly` | `read_only` |
+//! | `FilesystemType` | `fs.filesystem` ([`fs::Filesystem`]: ext4, ext3) |
+//! | `Size` | `fs.size` (`None`: fit the content) |
+//! | `ReadOnly` | `fs.read_only` |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,8 +48,7 @@
 pub mod cache;
 pub mod digest;
 pub mod disk;
-pub mod ext4;
-pub mod fs_image;
+pub mod fs;
 pub mod inspect;
 pub mod layer_index;
 pub mod materialize;

@@ -11,8 +11,9 @@ use ocidisk::cache::BlobCache;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ocidisk::disk::{Disk, DiskOptions};
+use ocidisk::fs::{Filesystem, FsOptions};
 use ocidisk::inspect::{human_size, inspect};
-use ocidisk::materialize::{Filesystem, MaterializeOptions, materialize};
+use ocidisk::materialize::{MaterializeOptions, materialize};
 use ocidisk::progress::StderrProgress;
 use ocidisk::pull::{PullOptions, pull};
 use ocidisk::source::auth::Credentials;
@@ -158,6 +159,9 @@ serving across VM reboots and restarts. Ctrl-C or SIGTERM flushes writes and exi
 
 #[derive(Args)]
 struct DiskArgs {
+    /// Filesystem on the disk
+    #[arg(long = "fs", value_enum, default_value_t = FsArg::Ext4)]
+    fs: FsArg,
     /// Read-only disk (no journal; writes refused)
     #[arg(long)]
     read_only: bool,
@@ -188,9 +192,13 @@ impl DiskArgs {
     fn options(&self, pull: PullOptions) -> DiskOptions {
         DiskOptions {
             pull,
-            size: self.size,
-            read_only: self.read_only,
-            uuid: self.uuid,
+            fs: FsOptions {
+                filesystem: self.fs.into(),
+                size: self.size,
+                read_only: self.read_only,
+                uuid: self.uuid,
+                seed: None,
+            },
             cache_mem: self.cache_mem,
             cache_disk: self.cache_disk,
             overlay: self.overlay.clone(),
@@ -277,6 +285,14 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
 enum FsArg {
     /// ext4 with the features of a current mke2fs
     Ext4,
+}
+
+impl From<FsArg> for Filesystem {
+    fn from(f: FsArg) -> Filesystem {
+        match f {
+            FsArg::Ext4 => Filesystem::Ext4,
+        }
+    }
 }
 
 fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
@@ -440,12 +456,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = MaterializeOptions {
                 pull: image.options()?,
                 output,
-                filesystem: match fs {
-                    FsArg::Ext4 => Filesystem::Ext4,
+                fs: FsOptions {
+                    filesystem: fs.into(),
+                    size,
+                    read_only,
+                    uuid,
+                    seed: None,
                 },
-                size,
-                read_only,
-                uuid,
             };
             let r = materialize(&opts, &cache, Arc::new(StderrProgress::new())).await?;
             eprintln!(

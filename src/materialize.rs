@@ -17,11 +17,9 @@ use serde::Serialize;
 
 use crate::cache::BlobCache;
 use crate::digest::Digest;
-use crate::ext4::{self, Ext4Error, Ext4Options};
-use crate::fs_image::FsImage;
+use crate::fs::{self, FsError, FsImage, FsOptions};
 use crate::pull::{PullError, PullOptions, PullProgress, pull_image};
 use crate::source::manifest::Compression;
-use crate::tree::{Tree, TreeError};
 
 /// Errors materializing an image.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +27,9 @@ pub enum MaterializeError {
     /// Pulling failed.
     #[error(transparent)]
     Pull(#[from] Box<PullError>),
-    /// The layers do not form a valid tree.
-    #[error(transparent)]
-    Tree(#[from] TreeError),
     /// The filesystem cannot be built.
     #[error(transparent)]
-    Ext4(#[from] Ext4Error),
+    Fs(#[from] FsError),
     /// Writing the output failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -56,13 +51,6 @@ pub enum MaterializeError {
     Output(PathBuf, &'static str),
 }
 
-/// The filesystems ocidisk writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Filesystem {
-    /// ext4.
-    Ext4,
-}
-
 /// What to materialize and how.
 #[derive(Debug, Clone)]
 pub struct MaterializeOptions {
@@ -70,14 +58,8 @@ pub struct MaterializeOptions {
     pub pull: PullOptions,
     /// Output file.
     pub output: PathBuf,
-    /// Filesystem type.
-    pub filesystem: Filesystem,
-    /// Size in bytes (`None`: fit the content, see the ext4 module).
-    pub size: Option<u64>,
-    /// Read-only image (no journal, little headroom).
-    pub read_only: bool,
-    /// Filesystem UUID; derived from the image digest when `None`.
-    pub uuid: Option<[u8; 16]>,
+    /// The filesystem to write.
+    pub fs: FsOptions,
 }
 
 /// What was written.
@@ -95,41 +77,6 @@ pub struct MaterializeReport {
     pub data_bytes: u64,
     /// Metadata blocks written.
     pub metadata_blocks: usize,
-}
-
-/// A UUID derived from the image digest: stable across runs.
-pub fn derived_uuid(image_id: &Digest) -> [u8; 16] {
-    let h = Digest::sha256_of(format!("ocidisk-uuid:{image_id}").as_bytes());
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&hex::decode(&h.hex()[..32]).expect("hex"));
-    u[6] = (u[6] & 0x0f) | 0x40; // version 4 layout
-    u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
-    u
-}
-
-fn derived_hash_seed(image_id: &Digest) -> [u32; 4] {
-    let h = Digest::sha256_of(format!("ocidisk-hash-seed:{image_id}").as_bytes());
-    let b = hex::decode(&h.hex()[..32]).expect("hex");
-    [0, 4, 8, 12].map(|i| u32::from_le_bytes(b[i..i + 4].try_into().expect("4")))
-}
-
-/// Flatten the layers and plan the filesystem: what `materialize` writes and
-/// the lazy disk serves, byte for byte.
-pub fn build_filesystem(
-    image_id: &Digest,
-    indexes: &[crate::layer_index::LayerIndex],
-    size: Option<u64>,
-    read_only: bool,
-    uuid: Option<[u8; 16]>,
-) -> Result<FsImage, MaterializeError> {
-    let tree = Tree::flatten(indexes)?;
-    let opts = Ext4Options {
-        size,
-        read_only,
-        uuid: uuid.unwrap_or_else(|| derived_uuid(image_id)),
-        hash_seed: derived_hash_seed(image_id),
-    };
-    Ok(ext4::build(&tree, &opts)?)
 }
 
 /// Removes the temp file unless disarmed.
@@ -158,11 +105,10 @@ pub async fn materialize(
     let (report, image, indexes) = pull_image(&opts.pull, cache, progress)
         .await
         .map_err(Box::new)?;
-    let (id, size, read_only, uuid) = (image.id().clone(), opts.size, opts.read_only, opts.uuid);
-    let fs =
-        tokio::task::spawn_blocking(move || build_filesystem(&id, &indexes, size, read_only, uuid))
-            .await
-            .expect("planning does not panic")?;
+    let (id, fs_opts) = (image.id().clone(), opts.fs.clone());
+    let fs = tokio::task::spawn_blocking(move || fs::plan_layers(&id, &indexes, &fs_opts))
+        .await
+        .expect("planning does not panic")?;
     let layers: Vec<(Digest, PathBuf, Compression)> = image
         .layers
         .iter()
@@ -175,7 +121,7 @@ pub async fn materialize(
         })
         .collect();
     let output = opts.output.clone();
-    let data_bytes: u64 = fs.data.iter().map(|e| e.len).sum();
+    let data_bytes = fs.data_bytes();
     let metadata_blocks = fs.metadata.len();
     let size = fs.size;
     tokio::task::spawn_blocking(move || write_image(&fs, &layers, &output))
@@ -215,10 +161,7 @@ fn write_image(
     let file = File::create(&tmp).map_err(werr)?;
     let mut guard = TempGuard(Some(tmp.clone()));
     file.set_len(fs.size).map_err(werr)?;
-    for (block, bytes) in &fs.metadata {
-        file.write_all_at(bytes, block * crate::fs_image::BLOCK_SIZE)
-            .map_err(werr)?;
-    }
+    fs.write_metadata(&file).map_err(werr)?;
     let mut buf = vec![0u8; 1 << 20];
     for (i, (digest, path, compression)) in layers.iter().enumerate() {
         let extents = fs.extents_of_layer(i);
@@ -284,16 +227,6 @@ fn write_nonzero(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uuid_is_stable_and_well_formed() {
-        let d = Digest::sha256_of(b"image");
-        let u = derived_uuid(&d);
-        assert_eq!(u, derived_uuid(&d));
-        assert_ne!(u, derived_uuid(&Digest::sha256_of(b"other")));
-        assert_eq!(u[6] >> 4, 4);
-        assert_eq!(u[8] >> 6, 2);
-    }
 
     #[test]
     fn zero_pieces_are_not_written() {

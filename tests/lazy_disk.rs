@@ -26,9 +26,10 @@ fn options(location: &str) -> DiskOptions {
             keep_blobs: false,
             span_store: None,
         },
-        size: None,
-        read_only: true,
-        uuid: None,
+        fs: ocidisk::fs::FsOptions {
+            read_only: true,
+            ..Default::default()
+        },
         cache_mem: 64 << 20,
         cache_disk: 1 << 30,
         overlay: None,
@@ -318,7 +319,7 @@ fn overlay_writes_survive_kill_9_once_flushed() {
         let work = std::path::PathBuf::from(work);
         let cache = BlobCache::open(work.join("cache")).unwrap();
         let mut opts = options(&format!("oci:{}:v1", work.join("layout").display()));
-        opts.read_only = false;
+        opts.fs.read_only = false;
         opts.overlay = Some(work.join("overlay"));
         let disk = Disk::open(&opts, &cache).unwrap();
         disk.write_at(a_at(disk.size()), &[0xa5; 10_000]).unwrap();
@@ -358,7 +359,7 @@ fn overlay_writes_survive_kill_9_once_flushed() {
 
     let cache = BlobCache::open(work.path().join("cache")).unwrap();
     let mut opts = options(&format!("oci:{}:v1", work.path().join("layout").display()));
-    opts.read_only = false;
+    opts.fs.read_only = false;
     opts.overlay = Some(work.path().join("overlay"));
     let disk = Disk::open(&opts, &cache).unwrap();
     let mut buf = vec![0u8; 10_000];
@@ -407,7 +408,7 @@ fn random_writes_and_zeroes_read_back_over_the_image() {
     let o = Ocidisk::new();
     let cache = BlobCache::open(o.cache_dir()).unwrap();
     let mut opts = options(&r);
-    opts.read_only = false;
+    opts.fs.read_only = false;
     let disk = Disk::open(&opts, &cache).unwrap();
     let mut rng = Rng(0xfeed);
     for i in 0..300 {
@@ -449,7 +450,7 @@ fn zeroing_whole_blocks_costs_no_overlay_space() {
     let o = Ocidisk::new();
     let cache = BlobCache::open(o.cache_dir()).unwrap();
     let mut opts = options(&r);
-    opts.read_only = false;
+    opts.fs.read_only = false;
     let overlay = dir.path().join("overlay");
     opts.overlay = Some(overlay.clone());
     let disk = Disk::open(&opts, &cache).unwrap();
@@ -522,7 +523,7 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
     let mut want = f.want;
     let flushed = dir.path().join("flushed.img");
     let mut opts = options(&f.r);
-    opts.read_only = false;
+    opts.fs.read_only = false;
     opts.prefetch = true;
     opts.flush_to = Some(flushed.clone());
     opts.overlay = Some(dir.path().join("overlay"));

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::DiskError;
-use crate::fs_image::{BLOCK_SIZE, DataExtent, FsImage};
+use crate::fs::{BLOCK_SIZE, DataExtent, FsImage};
 use crate::layer_index::LayerIndex;
 use crate::source::manifest::Descriptor;
 
@@ -55,10 +55,7 @@ impl FlushTo {
             .open(&partial)
             .map_err(write_err(&partial))?;
         file.set_len(fs.size).map_err(write_err(&partial))?;
-        for (block, bytes) in &fs.metadata {
-            file.write_all_at(bytes, block * BLOCK_SIZE)
-                .map_err(write_err(&partial))?;
-        }
+        fs.write_metadata(&file).map_err(write_err(&partial))?;
         Ok(FlushTo {
             file,
             partial,

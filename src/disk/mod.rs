@@ -27,9 +27,8 @@ use chunks::ChunkStore;
 use overlay::{Overlay, OverlayError};
 
 use crate::cache::{BlobCache, CacheError};
-use crate::fs_image::{BLOCK_SIZE, FsImage};
+use crate::fs::{self, BLOCK_SIZE, FsError, FsImage, FsOptions, Region};
 use crate::layer_index::{LayerIndex, SpanError};
-use crate::materialize::{MaterializeError, build_filesystem};
 use crate::pull::{NoProgress, PullError, PullOptions, pull_image};
 use crate::source::manifest::Descriptor;
 use crate::source::{Source, SourceError};
@@ -42,7 +41,7 @@ pub enum DiskError {
     Pull(#[from] Box<PullError>),
     /// Planning the filesystem failed.
     #[error(transparent)]
-    Plan(#[from] Box<MaterializeError>),
+    Plan(#[from] Box<FsError>),
     /// The cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -92,12 +91,9 @@ pub enum DiskError {
 pub struct DiskOptions {
     /// The image and how to reach it.
     pub pull: PullOptions,
-    /// Device size (`None`: as `materialize` sizes it).
-    pub size: Option<u64>,
-    /// Read-only filesystem (no journal).
-    pub read_only: bool,
-    /// Filesystem UUID (`None`: derived from the image digest).
-    pub uuid: Option<[u8; 16]>,
+    /// The filesystem, as `materialize` would write it; read-only also
+    /// means the disk refuses writes.
+    pub fs: FsOptions,
     /// Bytes of decoded spans kept in memory.
     pub cache_mem: u64,
     /// Bytes of compressed spans kept on disk, shared by all images (0: none).
@@ -198,14 +194,13 @@ impl Inner {
                 .map_err(|e| Box::new(PullError::from(e)))?;
             Ok::<_, DiskError>((source, image, indexes))
         })?;
-        let fs = build_filesystem(image.id(), &indexes, opts.size, opts.read_only, opts.uuid)
-            .map_err(Box::new)?;
+        let fs = fs::plan_layers(image.id(), &indexes, &opts.fs).map_err(Box::new)?;
         let layers: Vec<(Arc<LayerIndex>, Descriptor)> = indexes
             .into_iter()
             .map(Arc::new)
             .zip(image.layers.iter().map(|l| l.descriptor.clone()))
             .collect();
-        let (overlay, temp_overlay) = if opts.read_only {
+        let (overlay, temp_overlay) = if opts.fs.read_only {
             (None, None)
         } else {
             let (path, temp) = match &opts.overlay {
@@ -369,27 +364,16 @@ impl Inner {
 
     /// The device bytes below the overlay.
     fn read_lower(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let end = self.check_range(offset, buf.len())?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        buf.fill(0);
-        let first = offset / BLOCK_SIZE;
-        let last = (end - 1) / BLOCK_SIZE;
-        for (&blk, bytes) in self.image.metadata.range(first..=last) {
-            copy_overlap(blk * BLOCK_SIZE, bytes, offset, buf);
-        }
-        let data = &self.image.data;
-        let mut i = data.partition_point(|e| e.device_offset + e.len <= offset);
-        while let Some(e) = data.get(i) {
-            if e.device_offset >= end {
-                break;
+        self.check_range(offset, buf.len())?;
+        for (at, region) in self.image.regions(offset, buf.len() as u64) {
+            let out = &mut buf[(at - offset) as usize..(at - offset + region.len()) as usize];
+            match region {
+                Region::Metadata(bytes) => out.copy_from_slice(bytes),
+                Region::Zeros(_) => out.fill(0),
+                Region::Data {
+                    layer, tar_offset, ..
+                } => self.read_layer(layer, tar_offset, out)?,
             }
-            let lo = e.device_offset.max(offset);
-            let hi = (e.device_offset + e.len).min(end);
-            let out = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
-            self.read_layer(e.layer, e.tar_offset + (lo - e.device_offset), out)?;
-            i += 1;
         }
         Ok(())
     }
@@ -480,48 +464,19 @@ impl Inner {
             return Ok(());
         }
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        let data = &self.image.data;
-        let mut at = offset;
-        let mut i = data.partition_point(|e| e.device_offset + e.len <= offset);
-        while at < end {
-            let block = at / BLOCK_SIZE;
-            if let Some(bytes) = self.image.metadata.get(&block) {
-                // Metadata blocks are whole blocks; should one be short,
-                // the rest of its block reads as zeros (as in read_lower).
-                let from = (at - block * BLOCK_SIZE) as usize;
-                let n = ((BLOCK_SIZE as usize - from) as u64).min(end - at) as usize;
-                let have = bytes.len().saturating_sub(from).min(n);
-                emit(&bytes[from..from + have])?;
-                if have < n {
-                    emit(&ZEROS[..n - have])?;
-                }
-                at += n as u64;
-                continue;
-            }
-            while data.get(i).is_some_and(|e| e.device_offset + e.len <= at) {
-                i += 1;
-            }
-            // The next thing that is not zeros: a metadata block or data.
-            let next_meta = self
-                .image
-                .metadata
-                .range(block + 1..)
-                .next()
-                .map_or(u64::MAX, |(b, _)| b * BLOCK_SIZE);
-            match data.get(i) {
-                Some(e) if e.device_offset <= at => {
-                    let hi = (e.device_offset + e.len).min(end).min(next_meta);
-                    let n = (hi - at) as usize;
-                    self.layer_pieces(e.layer, e.tar_offset + (at - e.device_offset), n, emit)?;
-                    at = hi;
-                }
-                next => {
-                    let next_data = next.map_or(u64::MAX, |e| e.device_offset);
-                    let hi = end.min(next_meta).min(next_data);
-                    while at < hi {
-                        let n = ((hi - at) as usize).min(ZEROS.len());
-                        emit(&ZEROS[..n])?;
-                        at += n as u64;
+        for (_, region) in self.image.regions(offset, len as u64) {
+            match region {
+                Region::Metadata(bytes) => emit(bytes)?,
+                Region::Data {
+                    layer,
+                    tar_offset,
+                    len,
+                } => self.layer_pieces(layer, tar_offset, len as usize, emit)?,
+                Region::Zeros(mut n) => {
+                    while n > 0 {
+                        let k = n.min(ZEROS.len() as u64) as usize;
+                        emit(&ZEROS[..k])?;
+                        n -= k as u64;
                     }
                 }
             }
@@ -813,31 +768,5 @@ impl Drop for Disk {
         for h in self.workers.lock().expect("workers lock").drain(..) {
             let _ = h.join();
         }
-    }
-}
-
-/// Copy the part of `src` (which starts at device offset `src_at`) that
-/// overlaps `dst` (which starts at `dst_at`).
-fn copy_overlap(src_at: u64, src: &[u8], dst_at: u64, dst: &mut [u8]) {
-    let lo = src_at.max(dst_at);
-    let hi = (src_at + src.len() as u64).min(dst_at + dst.len() as u64);
-    if lo < hi {
-        dst[(lo - dst_at) as usize..(hi - dst_at) as usize]
-            .copy_from_slice(&src[(lo - src_at) as usize..(hi - src_at) as usize]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overlap_copies_only_the_intersection() {
-        let mut dst = [0u8; 8];
-        copy_overlap(4, &[1, 2, 3, 4, 5, 6], 6, &mut dst);
-        assert_eq!(dst, [3, 4, 5, 6, 0, 0, 0, 0]);
-        let mut dst = [9u8; 4];
-        copy_overlap(100, &[1], 0, &mut dst);
-        assert_eq!(dst, [9; 4]);
     }
 }

@@ -1,6 +1,6 @@
-//! The checksum primitive of ext4's `metadata_csum` and of jbd2: CRC32C
-//! updated from a seed without the final inversion, as the kernel's
-//! `ext4_chksum()` computes it.
+//! The checksum primitive of ext4's `metadata_csum`, of jbd2 and of XFS v5
+//! metadata: CRC32C updated from a seed without the final inversion, as the
+//! kernel's `ext4_chksum()` and `crc32c()` compute it.
 
 /// `crc32c(seed, data)` the way the kernel chains it: no pre- or
 /// post-inversion beyond what the seed carries.

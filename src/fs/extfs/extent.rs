@@ -1,7 +1,7 @@
 //! ext4 extent trees of any depth: up to four extents in the inode, beyond
 //! that leaf and index blocks (340 entries each, with a checksum tail).
 
-use super::csum::crc32c_raw;
+use crate::fs::crc32c::crc32c_raw;
 
 /// Most blocks one initialised extent maps.
 pub const MAX_LEN: u32 = 32768;

@@ -1,13 +1,14 @@
-//! ext4 directories: linear blocks with checksum tails, and hashed b-tree
-//! (htree, `dir_index`) directories for anything larger than one block, so
-//! lookups in big directories are not linear scans.
+//! ext4/ext3 directories: linear blocks (with checksum tails under
+//! `metadata_csum`), and hashed b-tree (htree, `dir_index`) directories for
+//! anything larger than one block, so lookups in big directories are not
+//! linear scans.
 //!
 //! Layout of an indexed directory: logical block 0 is the dx root ("." and
 //! ".." plus the index), then index nodes (for two-level trees), then leaf
 //! blocks holding the entries sorted by hash. Hashes are half-MD4 over the
 //! name with the filesystem's hash seed (e2fsprogs `ext2fs_dirhash`).
 
-use super::csum::crc32c_raw;
+use crate::fs::crc32c::crc32c_raw;
 
 /// Directory entry file types.
 pub mod ftype {
@@ -27,10 +28,25 @@ pub mod ftype {
 
 const BS: usize = 4096;
 const TAIL: usize = 12;
-/// Index entries in a root block (with its checksum tail).
-pub const ROOT_LIMIT: usize = (BS - 32 - 8) / 8;
-/// Index entries in a node block (with its checksum tail).
-pub const NODE_LIMIT: usize = (BS - 8 - 8) / 8;
+const DX_TAIL: usize = 8;
+
+/// How a directory is checksummed: `Some(seed)` with `metadata_csum` (the
+/// directory inode's checksum seed), `None` without (ext3).
+pub type Csum = Option<u32>;
+
+fn leaf_tail(csum: Csum) -> usize {
+    if csum.is_some() { TAIL } else { 0 }
+}
+
+/// Index entries in a root block.
+pub fn root_limit(csum: Csum) -> usize {
+    (BS - 32 - if csum.is_some() { DX_TAIL } else { 0 }) / 8
+}
+
+/// Index entries in a node block.
+pub fn node_limit(csum: Csum) -> usize {
+    (BS - 8 - if csum.is_some() { DX_TAIL } else { 0 }) / 8
+}
 /// `dx_root_info.hash_version` for half-MD4.
 pub const HASH_HALF_MD4: u8 = 1;
 
@@ -74,8 +90,9 @@ fn put_dirent(b: &mut [u8], at: usize, inode: u32, rec: usize, name: &[u8], ft: 
     b[at + 8..at + 8 + name.len()].copy_from_slice(name);
 }
 
-/// Fill in the checksum tail of a leaf block.
-fn seal_leaf(b: &mut [u8], csum_seed: u32) {
+/// Fill in the checksum tail of a leaf block (none without checksums).
+fn seal_leaf(b: &mut [u8], csum: Csum) {
+    let Some(csum_seed) = csum else { return };
     let t = BS - TAIL;
     b[t..t + 4].fill(0);
     b[t + 4..t + 6].copy_from_slice(&(TAIL as u16).to_le_bytes());
@@ -89,10 +106,10 @@ fn seal_leaf(b: &mut [u8], csum_seed: u32) {
 fn pack_leaves<'a>(
     entries: impl Iterator<Item = &'a Entry<'a>>,
     first: Option<(u32, u32)>,
-    csum_seed: u32,
+    csum: Csum,
 ) -> Vec<(Vec<u8>, usize)> {
     // Returns blocks and, for each, the index of its first entry.
-    let cap = BS - TAIL;
+    let cap = BS - leaf_tail(csum);
     let mut blocks = Vec::new();
     let mut cur = vec![0u8; BS];
     let mut used = 0usize;
@@ -115,7 +132,7 @@ fn pack_leaves<'a>(
                 put_dirent(cur, 0, 0, cap, b"", 0);
             }
         }
-        seal_leaf(cur, csum_seed);
+        seal_leaf(cur, csum);
     };
     for (idx, e) in entries.enumerate() {
         let r = rec_len(e.name.len());
@@ -134,18 +151,18 @@ fn pack_leaves<'a>(
     blocks
 }
 
-/// Build a directory's blocks. `csum_seed` is the directory inode's
-/// checksum seed; `hash_seed` the superblock's `s_hash_seed`.
+/// Build a directory's blocks. `csum`: see [`Csum`]; `hash_seed` the
+/// superblock's `s_hash_seed`.
 pub fn build(
     me: u32,
     parent: u32,
     entries: &[Entry<'_>],
-    csum_seed: u32,
+    csum: Csum,
     hash_seed: &[u32; 4],
 ) -> Result<DirBlocks, DirError> {
     let linear_size: usize = 24 + entries.iter().map(|e| rec_len(e.name.len())).sum::<usize>();
-    if linear_size <= BS - TAIL {
-        let blocks = pack_leaves(entries.iter(), Some((me, parent)), csum_seed);
+    if linear_size <= BS - leaf_tail(csum) {
+        let blocks = pack_leaves(entries.iter(), Some((me, parent)), csum);
         return Ok(DirBlocks {
             blocks: blocks.into_iter().map(|(b, _)| b).collect(),
             indexed: false,
@@ -160,7 +177,8 @@ pub fn build(
         })
         .collect();
     hashed.sort_by(|a, b| (a.0, a.1, a.2.name).cmp(&(b.0, b.1, b.2.name)));
-    let leaves = pack_leaves(hashed.iter().map(|(_, _, e)| *e), None, csum_seed);
+    let leaves = pack_leaves(hashed.iter().map(|(_, _, e)| *e), None, csum);
+    let (root_max, node_max) = (root_limit(csum), node_limit(csum));
     // Index keys: the first hash of each leaf, with the low bit set when the
     // previous leaf ends with the same hash (a collision run continues).
     let mut keys: Vec<u32> = Vec::with_capacity(leaves.len());
@@ -174,24 +192,24 @@ pub fn build(
     }
     let n = leaves.len();
     let mut blocks: Vec<Vec<u8>> = Vec::new();
-    if n <= ROOT_LIMIT {
+    if n <= root_max {
         let refs: Vec<(u32, u32)> = (0..n).map(|i| (keys[i], 1 + i as u32)).collect();
-        blocks.push(dx_root(me, parent, 0, &refs, csum_seed));
+        blocks.push(dx_root(me, parent, 0, &refs, csum));
         blocks.extend(leaves.into_iter().map(|(b, _)| b));
-    } else if n <= ROOT_LIMIT * NODE_LIMIT {
-        let nodes = n.div_ceil(NODE_LIMIT);
+    } else if n <= root_max * node_max {
+        let nodes = n.div_ceil(node_max);
         let first_leaf = 1 + nodes as u32;
         let mut root_refs = Vec::with_capacity(nodes);
         let mut node_blocks = Vec::with_capacity(nodes);
         for k in 0..nodes {
-            let lo = k * NODE_LIMIT;
-            let hi = ((k + 1) * NODE_LIMIT).min(n);
+            let lo = k * node_max;
+            let hi = ((k + 1) * node_max).min(n);
             let refs: Vec<(u32, u32)> =
                 (lo..hi).map(|i| (keys[i], first_leaf + i as u32)).collect();
             root_refs.push((keys[lo], 1 + k as u32));
-            node_blocks.push(dx_node(&refs, csum_seed));
+            node_blocks.push(dx_node(&refs, csum));
         }
-        blocks.push(dx_root(me, parent, 1, &root_refs, csum_seed));
+        blocks.push(dx_root(me, parent, 1, &root_refs, csum));
         blocks.extend(node_blocks);
         blocks.extend(leaves.into_iter().map(|(b, _)| b));
     } else {
@@ -204,8 +222,8 @@ pub fn build(
 }
 
 /// Write index entries at `count_off` (entry 0's hash slot holds limit and
-/// count) and seal the dx tail.
-fn put_index(b: &mut [u8], count_off: usize, limit: usize, refs: &[(u32, u32)], csum_seed: u32) {
+/// count) and seal the dx tail (when checksummed).
+fn put_index(b: &mut [u8], count_off: usize, limit: usize, refs: &[(u32, u32)], csum: Csum) {
     b[count_off..count_off + 2].copy_from_slice(&(limit as u16).to_le_bytes());
     b[count_off + 2..count_off + 4].copy_from_slice(&(refs.len() as u16).to_le_bytes());
     for (i, (hash, block)) in refs.iter().enumerate() {
@@ -215,15 +233,16 @@ fn put_index(b: &mut [u8], count_off: usize, limit: usize, refs: &[(u32, u32)], 
         }
         b[at + 4..at + 8].copy_from_slice(&block.to_le_bytes());
     }
+    let Some(csum_seed) = csum else { return };
     let size = count_off + refs.len() * 8;
-    let tail = BS - 8;
+    let tail = BS - DX_TAIL;
     let mut c = crc32c_raw(csum_seed, &b[..size]);
     c = crc32c_raw(c, &b[tail..tail + 4]);
     c = crc32c_raw(c, &[0u8; 4]);
     b[tail + 4..tail + 8].copy_from_slice(&c.to_le_bytes());
 }
 
-fn dx_root(me: u32, parent: u32, levels: u8, refs: &[(u32, u32)], csum_seed: u32) -> Vec<u8> {
+fn dx_root(me: u32, parent: u32, levels: u8, refs: &[(u32, u32)], csum: Csum) -> Vec<u8> {
     let mut b = vec![0u8; BS];
     put_dirent(&mut b, 0, me, 12, b".", ftype::DIR);
     put_dirent(&mut b, 12, parent, BS - 12, b"..", ftype::DIR);
@@ -231,21 +250,21 @@ fn dx_root(me: u32, parent: u32, levels: u8, refs: &[(u32, u32)], csum_seed: u32
     b[24 + 4] = HASH_HALF_MD4;
     b[24 + 5] = 8;
     b[24 + 6] = levels;
-    put_index(&mut b, 32, ROOT_LIMIT, refs, csum_seed);
+    put_index(&mut b, 32, root_limit(csum), refs, csum);
     b
 }
 
-fn dx_node(refs: &[(u32, u32)], csum_seed: u32) -> Vec<u8> {
+fn dx_node(refs: &[(u32, u32)], csum: Csum) -> Vec<u8> {
     let mut b = vec![0u8; BS];
     // A fake empty entry spanning the block hides the index from readers.
     b[4..6].copy_from_slice(&(BS as u16).to_le_bytes());
-    put_index(&mut b, 8, NODE_LIMIT, refs, csum_seed);
+    put_index(&mut b, 8, node_limit(csum), refs, csum);
     b
 }
 
 /// Empty directory blocks (for `lost+found`'s preallocated space).
-pub fn empty_block(csum_seed: u32) -> Vec<u8> {
-    pack_leaves(std::iter::empty(), None, csum_seed)
+pub fn empty_block(csum: Csum) -> Vec<u8> {
+    pack_leaves(std::iter::empty(), None, csum)
         .pop()
         .expect("one block")
         .0
@@ -361,7 +380,7 @@ mod tests {
                 file_type: ftype::REG,
             })
             .collect();
-        let d = build(12, 2, &entries, 0x1234, &[0; 4]).unwrap();
+        let d = build(12, 2, &entries, Some(0x1234), &[0; 4]).unwrap();
         assert!(!d.indexed);
         assert_eq!(d.blocks.len(), 1);
         let b = &d.blocks[0];
@@ -394,7 +413,7 @@ mod tests {
             })
             .collect();
         let seed = [1, 2, 3, 4];
-        let d = build(12, 2, &entries, 7, &seed).unwrap();
+        let d = build(12, 2, &entries, Some(7), &seed).unwrap();
         assert!(d.indexed);
         let root = &d.blocks[0];
         assert_eq!(root[24 + 5], 8);

@@ -1,10 +1,11 @@
-//! ext4 extended attributes: in the inode's spare space when they fit,
-//! otherwise in one xattr block. Names are stored with a namespace index
-//! (`user.` = 1, `trusted.` = 4, `security.` = 6, …); POSIX ACLs
-//! (`system.posix_acl_access` / `_default`) are converted from the
-//! user-space xattr format to ext4's compact on-disk format.
+//! ext4/ext3 extended attributes on disk: in the inode's spare space when
+//! they fit, otherwise in one xattr block. Names are stored with a
+//! namespace index (`user.` = 1, `trusted.` = 4, `security.` = 6, …);
+//! POSIX ACLs become ext4's compact on-disk ACL (version 1, short entries
+//! for the *_OBJ/MASK/OTHER tags).
 
-use super::csum::crc32c_raw;
+use crate::fs::crc32c::crc32c_raw;
+use crate::fs::xattr::{Attr, Namespace, acl_tag, parse_acl};
 
 const ENTRY_HEADER: usize = 16;
 /// Magic of the in-inode and block xattr headers.
@@ -21,14 +22,14 @@ pub enum XattrError {
     /// More than fits in one 4 KiB block.
     #[error("extended attributes need {0} bytes; at most one 4 KiB block is supported")]
     TooLarge(usize),
-    /// A POSIX ACL value that does not parse.
-    #[error("malformed POSIX ACL in {0}")]
-    BadAcl(String),
+    /// An attribute the model refuses (bad name, malformed ACL).
+    #[error(transparent)]
+    Model(#[from] crate::fs::xattr::XattrError),
 }
 
 /// One attribute ready to store.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Attr {
+struct Stored {
     index: u8,
     name: Vec<u8>,
     value: Vec<u8>,
@@ -45,49 +46,33 @@ pub enum Placement {
     Block(Vec<u8>),
 }
 
-fn split_name(full: &[u8]) -> Option<(u8, &[u8])> {
-    const PREFIXES: [(&[u8], u8); 4] = [
-        (b"user.", 1),
-        (b"trusted.", 4),
-        (b"security.", 6),
-        (b"system.", 7),
-    ];
-    match full {
-        b"system.posix_acl_access" => return Some((2, b"")),
-        b"system.posix_acl_default" => return Some((3, b"")),
-        _ => {}
+/// ext4's name index of a namespace.
+fn index_of(ns: Namespace) -> u8 {
+    match ns {
+        Namespace::User => 1,
+        Namespace::AclAccess => 2,
+        Namespace::AclDefault => 3,
+        Namespace::Trusted => 4,
+        Namespace::Security => 6,
+        Namespace::System => 7,
     }
-    PREFIXES
-        .iter()
-        .find_map(|(p, i)| full.strip_prefix(*p).map(|rest| (*i, rest)))
-        .filter(|(_, rest)| !rest.is_empty())
 }
 
-/// Convert a user-space POSIX ACL xattr (version 2, 8-byte entries) to
-/// ext4's on-disk form (version 1, short entries for the *_OBJ/MASK/OTHER
-/// tags).
-fn acl_to_disk(value: &[u8], name: &[u8]) -> Result<Vec<u8>, XattrError> {
-    let bad = || XattrError::BadAcl(String::from_utf8_lossy(name).into_owned());
-    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
-        return Err(bad());
-    }
-    if u32::from_le_bytes(value[..4].try_into().expect("4 bytes")) != 2 {
-        return Err(bad());
-    }
+/// A POSIX ACL in ext4's on-disk form (version 1; ids only for named
+/// users and groups).
+fn acl_to_disk(value: &[u8], name: &str) -> Result<Vec<u8>, XattrError> {
     let mut out = 1u32.to_le_bytes().to_vec();
-    for e in value[4..].chunks(8) {
-        let tag = u16::from_le_bytes([e[0], e[1]]);
-        out.extend_from_slice(&e[0..4]); // tag + perm
-        match tag {
-            0x01 | 0x04 | 0x10 | 0x20 => {} // USER_OBJ, GROUP_OBJ, MASK, OTHER
-            0x02 | 0x08 => out.extend_from_slice(&e[4..8]), // USER, GROUP: id
-            _ => return Err(bad()),
+    for e in parse_acl(value, name)? {
+        out.extend_from_slice(&e.tag.to_le_bytes());
+        out.extend_from_slice(&e.perm.to_le_bytes());
+        if e.tag == acl_tag::USER || e.tag == acl_tag::GROUP {
+            out.extend_from_slice(&e.id.to_le_bytes());
         }
     }
     Ok(out)
 }
 
-fn entry_hash(a: &Attr) -> u32 {
+fn entry_hash(a: &Stored) -> u32 {
     let mut h: u32 = 0;
     for &c in &a.name {
         h = (h << 5) ^ (h >> 27) ^ u32::from(c);
@@ -108,7 +93,12 @@ fn pad4(n: usize) -> usize {
 /// value offsets (0 for inode bodies: offsets are relative to the first
 /// entry; for blocks the entries start at 32 and offsets are from the block
 /// start). Returns `None` if they do not fit.
-fn layout(attrs: &[Attr], space: usize, entry_start: usize, value_base: usize) -> Option<Vec<u8>> {
+fn layout(
+    attrs: &[Stored],
+    space: usize,
+    entry_start: usize,
+    value_base: usize,
+) -> Option<Vec<u8>> {
     let entries: usize = attrs
         .iter()
         .map(|a| ENTRY_HEADER + pad4(a.name.len()))
@@ -141,26 +131,18 @@ fn layout(attrs: &[Attr], space: usize, entry_start: usize, value_base: usize) -
     Some(b)
 }
 
-/// Decide where `xattrs` (full names) go and encode them. Names outside the
-/// namespaces Linux stores are skipped with a warning.
-pub fn encode(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Placement, XattrError> {
-    let mut attrs = Vec::new();
-    for (full, value) in xattrs {
-        let Some((index, name)) = split_name(full) else {
-            tracing::warn!(
-                name = %String::from_utf8_lossy(full),
-                "skipping an extended attribute outside the user/trusted/security/system namespaces"
-            );
-            continue;
+/// Decide where a node's attributes go and encode them.
+pub fn encode(xattrs: &[Attr<'_>]) -> Result<Placement, XattrError> {
+    let mut attrs = Vec::with_capacity(xattrs.len());
+    for a in xattrs {
+        let value = match a.namespace {
+            Namespace::AclAccess => acl_to_disk(a.value, "system.posix_acl_access")?,
+            Namespace::AclDefault => acl_to_disk(a.value, "system.posix_acl_default")?,
+            _ => a.value.to_vec(),
         };
-        let value = if index == 2 || index == 3 {
-            acl_to_disk(value, full)?
-        } else {
-            value.clone()
-        };
-        attrs.push(Attr {
-            index,
-            name: name.to_vec(),
+        attrs.push(Stored {
+            index: index_of(a.namespace),
+            name: a.name.to_vec(),
             value,
         });
     }
@@ -197,7 +179,8 @@ pub fn encode(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Placement, XattrError> {
     }
 }
 
-/// Fill in an xattr block's checksum, which covers its block number.
+/// Fill in an xattr block's checksum (`metadata_csum`), which covers its
+/// block number.
 pub fn seal_block(b: &mut [u8], block: u64, fs_csum_seed: u32) {
     b[16..20].fill(0);
     let c = crc32c_raw(crc32c_raw(fs_csum_seed, &block.to_le_bytes()), b);
@@ -207,13 +190,19 @@ pub fn seal_block(b: &mut [u8], block: u64, fs_csum_seed: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::xattr::classify;
+
+    fn enc(x: &[(Vec<u8>, Vec<u8>)]) -> Result<Placement, XattrError> {
+        let attrs = classify(x, &|| "/f".to_string())?;
+        encode(&attrs)
+    }
 
     #[test]
     fn small_xattrs_live_in_the_inode() {
         let cap = vec![1u8; 20];
-        let p = encode(&[
-            (b"user.foo".to_vec(), b"bar".to_vec()),
+        let p = enc(&[
             (b"security.capability".to_vec(), cap),
+            (b"user.foo".to_vec(), b"bar".to_vec()),
         ])
         .unwrap();
         let Placement::Inode(b) = p else {
@@ -228,11 +217,11 @@ mod tests {
 
     #[test]
     fn large_xattrs_go_to_a_block_and_too_large_is_an_error() {
-        let p = encode(&[(b"user.big".to_vec(), vec![7u8; 2000])]).unwrap();
+        let p = enc(&[(b"user.big".to_vec(), vec![7u8; 2000])]).unwrap();
         let Placement::Block(mut b) = p else { panic!() };
         seal_block(&mut b, 1234, 99);
         assert_ne!(u32::from_le_bytes(b[16..20].try_into().unwrap()), 0);
-        let e = encode(&[(b"user.huge".to_vec(), vec![0u8; 5000])]).unwrap_err();
+        let e = enc(&[(b"user.huge".to_vec(), vec![0u8; 5000])]).unwrap_err();
         assert!(matches!(e, XattrError::TooLarge(_)));
     }
 
@@ -251,10 +240,10 @@ mod tests {
             acl.extend_from_slice(&perm.to_le_bytes());
             acl.extend_from_slice(&id.to_le_bytes());
         }
-        let disk = acl_to_disk(&acl, b"system.posix_acl_access").unwrap();
+        let disk = acl_to_disk(&acl, "system.posix_acl_access").unwrap();
         assert_eq!(disk.len(), 4 + 4 + 8 + 4 + 4 + 4);
-        assert!(acl_to_disk(&acl[..7], b"x").is_err());
-        let p = encode(&[
+        assert!(acl_to_disk(&acl[..7], "x").is_err());
+        let p = enc(&[
             (b"system.posix_acl_access".to_vec(), acl),
             (b"weird.ns".to_vec(), b"x".to_vec()),
         ])

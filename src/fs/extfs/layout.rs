@@ -1,0 +1,453 @@
+//! Placing a planned filesystem on a given number of blocks: group
+//! metadata, the journal, directory/symlink/xattr blocks, file data in layer
+//! and tar order (so a streaming copy writes forward), then the blocks that
+//! map them; then every inode, bitmap, descriptor and superblock copy.
+
+use std::collections::HashMap;
+
+use super::geometry::{BPG, BS, Geometry, INODE_SIZE, INODES_PER_BLOCK, backup_group};
+use super::inode::{
+    FIRST_INO, INDEX_FL, InodeRecord, JOURNAL_INO, ROOT_INO, inode_seed, time_fields,
+};
+use super::plan::{Body, Planned, file_ranges};
+use super::superblock::{GroupDesc, Superblock, journal_superblock};
+use super::xattr::{self, Placement};
+use super::{ExtError, ExtOptions, Profile, Run, mapping};
+use crate::fs::alloc::Alloc;
+use crate::fs::crc32c::crc32c_raw;
+use crate::fs::{DataExtent, FsImage};
+use crate::tree::{NodeKind, Tree};
+
+/// Everything the layout needs besides the block count.
+pub struct Input<'a> {
+    /// The tree.
+    pub tree: &'a Tree,
+    /// The planned inodes, by inode number.
+    pub planned: &'a [Planned],
+    /// The profile.
+    pub profile: Profile,
+    /// Options.
+    pub opts: &'a ExtOptions,
+    /// The checksum seed (`metadata_csum`).
+    pub fs_seed: Option<u32>,
+}
+
+/// Where each group's bitmaps and inode table go.
+struct GroupMeta {
+    bb: Vec<u64>,
+    ib: Vec<u64>,
+    it: Vec<u64>,
+}
+
+fn group_metadata(alloc: &mut Alloc, geo: &Geometry, profile: Profile) -> Option<GroupMeta> {
+    if profile.flex_bg() {
+        // flex_bg: all bitmaps, then all inode tables, from the start.
+        let bb = (0..geo.groups)
+            .map(|_| alloc.contiguous(1))
+            .collect::<Option<_>>()?;
+        let ib = (0..geo.groups)
+            .map(|_| alloc.contiguous(1))
+            .collect::<Option<_>>()?;
+        let it = (0..geo.groups)
+            .map(|_| alloc.contiguous(geo.itable_blocks()))
+            .collect::<Option<_>>()?;
+        return Some(GroupMeta { bb, ib, it });
+    }
+    // Each group holds its own, right after its superblock copy.
+    let mut m = GroupMeta {
+        bb: Vec::new(),
+        ib: Vec::new(),
+        it: Vec::new(),
+    };
+    for g in 0..geo.groups {
+        let end = g * BPG + geo.group_len(g);
+        alloc.seek(g * BPG);
+        let in_group = |b: Option<u64>, n: u64| b.filter(|b| b + n <= end);
+        m.bb.push(in_group(alloc.contiguous(1), 1)?);
+        m.ib.push(in_group(alloc.contiguous(1), 1)?);
+        let n = geo.itable_blocks();
+        m.it.push(in_group(alloc.contiguous(n), n)?);
+    }
+    // Content continues after group 0's table.
+    alloc.seek(m.it[0] + geo.itable_blocks());
+    Some(m)
+}
+
+/// Runs of logical blocks from 0 over physical runs (start, count).
+fn from_zero(physical: &[(u64, u64)]) -> Vec<Run> {
+    let mut l = 0;
+    physical
+        .iter()
+        .map(|&(p, len)| {
+            let r = Run {
+                logical: l,
+                physical: p,
+                len,
+            };
+            l += len;
+            r
+        })
+        .collect()
+}
+
+/// Device pieces for `len` file bytes at `file_off` (tar bytes from
+/// `tar_off`), through the file's runs; `None` if a block is unmapped.
+fn place(
+    runs: &[Run],
+    (file_off, tar_off, len): (u64, u64, u64),
+    layer: usize,
+    out: &mut Vec<DataExtent>,
+) -> Option<()> {
+    let mut done = 0;
+    while done < len {
+        let at = file_off + done;
+        let lblk = at / BS;
+        let r = runs.get(runs.partition_point(|r| r.logical + r.len <= lblk))?;
+        if r.logical > lblk {
+            return None;
+        }
+        let run_end = (r.logical + r.len) * BS;
+        let n = (len - done).min(run_end - at);
+        out.push(DataExtent {
+            device_offset: (r.physical + lblk - r.logical) * BS + at % BS,
+            len: n,
+            layer,
+            tar_offset: tar_off + done,
+        });
+        done += n;
+    }
+    Some(())
+}
+
+/// Lay the filesystem out on `geo.blocks` blocks; `None` if it does not
+/// fit, an error for content no size can hold.
+pub fn write(
+    input: &Input<'_>,
+    geo: &Geometry,
+    journal_blocks: u64,
+) -> Option<Result<FsImage, ExtError>> {
+    let Input {
+        tree,
+        planned,
+        profile,
+        opts,
+        fs_seed,
+    } = *input;
+    let mut alloc = Alloc::new(0, geo.blocks);
+    // Superblock and descriptor copies.
+    for g in 0..geo.groups {
+        if backup_group(g) {
+            let start = g * BPG;
+            let len = (1 + geo.gdt_blocks).min(geo.group_len(g));
+            alloc.mark(start, len);
+        }
+    }
+    let GroupMeta { bb, ib, it } = group_metadata(&mut alloc, geo, profile)?;
+    let journal_runs = if journal_blocks > 0 {
+        alloc.runs(journal_blocks)?
+    } else {
+        Vec::new()
+    };
+
+    // Blocks of directories, slow symlinks and xattr blocks, by inode.
+    let mut body_runs: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    let mut xattr_block: HashMap<u32, u64> = HashMap::new();
+    for p in planned {
+        match &p.body {
+            Body::Dir { blocks, .. } => {
+                body_runs.insert(p.ino, alloc.runs(blocks.len() as u64)?);
+            }
+            Body::SlowSymlink(_) => {
+                body_runs.insert(p.ino, alloc.runs(1)?);
+            }
+            _ => {}
+        }
+        if matches!(p.xattrs, Placement::Block(_)) {
+            xattr_block.insert(p.ino, alloc.contiguous(1)?);
+        }
+    }
+    // File data in (layer, tar offset) order.
+    let mut files: Vec<(usize, u64, usize)> = planned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.body {
+            Body::File { node } => match &tree.nodes[*node].kind {
+                NodeKind::File(f) => Some((f.layer, f.offset, i)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    files.sort();
+    // What each inode maps: logical → physical runs.
+    let mut runs_of: HashMap<u32, Vec<Run>> = HashMap::new();
+    for &(_, _, i) in &files {
+        let p = &planned[i];
+        let Body::File { node } = p.body else {
+            unreachable!("files holds files")
+        };
+        let mut runs = Vec::new();
+        for (first, count) in file_ranges(tree, node) {
+            let mut l = first;
+            for (physical, len) in alloc.runs(count)? {
+                runs.push(Run {
+                    logical: l,
+                    physical,
+                    len,
+                });
+                l += len;
+            }
+        }
+        runs_of.insert(p.ino, runs);
+    }
+    for (ino, physical) in &body_runs {
+        runs_of.insert(*ino, from_zero(physical));
+    }
+    let journal_map = from_zero(&journal_runs);
+    // The blocks that map them, by inode number.
+    let mut owners: Vec<(u32, u64)> = runs_of
+        .iter()
+        .map(|(ino, r)| (*ino, mapping::tree_blocks(profile, r)))
+        .collect();
+    owners.push((JOURNAL_INO, mapping::tree_blocks(profile, &journal_map)));
+    owners.sort();
+    let mut tree_blocks: HashMap<u32, Vec<u64>> = HashMap::new();
+    for (ino, need) in owners {
+        if need > 0 {
+            let runs = alloc.runs(need)?;
+            tree_blocks.insert(ino, runs.iter().flat_map(|&(s, l)| s..s + l).collect());
+        }
+    }
+
+    let mut img = FsImage {
+        size: geo.blocks * BS,
+        ..FsImage::default()
+    };
+    let mut inode_used = vec![false; (geo.ipg * geo.groups + 1) as usize];
+    let mut dirs_in_group = vec![0u64; geo.groups as usize];
+    let put_inode = |img: &mut FsImage, ino: u32, rec: &InodeRecord| {
+        let idx = u64::from(ino - 1);
+        let g = idx / geo.ipg;
+        let within = idx % geo.ipg;
+        let block = it[g as usize] + within / INODES_PER_BLOCK;
+        let off = (within % INODES_PER_BLOCK) * INODE_SIZE;
+        img.put_bytes(block * BS + off, &rec.bytes);
+    };
+    // Reserved inodes: zeroed with extra_isize (and a checksum), as mke2fs
+    // writes them.
+    for ino in 1..FIRST_INO {
+        inode_used[ino as usize] = true;
+        if ino == ROOT_INO || (ino == JOURNAL_INO && journal_blocks > 0) {
+            continue;
+        }
+        let mut rec = InodeRecord::new();
+        rec.seal(fs_seed, ino);
+        put_inode(&mut img, ino, &rec);
+    }
+    let csum_of = |ino: u32| fs_seed.map_or(0, |s| inode_seed(s, ino));
+    let mut set_map = |img: &mut FsImage, rec: &mut InodeRecord, ino: u32, runs: &[Run]| -> u64 {
+        let tb = tree_blocks.remove(&ino).unwrap_or_default();
+        let (root, blocks) = mapping::encode(profile, runs, &tb, csum_of(ino));
+        rec.bytes[0x28..0x28 + 60].copy_from_slice(&root);
+        for (b, bytes) in blocks {
+            img.put_block(b, bytes);
+        }
+        rec.add_flags(mapping::inode_flags(profile));
+        tb.len() as u64
+    };
+    for p in planned {
+        let mut rec = InodeRecord::new();
+        rec.u16(0x00, p.mode);
+        rec.u16(0x02, p.uid as u16);
+        rec.u16(0x78, (p.uid >> 16) as u16);
+        rec.u16(0x18, p.gid as u16);
+        rec.u16(0x7A, (p.gid >> 16) as u16);
+        rec.u16(0x1A, p.links);
+        let (t, extra) = time_fields(p.mtime, p.mtime_nsec);
+        for (at, at_extra) in [(0x08, 0x8C), (0x0C, 0x84), (0x10, 0x88), (0x90, 0x94)] {
+            rec.u32(at, t);
+            rec.u32(at_extra, extra);
+        }
+        let mut blocks_used: u64 = 0;
+        let mut size: u64 = 0;
+        match &p.body {
+            Body::Dir { blocks, indexed } => {
+                let runs = &runs_of[&p.ino];
+                blocks_used += blocks.len() as u64 + set_map(&mut img, &mut rec, p.ino, runs);
+                let physical = body_runs[&p.ino].iter().flat_map(|&(s, l)| s..s + l);
+                for (b, bytes) in physical.zip(blocks) {
+                    img.put_block(b, bytes.clone());
+                }
+                if *indexed {
+                    rec.add_flags(INDEX_FL);
+                }
+                size = blocks.len() as u64 * BS;
+                let g = (u64::from(p.ino) - 1) / geo.ipg;
+                dirs_in_group[g as usize] += 1;
+            }
+            Body::File { node } => {
+                let NodeKind::File(f) = &tree.nodes[*node].kind else {
+                    unreachable!("a file body is a file node")
+                };
+                let runs = &runs_of[&p.ino];
+                let data: u64 = runs.iter().map(|r| r.len).sum();
+                blocks_used += data + set_map(&mut img, &mut rec, p.ino, runs);
+                size = f.size;
+                for piece in f.runs() {
+                    if place(runs, piece, f.layer, &mut img.data).is_none() {
+                        return Some(Err(ExtError::Unmapped { ino: p.ino }));
+                    }
+                }
+            }
+            Body::FastSymlink(t) => {
+                rec.bytes[0x28..0x28 + t.len()].copy_from_slice(t);
+                size = t.len() as u64;
+            }
+            Body::SlowSymlink(t) => {
+                let runs = &runs_of[&p.ino];
+                blocks_used += 1 + set_map(&mut img, &mut rec, p.ino, runs);
+                let mut b = vec![0u8; BS as usize];
+                b[..t.len()].copy_from_slice(t);
+                img.put_block(body_runs[&p.ino][0].0, b);
+                size = t.len() as u64;
+            }
+            Body::Device { major, minor } => {
+                if *major < 256 && *minor < 256 {
+                    rec.u32(0x28, (major << 8) | minor);
+                } else {
+                    rec.u32(
+                        0x2C,
+                        (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12),
+                    );
+                }
+            }
+            Body::Fifo => {}
+        }
+        match &p.xattrs {
+            Placement::None => {}
+            Placement::Inode(bytes) => rec.bytes[0xA0..0xA0 + bytes.len()].copy_from_slice(bytes),
+            Placement::Block(bytes) => {
+                let blk = xattr_block[&p.ino];
+                let mut b = bytes.clone();
+                if let Some(seed) = fs_seed {
+                    xattr::seal_block(&mut b, blk, seed);
+                }
+                img.put_block(blk, b);
+                rec.u32(0x68, blk as u32);
+                rec.u16(0x76, (blk >> 32) as u16);
+                blocks_used += 1;
+            }
+        }
+        rec.u32(0x04, size as u32);
+        rec.u32(0x6C, (size >> 32) as u32);
+        let sectors = blocks_used * (BS / 512);
+        rec.u32(0x1C, sectors as u32);
+        if profile.huge_file() {
+            rec.u16(0x74, (sectors >> 32) as u16);
+        }
+        rec.seal(fs_seed, p.ino);
+        put_inode(&mut img, p.ino, &rec);
+        inode_used[p.ino as usize] = true;
+    }
+    // Journal.
+    let mut jnl_backup = [0u32; 17];
+    if journal_blocks > 0 {
+        let mut rec = InodeRecord::new();
+        rec.u16(0x00, 0o100600);
+        rec.u16(0x1A, 1);
+        let tb = set_map(&mut img, &mut rec, JOURNAL_INO, &journal_map);
+        let size = journal_blocks * BS;
+        rec.u32(0x04, size as u32);
+        rec.u32(0x6C, (size >> 32) as u32);
+        let sectors = (journal_blocks + tb) * (BS / 512);
+        rec.u32(0x1C, sectors as u32);
+        for (i, w) in rec.bytes[0x28..0x28 + 60].chunks(4).enumerate() {
+            jnl_backup[i] = u32::from_le_bytes(w.try_into().expect("4 bytes"));
+        }
+        jnl_backup[15] = (size >> 32) as u32;
+        jnl_backup[16] = size as u32;
+        rec.seal(fs_seed, JOURNAL_INO);
+        put_inode(&mut img, JOURNAL_INO, &rec);
+        img.put_block(
+            journal_runs[0].0,
+            journal_superblock(journal_blocks, &opts.uuid, profile),
+        );
+    }
+
+    // Bitmaps and group descriptors.
+    let desc_size = profile.desc_size();
+    let mut gdt = vec![0u8; (geo.gdt_blocks * BS) as usize];
+    let mut free_blocks_total = 0u64;
+    let mut free_inodes_total = 0u64;
+    for g in 0..geo.groups {
+        let start = g * BPG;
+        let len = geo.group_len(g);
+        let mut bitmap = vec![0u8; BS as usize];
+        let mut free = 0u64;
+        for i in 0..BPG {
+            if i >= len || alloc.is_used(start + i) {
+                bitmap[(i / 8) as usize] |= 1 << (i % 8);
+            } else {
+                free += 1;
+            }
+        }
+        free_blocks_total += free;
+        let mut ibitmap = vec![0u8; BS as usize];
+        let mut ifree = 0u64;
+        let mut last_used = 0u64;
+        for i in 0..(BS * 8) {
+            let ino = g * geo.ipg + i + 1;
+            if i >= geo.ipg {
+                ibitmap[(i / 8) as usize] |= 1 << (i % 8);
+            } else if inode_used[ino as usize] {
+                ibitmap[(i / 8) as usize] |= 1 << (i % 8);
+                last_used = i + 1;
+            } else {
+                ifree += 1;
+            }
+        }
+        free_inodes_total += ifree;
+        let seed = fs_seed.unwrap_or(0);
+        let desc = GroupDesc {
+            block_bitmap: bb[g as usize],
+            inode_bitmap: ib[g as usize],
+            inode_table: it[g as usize],
+            free_blocks: free,
+            free_inodes: ifree,
+            dirs: dirs_in_group[g as usize],
+            itable_unused: geo.ipg - last_used,
+            block_csum: crc32c_raw(seed, &bitmap),
+            inode_csum: crc32c_raw(seed, &ibitmap[..(geo.ipg / 8) as usize]),
+        };
+        img.put_block(bb[g as usize], bitmap);
+        img.put_block(ib[g as usize], ibitmap);
+        let d = &mut gdt[(g * desc_size) as usize..((g + 1) * desc_size) as usize];
+        desc.encode(d, g, profile, seed);
+    }
+
+    // Superblocks and descriptor copies.
+    let sb = Superblock {
+        geo,
+        profile,
+        free_blocks: free_blocks_total,
+        free_inodes: free_inodes_total,
+        journal: journal_blocks > 0,
+        jnl_backup,
+        uuid: opts.uuid,
+        hash_seed: opts.hash_seed,
+    };
+    for g in 0..geo.groups {
+        if !backup_group(g) {
+            continue;
+        }
+        let start = g * BPG;
+        let at = if g == 0 { 1024 } else { 0 };
+        img.put_bytes(start * BS + at, &sb.encode(g as u16));
+        for i in 0..geo.gdt_blocks {
+            let chunk = gdt[(i * BS) as usize..((i + 1) * BS) as usize].to_vec();
+            img.put_block(start + 1 + i, chunk);
+        }
+    }
+    img.data.sort_by_key(|e| e.device_offset);
+    Some(Ok(img))
+}
