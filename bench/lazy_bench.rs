@@ -18,7 +18,6 @@ fn options(r: &str) -> DiskOptions {
             source: SourceOptions::default(),
             concurrency: 3,
             keep_blobs: false,
-            span_store: None,
         },
         fs: ocidisk::fs::FsOptions {
             read_only: true,

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, Hasher};
-use crate::source::platform::Platform;
+use crate::platform::Platform;
 
 /// Errors from the blob cache.
 #[derive(Debug, thiserror::Error)]

@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use crate::cache::BlobCache;
 use crate::digest::Digest;
+use crate::platform::Platform;
 use crate::pull::PullOptions;
 use crate::source::manifest::{Compression, RuntimeConfig};
-use crate::source::platform::Platform;
 use crate::source::{ResolvedImage, Source, SourceError, resolve};
 
 /// An image described for `ocidisk inspect`.

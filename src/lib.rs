@@ -38,7 +38,6 @@
 //!     source: Default::default(),
 //!     concurrency: 3,
 //!     keep_blobs: true,
-//!     span_store: None,
 //! };
 //! let report = ocidisk::pull::pull(&opts, &cache, Arc::new(NoProgress)).await?;
 //! println!("{} is {}", report.reference, report.image_id);
@@ -53,6 +52,7 @@ pub mod inspect;
 pub mod layer_index;
 pub mod materialize;
 pub mod mount;
+pub mod platform;
 pub mod progress;
 pub mod pull;
 pub mod serve;
@@ -62,6 +62,6 @@ pub mod units;
 
 pub use cache::BlobCache;
 pub use digest::Digest;
+pub use platform::Platform;
 pub use pull::{PullOptions, PullReport};
-pub use source::platform::Platform;
 pub use source::{ImageLocation, SourceOptions};

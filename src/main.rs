@@ -406,7 +406,6 @@ impl ImageArgs {
             },
             concurrency: usize::from(self.jobs),
             keep_blobs: true,
-            span_store: None,
         })
     }
 }

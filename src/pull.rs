@@ -16,9 +16,11 @@ use serde::Serialize;
 
 use crate::cache::{BlobCache, CacheError, ImageRecord, now_secs};
 use crate::digest::{Digest, Hasher};
-use crate::layer_index::{IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, index_blob};
+use crate::layer_index::{
+    IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, SpanSink, index_blob,
+};
+use crate::platform::Platform;
 use crate::source::manifest::Compression;
-use crate::source::platform::Platform;
 use crate::source::{
     ImageLocation, Layer, ResolvedImage, Source, SourceError, SourceOptions, is_digest_error,
     resolve,
@@ -97,11 +99,8 @@ pub struct PullOptions {
     /// Layers fetched at once.
     pub concurrency: usize,
     /// Keep the layer blobs in the cache (`pull`, `materialize`), or only
-    /// build their indexes and let the bytes go (the lazy disk's cold pass).
+    /// build their indexes and let the bytes go (as [`index_image`] does).
     pub keep_blobs: bool,
-    /// Where the cold pass stores the decoded spans of zstd layers (whose
-    /// only access point may be their start), when blobs are not kept.
-    pub span_store: Option<Arc<crate::disk::chunks::ChunkStore>>,
 }
 
 /// What a pull did.
@@ -140,6 +139,35 @@ pub async fn pull_image(
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
 ) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>), PullError> {
+    let (report, _, image, indexes) = pull_inner(opts, cache, progress, None).await?;
+    Ok((report, image, indexes))
+}
+
+/// The lazy disk's cold pass: resolve the image and make sure every layer
+/// is verified and indexed, without keeping layer blobs (an index already
+/// cached costs no fetch). The decoded spans of zstd layers, whose only
+/// access point may be their start, go to `spans` as the pass meets them.
+/// Returns the opened source for later range reads.
+pub async fn index_image(
+    opts: &PullOptions,
+    cache: &BlobCache,
+    spans: Arc<dyn SpanSink>,
+) -> Result<(Source, ResolvedImage, Vec<LayerIndex>), PullError> {
+    let opts = PullOptions {
+        keep_blobs: false,
+        ..opts.clone()
+    };
+    let (_, source, image, indexes) =
+        pull_inner(&opts, cache, Arc::new(NoProgress), Some(spans)).await?;
+    Ok((source, image, indexes))
+}
+
+async fn pull_inner(
+    opts: &PullOptions,
+    cache: &BlobCache,
+    progress: Arc<dyn PullProgress>,
+    spans: Option<Arc<dyn SpanSink>>,
+) -> Result<(PullReport, Source, ResolvedImage, Vec<LayerIndex>), PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
     let image = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
     let indexes = IndexStore::new(cache)?;
@@ -152,7 +180,10 @@ pub async fn pull_image(
                 &image,
                 layer,
                 progress.as_ref(),
-                opts,
+                Keep {
+                    blobs: opts.keep_blobs,
+                    spans: spans.as_ref(),
+                },
             )
         })
         .buffered(opts.concurrency.max(1))
@@ -181,7 +212,7 @@ pub async fn pull_image(
         pulled_at: now_secs(),
     })?;
     let indexes = results.into_iter().map(|(_, _, ix)| ix).collect();
-    Ok((report, image, indexes))
+    Ok((report, source, image, indexes))
 }
 
 /// The index of a cached layer: from the store, or built from the blob.
@@ -282,6 +313,15 @@ enum StreamFailure {
     Final(PullError),
 }
 
+/// What a pass keeps besides the index.
+#[derive(Clone, Copy)]
+struct Keep<'a> {
+    /// The layer blob, in the cache.
+    blobs: bool,
+    /// The decoded spans of zstd layers.
+    spans: Option<&'a Arc<dyn SpanSink>>,
+}
+
 /// Fetch one layer into the cache unless it is there. Returns whether it was
 /// downloaded, how many bytes were transferred, and the layer's index.
 async fn fetch_layer(
@@ -291,9 +331,12 @@ async fn fetch_layer(
     image: &ResolvedImage,
     layer: &Layer,
     progress: &dyn PullProgress,
-    opts: &PullOptions,
+    keep: Keep<'_>,
 ) -> Result<(bool, u64, LayerIndex), PullError> {
-    let keep_blobs = opts.keep_blobs;
+    let Keep {
+        blobs: keep_blobs,
+        spans,
+    } = keep;
     let desc = &layer.descriptor;
     if !keep_blobs && let Some(ix) = indexes.load(&desc.digest) {
         progress.finish(layer, false);
@@ -324,7 +367,7 @@ async fn fetch_layer(
     })?;
     if !keep_blobs
         && layer.compression == Compression::Zstd
-        && let Some(store) = &opts.span_store
+        && let Some(store) = spans
     {
         let store = store.clone();
         verifier

@@ -24,7 +24,6 @@ fn options(location: &str) -> DiskOptions {
             source: SourceOptions::default(),
             concurrency: 2,
             keep_blobs: false,
-            span_store: None,
         },
         fs: ocidisk::fs::FsOptions {
             read_only: true,

@@ -195,6 +195,12 @@ impl ChunkStore {
     }
 }
 
+impl crate::layer_index::SpanSink for ChunkStore {
+    fn put(&self, sha256: &[u8; 32], data: &[u8]) {
+        ChunkStore::put(self, sha256, data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

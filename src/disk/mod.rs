@@ -29,7 +29,7 @@ use overlay::{Overlay, OverlayError};
 use crate::cache::{BlobCache, CacheError};
 use crate::fs::{self, BLOCK_SIZE, FsError, FsImage, FsOptions, Region};
 use crate::layer_index::{LayerIndex, SpanError};
-use crate::pull::{NoProgress, PullError, PullOptions, pull_image};
+use crate::pull::{PullError, PullOptions, index_image};
 use crate::source::manifest::Descriptor;
 use crate::source::{Source, SourceError};
 
@@ -135,9 +135,6 @@ type Prefixes = LruCache<(usize, u64), Arc<Vec<u8>>>;
 /// The shared state of a disk (background readahead and prefetch hold it too).
 struct Inner {
     blob_cache: BlobCache,
-    pull: PullOptions,
-    /// Set once a registry ignored a Range request and the blobs were cached.
-    whole_blobs: std::sync::atomic::AtomicBool,
     flush_to: Option<flush_to::FlushTo>,
     /// Per layer: the last span read and how many spans in a row led to it.
     last_span: Mutex<HashMap<usize, (usize, usize)>>,
@@ -182,18 +179,9 @@ impl Inner {
             &cache.root().join("tmp"),
             opts.cache_disk,
         ));
-        let mut pull = opts.pull.clone();
-        pull.keep_blobs = false;
-        pull.span_store = Some(chunks.clone());
-        let (source, image, indexes) = rt.block_on(async {
-            let (_, image, indexes) = pull_image(&pull, cache, Arc::new(NoProgress))
-                .await
-                .map_err(Box::new)?;
-            let source = Source::open(&pull.location, &pull.source)
-                .await
-                .map_err(|e| Box::new(PullError::from(e)))?;
-            Ok::<_, DiskError>((source, image, indexes))
-        })?;
+        let (source, image, indexes) = rt
+            .block_on(index_image(&opts.pull, cache, chunks.clone()))
+            .map_err(Box::new)?;
         let fs = fs::plan_layers(image.id(), &indexes, &opts.fs).map_err(Box::new)?;
         let layers: Vec<(Arc<LayerIndex>, Descriptor)> = indexes
             .into_iter()
@@ -222,8 +210,6 @@ impl Inner {
         };
         Ok(Arc::new(Inner {
             blob_cache: cache.clone(),
-            pull: pull.clone(),
-            whole_blobs: std::sync::atomic::AtomicBool::new(false),
             flush_to,
             last_span: Mutex::new(HashMap::new()),
             readahead: Mutex::new(None),
@@ -567,52 +553,21 @@ impl Inner {
     }
 
     /// Compressed bytes `[start, end)` of a layer blob: from the cached
-    /// blob if there is one, else from the source. A registry that ignores
-    /// Range gets the image's blobs pulled (verified) into the cache once.
+    /// blob if there is one, else from the source.
     fn read_blob(&self, desc: &Descriptor, start: u64, end: u64) -> Result<Vec<u8>, DiskError> {
         use std::os::unix::fs::FileExt;
-        let local = self.blob_cache.blob_path(&desc.digest);
-        if let Ok(f) = std::fs::File::open(&local) {
+        if let Ok(f) = std::fs::File::open(self.blob_cache.blob_path(&desc.digest)) {
             let mut buf = vec![0u8; (end - start) as usize];
             if f.read_exact_at(&mut buf, start).is_ok() {
                 return Ok(buf);
             }
         }
-        let fetch_err = |e: SourceError| DiskError::Fetch {
-            layer: desc.digest.to_string(),
-            source: Box::new(e),
-        };
-        match self.rt.block_on(self.source.read_range(desc, start, end)) {
-            Ok(b) => Ok(b),
-            Err(SourceError::Registry(crate::source::registry::RegistryError::RangeIgnored {
-                ..
-            })) if !self.whole_blobs.swap(true, Ordering::SeqCst) => {
-                tracing::warn!(layer = %desc.digest, "the registry ignores Range requests; fetching whole blobs into the cache once");
-                let mut pull = self.pull.clone();
-                pull.keep_blobs = true;
-                self.rt
-                    .block_on(pull_image(&pull, &self.blob_cache, Arc::new(NoProgress)))
-                    .map(|_| ())
-                    .map_err(Box::new)?;
-                let f = std::fs::File::open(&local).map_err(|e| {
-                    fetch_err(SourceError::Read {
-                        image: local.display().to_string(),
-                        what: format!("blob {}", desc.digest),
-                        source: e,
-                    })
-                })?;
-                let mut buf = vec![0u8; (end - start) as usize];
-                f.read_exact_at(&mut buf, start).map_err(|e| {
-                    fetch_err(SourceError::Read {
-                        image: local.display().to_string(),
-                        what: format!("blob {}", desc.digest),
-                        source: e,
-                    })
-                })?;
-                Ok(buf)
-            }
-            Err(e) => Err(fetch_err(e)),
-        }
+        self.rt
+            .block_on(self.source.read_range(desc, start, end, &self.blob_cache))
+            .map_err(|e| DiskError::Fetch {
+                layer: desc.digest.to_string(),
+                source: Box::new(e),
+            })
     }
 
     fn remember(&self, key: (usize, usize), data: Arc<Vec<u8>>) {

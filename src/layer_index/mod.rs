@@ -278,6 +278,13 @@ pub struct IndexSink {
 /// Receives (sha256, bytes) of every span as the first pass finishes it.
 pub type SpanOut = Box<dyn FnMut(&[u8; 32], &[u8]) + Send>;
 
+/// Somewhere to keep verified spans by their sha256 (the lazy disk's chunk
+/// store), for layers whose spans are costly to decode again later.
+pub trait SpanSink: Send + Sync {
+    /// Keep `data`, whose sha256 is `sha256`.
+    fn put(&self, sha256: &[u8; 32], data: &[u8]);
+}
+
 impl IndexSink {
     /// A sink checking against a diff_id of this algorithm.
     pub fn new(algorithm: Algorithm) -> IndexSink {

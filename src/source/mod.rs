@@ -15,7 +15,7 @@ pub mod archive;
 pub mod auth;
 pub mod layout;
 pub mod manifest;
-pub mod platform;
+
 pub mod registry;
 
 use std::fmt;
@@ -29,13 +29,13 @@ use serde::Serialize;
 
 use crate::cache::{BlobCache, CacheError};
 use crate::digest::Digest;
+use crate::platform::Platform;
 use archive::{ArchiveError, ArchiveSelector, ArchiveSource};
 use layout::{LayoutError, LayoutSource};
 use manifest::{
     Compression, Descriptor, ImageConfig, ImageIndex, ImageManifest, MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE, Manifest, ManifestError,
 };
-use platform::Platform;
 use registry::{RegistryError, RegistryOptions, RegistrySource, RetryPolicy};
 
 /// Errors finding and resolving an image.
@@ -509,12 +509,15 @@ impl Source {
 
 impl Source {
     /// Bytes `[start, end)` of a blob, unverified (callers check them
-    /// against span hashes).
+    /// against span hashes). A registry that ignores Range requests gets
+    /// the whole blob fetched once, verified, into `cache`, and the range
+    /// is read from there.
     pub async fn read_range(
         &self,
         desc: &Descriptor,
         start: u64,
         end: u64,
+        cache: &BlobCache,
     ) -> Result<Vec<u8>, SourceError> {
         let read_at = |path: PathBuf, base: u64| {
             let what = format!("bytes {start}-{end} of blob {}", desc.digest);
@@ -529,7 +532,14 @@ impl Source {
         };
         use futures_util::FutureExt as _;
         let (r, what) = match self {
-            Source::Registry(r) => return Ok(r.blob_range(desc, start, end).await?),
+            Source::Registry(r) => match r.blob_range(desc, start, end).await {
+                Ok(b) => return Ok(b),
+                Err(RegistryError::RangeIgnored { .. }) => {
+                    self.cache_whole_blob(r, desc, cache).await?;
+                    read_at(cache.blob_path(&desc.digest), 0).await
+                }
+                Err(e) => return Err(e.into()),
+            },
             Source::Layout(l) => read_at(l.blob_path(&desc.digest), 0).await,
             Source::Archive(a) => {
                 let (base, size) =
@@ -555,6 +565,63 @@ impl Source {
                 what,
                 source,
             })
+    }
+
+    /// Fetch a whole blob from a registry into the cache, verified against
+    /// its digest and size (once: concurrent callers wait, then find it).
+    async fn cache_whole_blob(
+        &self,
+        r: &RegistrySource,
+        desc: &Descriptor,
+        cache: &BlobCache,
+    ) -> Result<(), SourceError> {
+        let _one = r.whole_blob.lock().await;
+        let (c, digest, size) = (cache.clone(), desc.digest.clone(), desc.size);
+        let cached = tokio::task::spawn_blocking(move || c.has_verified(&digest, Some(size)))
+            .await
+            .expect("cache check does not panic")?;
+        if cached {
+            return Ok(());
+        }
+        tracing::warn!(layer = %desc.digest, "the registry ignores Range requests; fetching the whole blob into the cache once");
+        let what = format!("blob {}", desc.digest);
+        let read_err = |source| SourceError::Read {
+            image: self.describe(),
+            what: what.clone(),
+            source,
+        };
+        let mut body = r.blob(desc, 0).await?.stream;
+        let mut writer = cache.begin()?;
+        let mut hasher = crate::digest::Hasher::new(desc.digest.algorithm());
+        let mut received = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(read_err)?;
+            received += chunk.len() as u64;
+            if received > desc.size {
+                break; // too long: no need to read the rest
+            }
+            hasher.update(&chunk);
+            std::io::Write::write_all(&mut writer, &chunk).map_err(read_err)?;
+        }
+        if received != desc.size {
+            return Err(SourceError::SizeMismatch {
+                image: self.describe(),
+                what,
+                expected: desc.size,
+                actual: received,
+            });
+        }
+        let actual = hasher.finish();
+        if actual != desc.digest {
+            return Err(SourceError::DigestMismatch {
+                image: self.describe(),
+                what,
+                expected: desc.digest.clone(),
+                actual,
+            });
+        }
+        writer.commit(&desc.digest)?;
+        Ok(())
     }
 
     fn describe(&self) -> String {
