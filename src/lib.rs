@@ -56,7 +56,9 @@ pub mod platform;
 pub mod progress;
 pub mod pull;
 pub mod serve;
+
 pub mod source;
+pub mod tar;
 pub mod tree;
 pub mod units;
 

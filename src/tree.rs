@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use crate::digest::Digest;
 use crate::layer_index::LayerIndex;
-use crate::layer_index::tar::{EntryKind, SparseSegment, TarEntry};
+use crate::tar::{EntryKind, SparseSegment, TarEntry};
 
 /// Longest name component Linux filesystems accept.
 pub const NAME_MAX: usize = 255;

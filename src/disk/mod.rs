@@ -3,28 +3,34 @@
 //!
 //! Opening resolves the image and makes sure every layer has an index (a
 //! cold first pass streams each layer through the indexer without keeping
-//! it). The filesystem is planned exactly as `materialize` plans it, so the
-//! device bytes are the same. A read is then served from three sources:
-//! synthesized metadata blocks, file data from layer spans, zeros elsewhere.
+//! it). The filesystem is planned by [`crate::fs::plan_layers`], as for
+//! `materialize`, so the device bytes are the same whatever the writer. A
+//! read is then served from three sources: synthesized metadata blocks,
+//! file data from layer spans, zeros elsewhere.
 //!
 //! A span is fetched by its compressed byte range (HTTP Range for
 //! registries, `pread` for local files), decoded from its access point, and
 //! checked against the sha256 recorded while the layer was verified; only
 //! then does it reach a reader or the in-memory LRU (bounded in bytes).
-//! Concurrent misses on one span share one fetch.
+//! Concurrent misses on one span share one fetch (`spans.rs`); guest writes
+//! go to a copy-on-write overlay (`overlay.rs`), decoded spans to the shared
+//! chunk store (`chunks.rs`), and `--flush-to` keeps a raw copy
+//! (`flush_to.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
 pub mod chunks;
 pub mod flush_to;
 pub mod overlay;
+mod spans;
 
 use chunks::ChunkStore;
 use overlay::{Overlay, OverlayError};
+use spans::{Pending, Prefixes, SpanCache};
 
 use crate::cache::{BlobCache, CacheError};
 use crate::fs::{self, BLOCK_SIZE, FsError, FsImage, FsOptions, Region};
@@ -119,18 +125,6 @@ pub struct DiskStats {
     /// Span lookups answered from the on-disk chunk store.
     pub chunk_hits: AtomicU64,
 }
-
-struct SpanCache {
-    lru: LruCache<(usize, usize), Arc<Vec<u8>>>,
-    bytes: u64,
-    cap: u64,
-}
-
-type Pending = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
-/// Consecutive spans a reader must stream before read-ahead starts.
-const READAHEAD_AFTER: usize = 4;
-/// Compressed prefixes by (layer, offset of the access point).
-type Prefixes = LruCache<(usize, u64), Arc<Vec<u8>>>;
 
 /// The shared state of a disk (background readahead and prefetch hold it too).
 struct Inner {
@@ -364,67 +358,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Fill `out` from layer `layer`'s uncompressed tar at `at`.
-    fn read_layer(&self, layer: usize, at: u64, out: &mut [u8]) -> Result<(), DiskError> {
-        let mut done = 0;
-        self.layer_pieces(layer, at, out.len(), &mut |piece| {
-            out[done..done + piece.len()].copy_from_slice(piece);
-            done += piece.len();
-            Ok(())
-        })
-    }
-
-    /// Hand `len` bytes of layer `layer`'s uncompressed tar at `at` to
-    /// `emit`, piece by piece, straight from the verified spans.
-    fn layer_pieces(
-        &self,
-        layer: usize,
-        mut at: u64,
-        mut len: usize,
-        emit: &mut dyn FnMut(&[u8]) -> Result<(), DiskError>,
-    ) -> Result<(), DiskError> {
-        let index = &self.layers[layer].0;
-        let mut last = None;
-        while len > 0 {
-            let (span, start, end) = index.span_at(at).ok_or(DiskError::OutOfRange {
-                offset: at,
-                len,
-                size: index.tar_size,
-            })?;
-            let data = self.span(layer, span)?;
-            let n = ((end - at) as usize).min(len);
-            let from = (at - start) as usize;
-            emit(&data[from..from + n])?;
-            len -= n;
-            at += n as u64;
-            last = Some(span);
-        }
-        // Read-ahead: a reader streaming forward through a layer (several
-        // spans in a row: more than one small file) gets the next span
-        // fetched in the background. Short reads never trigger it, so they
-        // cost no more than what they read.
-        if let Some(k) = last {
-            let mut runs = self.last_span.lock().expect("readahead lock");
-            let (run, advanced) = match runs.get(&layer) {
-                Some(&(p, n)) if p == k => (n, false),
-                Some(&(p, n)) if p + 1 == k => (n + 1, true),
-                _ => (1, true),
-            };
-            runs.insert(layer, (k, run));
-            drop(runs);
-            // Ask once per span reached: re-reading the last span must not
-            // queue the same read-ahead again and again.
-            if advanced
-                && run >= READAHEAD_AFTER
-                && k + 1 < index.spans.len()
-                && let Some(tx) = self.readahead.lock().expect("readahead lock").as_ref()
-            {
-                let _ = tx.send((layer, k + 1));
-            }
-        }
-        Ok(())
-    }
-
     /// Hand the device bytes `[offset, offset+len)` to `emit` in order,
     /// without an intermediate buffer where the bytes already exist in
     /// memory (metadata blocks, cached spans, zeros). Ranges the overlay
@@ -468,119 +401,6 @@ impl Inner {
             }
         }
         Ok(())
-    }
-
-    /// A verified span, from memory or fetched (one fetch per span at a time).
-    fn span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
-        let key = (layer, span);
-        if let Some(d) = self.cache.lock().expect("cache lock").lru.get(&key) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(d.clone());
-        }
-        let pending = self
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .entry(key)
-            .or_default()
-            .clone();
-        let result =
-            pending.get_or_init(|| self.fetch_span(layer, span).map_err(|e| e.to_string()));
-        let result = result.clone();
-        {
-            let mut inflight = self.inflight.lock().expect("inflight lock");
-            if inflight.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pending)) {
-                inflight.remove(&key);
-            }
-        }
-        let data = result.map_err(DiskError::Shared)?;
-        self.remember(key, data.clone());
-        Ok(data)
-    }
-
-    fn fetch_span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
-        let (index, desc) = &self.layers[layer];
-        if let Some(d) = self.chunks.get(&index.spans[span].sha256) {
-            self.stats.chunk_hits.fetch_add(1, Ordering::Relaxed);
-            self.arrived(layer, span, &d)?;
-            return Ok(Arc::new(d));
-        }
-        let f = index.span_fetch(span, desc.size);
-        let key = (layer, f.start);
-        let have = self
-            .prefixes
-            .lock()
-            .expect("prefix lock")
-            .get(&key)
-            .cloned();
-        let bytes = match have {
-            Some(p) if p.len() as u64 >= f.end - f.start => p,
-            have => {
-                let have_len = have.as_ref().map_or(0, |p| p.len() as u64);
-                let more = self.read_blob(desc, f.start + have_len, f.end)?;
-                self.stats.spans_fetched.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .bytes_fetched
-                    .fetch_add(more.len() as u64, Ordering::Relaxed);
-                let mut all = have.map(|p| p.to_vec()).unwrap_or_default();
-                all.extend_from_slice(&more);
-                let all = Arc::new(all);
-                self.prefixes
-                    .lock()
-                    .expect("prefix lock")
-                    .put(key, all.clone());
-                all
-            }
-        };
-        let bytes = &bytes[..(f.end - f.start) as usize];
-        let decoded = index
-            .decode_spans(span, bytes)
-            .inspect_err(|e| tracing::error!("{e}"))?;
-        // Spans decoded on the way (from the access point) are verified too:
-        // keep them, a neighbouring read is likely.
-        let mut wanted = None;
-        for (k, data) in decoded {
-            self.chunks.put(&index.spans[k].sha256, &data);
-            self.arrived(layer, k, &data)?;
-            let data = Arc::new(data);
-            if k == span {
-                wanted = Some(data);
-            } else {
-                self.remember((layer, k), data);
-            }
-        }
-        Ok(wanted.expect("decode_spans returns the span asked for"))
-    }
-
-    /// Compressed bytes `[start, end)` of a layer blob: from the cached
-    /// blob if there is one, else from the source.
-    fn read_blob(&self, desc: &Descriptor, start: u64, end: u64) -> Result<Vec<u8>, DiskError> {
-        use std::os::unix::fs::FileExt;
-        if let Ok(f) = std::fs::File::open(self.blob_cache.blob_path(&desc.digest)) {
-            let mut buf = vec![0u8; (end - start) as usize];
-            if f.read_exact_at(&mut buf, start).is_ok() {
-                return Ok(buf);
-            }
-        }
-        self.rt
-            .block_on(self.source.read_range(desc, start, end, &self.blob_cache))
-            .map_err(|e| DiskError::Fetch {
-                layer: desc.digest.to_string(),
-                source: Box::new(e),
-            })
-    }
-
-    fn remember(&self, key: (usize, usize), data: Arc<Vec<u8>>) {
-        let mut c = self.cache.lock().expect("cache lock");
-        if c.lru.put(key, data.clone()).is_none() {
-            c.bytes += data.len() as u64;
-        }
-        while c.bytes > c.cap {
-            match c.lru.pop_lru() {
-                Some((_, old)) => c.bytes -= old.len() as u64,
-                None => break,
-            }
-        }
     }
 }
 

@@ -1,0 +1,364 @@
+//! The one pass that verifies and indexes a layer: a decoder pushed the
+//! blob in pieces, feeding the diff_id hasher, the tar indexer and the span
+//! hashes, and recording where reads can start again (gzip checkpoints,
+//! zstd frames).
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use super::{Access, IndexError, LayerIndex, SPAN, SUB_SPAN, Span, gzip};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::source::manifest::Compression;
+use crate::tar::{TarEntry, TarError, TarIndexer};
+
+/// Accepts the uncompressed bytes of a layer: hashes them for the diff_id,
+/// indexes the tar, and hashes spans (cut every [`SUB_SPAN`] bytes and at
+/// access points), noting where each span ends in the compressed stream.
+pub struct IndexSink {
+    hasher: Hasher,
+    tar: TarIndexer,
+    spans: Vec<Span>,
+    span_hasher: sha2::Sha256,
+    span_start: u64,
+    pos: u64,
+    /// When set, each finished span's bytes go here (only the current span
+    /// is buffered).
+    span_out: Option<(SpanOut, Vec<u8>)>,
+}
+
+/// Receives (sha256, bytes) of every span as the first pass finishes it.
+pub type SpanOut = Box<dyn FnMut(&[u8; 32], &[u8]) + Send>;
+
+/// Somewhere to keep verified spans by their sha256 (the lazy disk's chunk
+/// store), for layers whose spans are costly to decode again later.
+pub trait SpanSink: Send + Sync {
+    /// Keep `data`, whose sha256 is `sha256`.
+    fn put(&self, sha256: &[u8; 32], data: &[u8]);
+}
+
+impl IndexSink {
+    /// A sink checking against a diff_id of this algorithm.
+    pub fn new(algorithm: Algorithm) -> IndexSink {
+        use sha2::Digest as _;
+        IndexSink {
+            hasher: Hasher::new(algorithm),
+            tar: TarIndexer::new(),
+            spans: Vec::new(),
+            span_hasher: sha2::Sha256::new(),
+            span_start: 0,
+            pos: 0,
+            span_out: None,
+        }
+    }
+
+    /// End the current span here; `cend` compressed bytes produced it.
+    pub fn cut(&mut self, cend: u64) {
+        use sha2::Digest as _;
+        if self.pos > self.span_start {
+            let h: [u8; 32] = std::mem::take(&mut self.span_hasher).finalize().into();
+            if let Some((out, buf)) = &mut self.span_out {
+                out(&h, buf);
+                buf.clear();
+            }
+            self.spans.push(Span {
+                start: self.span_start,
+                sha256: h,
+                cend,
+            });
+            self.span_start = self.pos;
+        }
+    }
+
+    /// Take output that does not cross a [`SUB_SPAN`] boundary, produced
+    /// from the first `cpos` compressed bytes.
+    pub fn feed(&mut self, data: &[u8], cpos: u64) -> io::Result<()> {
+        use sha2::Digest as _;
+        debug_assert!(
+            self.pos / SUB_SPAN == (self.pos + data.len() as u64 - 1) / SUB_SPAN || data.is_empty()
+        );
+        self.hasher.update(data);
+        self.span_hasher.update(data);
+        if let Some((_, buf)) = &mut self.span_out {
+            buf.extend_from_slice(data);
+        }
+        self.pos += data.len() as u64;
+        self.tar.write_all(data)?;
+        if self.pos.is_multiple_of(SUB_SPAN) {
+            self.cut(cpos);
+        }
+        Ok(())
+    }
+
+    /// Bytes taken so far.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// The diff_id of what was written, the length, the spans, and the tar
+    /// entries (or why the stream is not a tar). `cend`: the blob's size.
+    pub fn finish(
+        mut self,
+        cend: u64,
+    ) -> (Digest, u64, Vec<Span>, Result<Vec<TarEntry>, TarError>) {
+        self.cut(cend);
+        let size = self.pos;
+        (self.hasher.finish(), size, self.spans, self.tar.finish())
+    }
+}
+
+/// What went wrong pushing bytes into a [`LayerIndexer`].
+#[derive(Debug)]
+pub enum PushError {
+    /// The compressed data is invalid.
+    Decode(String),
+    /// The tar inside is invalid.
+    Tar(TarError),
+}
+
+fn push_error(e: io::Error) -> PushError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<TarError>()) {
+        Some(t) => PushError::Tar(t.clone()),
+        None => PushError::Decode(e.to_string()),
+    }
+}
+
+enum Decoder {
+    Plain,
+    Gzip(Box<gzip::Indexer>),
+    Zstd(Box<ZstdState>),
+}
+
+struct ZstdState {
+    dec: zstd::stream::raw::Decoder<'static>,
+    out: Vec<u8>,
+    frames: Vec<(u64, u64)>,
+    consumed: u64,
+    produced: u64,
+    in_frame: bool,
+}
+
+/// Decodes a layer blob pushed to it in pieces, feeding an [`IndexSink`]
+/// and recording random-access points: the one pass that verifies and
+/// indexes a layer.
+pub struct LayerIndexer {
+    sink: IndexSink,
+    decoder: Decoder,
+    compression: Compression,
+    consumed: u64,
+}
+
+impl LayerIndexer {
+    /// An indexer for a layer with this compression and diff_id algorithm.
+    pub fn new(compression: Compression, diff_alg: Algorithm) -> Result<LayerIndexer, PushError> {
+        let decoder = match compression {
+            Compression::None => Decoder::Plain,
+            Compression::Gzip => Decoder::Gzip(Box::new(gzip::Indexer::new(SPAN, SUB_SPAN))),
+            Compression::Zstd => Decoder::Zstd(Box::new(ZstdState {
+                dec: zstd::stream::raw::Decoder::new()
+                    .map_err(|e| PushError::Decode(e.to_string()))?,
+                out: vec![0u8; 256 << 10],
+                frames: vec![(0, 0)],
+                consumed: 0,
+                produced: 0,
+                in_frame: false,
+            })),
+        };
+        Ok(LayerIndexer {
+            consumed: 0,
+            sink: IndexSink::new(diff_alg),
+            decoder,
+            compression,
+        })
+    }
+
+    /// Hand every finished span's bytes to `out` (the lazy disk's fallback
+    /// for zstd layers with a single frame, which have no other access point
+    /// than their start).
+    pub fn keep_spans(&mut self, out: SpanOut) {
+        self.sink.span_out = Some((out, Vec::with_capacity(SUB_SPAN as usize)));
+    }
+
+    /// Feed compressed bytes.
+    pub fn push(&mut self, input: &[u8]) -> Result<(), PushError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        self.consumed += input.len() as u64;
+        match &mut self.decoder {
+            Decoder::Plain => {
+                let mut rest = input;
+                while !rest.is_empty() {
+                    let room = (SUB_SPAN - self.sink.pos() % SUB_SPAN) as usize;
+                    let (now, later) = rest.split_at(room.min(rest.len()));
+                    let cpos = self.sink.pos() + now.len() as u64;
+                    self.sink.feed(now, cpos).map_err(push_error)?;
+                    rest = later;
+                }
+                Ok(())
+            }
+            Decoder::Gzip(g) => {
+                // The sink sees output and checkpoints in stream order, so a
+                // cut lands exactly on the checkpoint's offset.
+                let sink = std::cell::RefCell::new(&mut self.sink);
+                g.push(
+                    input,
+                    &mut |data, cpos| sink.borrow_mut().feed(data, cpos),
+                    &mut |cpos| sink.borrow_mut().cut(cpos),
+                )
+                .map_err(push_error)
+            }
+            Decoder::Zstd(z) => {
+                let mut inb = InBuffer::around(input);
+                loop {
+                    let before = inb.pos();
+                    let room =
+                        (SUB_SPAN - self.sink.pos() % SUB_SPAN).min(z.out.len() as u64) as usize;
+                    let mut outb = OutBuffer::around(&mut z.out[..room]);
+                    let hint = z
+                        .dec
+                        .run(&mut inb, &mut outb)
+                        .map_err(|e| PushError::Decode(e.to_string()))?;
+                    let made = outb.pos();
+                    z.consumed += (inb.pos() - before) as u64;
+                    z.produced += made as u64;
+                    if made > 0 || inb.pos() > before {
+                        z.in_frame = true;
+                    }
+                    self.sink
+                        .feed(&z.out[..made], z.consumed)
+                        .map_err(push_error)?;
+                    if hint == 0 && z.in_frame {
+                        // A frame ended: the next one can be decoded on its own.
+                        z.in_frame = false;
+                        let last = z.frames.last().map_or(0, |f| f.1);
+                        if z.produced - last >= SPAN {
+                            z.frames.push((z.consumed, z.produced));
+                        }
+                    }
+                    if inb.pos() == input.len() && made < room {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// End of input: the finished index, with the diff_id checked.
+    pub fn finish(self, layer: &Digest, diff_id: &Digest) -> Result<LayerIndex, IndexError> {
+        let trunc = |detail: String| IndexError::Decompress {
+            layer: layer.clone(),
+            compression: self.compression,
+            detail,
+        };
+        let access = match self.decoder {
+            Decoder::Plain => Access::Tar,
+            Decoder::Gzip(g) => Access::Gzip(g.finish().map_err(|e| trunc(e.to_string()))?),
+            Decoder::Zstd(z) => {
+                if z.in_frame {
+                    return Err(trunc("the zstd stream ends inside a frame".into()));
+                }
+                let mut frames = z.frames;
+                // A frame boundary at the very end starts nothing.
+                frames.retain(|f| f.1 < z.produced || f.1 == 0);
+                Access::Zstd(frames)
+            }
+        };
+        let (actual, tar_size, spans, entries) = self.sink.finish(self.consumed);
+        if actual != *diff_id {
+            return Err(IndexError::DiffId {
+                layer: layer.clone(),
+                expected: diff_id.clone(),
+                actual,
+            });
+        }
+        let entries = entries.map_err(|source| IndexError::Tar {
+            layer: layer.clone(),
+            source,
+        })?;
+        let ix = LayerIndex {
+            layer: layer.clone(),
+            diff_id: diff_id.clone(),
+            tar_size,
+            entries,
+            access,
+            spans,
+        };
+        if !ix.is_consistent() {
+            return Err(trunc("the stream has no usable access points".into()));
+        }
+        Ok(ix)
+    }
+}
+
+/// Build the index of a verified layer blob on disk (the slow path, when a
+/// blob is cached but its index is not). Checks the diff_id again.
+pub fn index_blob(
+    path: &Path,
+    layer: &Digest,
+    diff_id: &Digest,
+    compression: Compression,
+) -> Result<LayerIndex, IndexError> {
+    let io_err = |source| IndexError::Io {
+        layer: layer.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let to_err = |e| push_to_index_error(e, layer, compression);
+    let mut ix = LayerIndexer::new(compression, diff_id.algorithm()).map_err(to_err)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        ix.push(&buf[..n]).map_err(to_err)?;
+    }
+    ix.finish(layer, diff_id)
+}
+
+/// Turn a push error into the index error that names the layer.
+pub fn push_to_index_error(e: PushError, layer: &Digest, compression: Compression) -> IndexError {
+    match e {
+        PushError::Tar(source) => IndexError::Tar {
+            layer: layer.clone(),
+            source,
+        },
+        PushError::Decode(detail) => IndexError::Decompress {
+            layer: layer.clone(),
+            compression,
+            detail,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_blob_checks_diff_id_and_tar() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut h = ::tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "a", &b"abc"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let path = d.path().join("blob");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let layer = Digest::sha256_of(b"whatever");
+        let ix = index_blob(&path, &layer, &Digest::sha256_of(&tar), Compression::Gzip).unwrap();
+        assert_eq!(ix.entries.len(), 1);
+        assert_eq!(ix.tar_size, tar.len() as u64);
+        let err =
+            index_blob(&path, &layer, &Digest::sha256_of(b"x"), Compression::Gzip).unwrap_err();
+        assert!(matches!(err, IndexError::DiffId { .. }), "{err}");
+        let err =
+            index_blob(&path, &layer, &Digest::sha256_of(&tar), Compression::Zstd).unwrap_err();
+        assert!(matches!(err, IndexError::Decompress { .. }), "{err}");
+    }
+}

@@ -1,0 +1,436 @@
+//! Layer indexes stored in the cache by layer digest.
+//!
+//! An index file is `MAGIC`, a format version, the sha256 of the body, then
+//! the zstd-compressed body. A file with another version or a wrong checksum
+//! is ignored and rebuilt, never trusted.
+
+use std::path::PathBuf;
+
+use super::{Access, LayerIndex, Span, gzip};
+use crate::cache::{BlobCache, CacheError, write_atomic};
+use crate::digest::Digest;
+use crate::tar::{EntryKind, SparseSegment, TarEntry};
+
+const MAGIC: &[u8; 8] = b"OCIDLIX\0";
+const VERSION: u32 = 3;
+
+/// Layer indexes stored under `<cache>/index/`.
+#[derive(Debug, Clone)]
+pub struct IndexStore {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl IndexStore {
+    /// The store inside a blob cache.
+    pub fn new(cache: &BlobCache) -> Result<IndexStore, CacheError> {
+        let dir = cache.root().join("index");
+        std::fs::create_dir_all(&dir).map_err(|source| CacheError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(IndexStore {
+            dir,
+            tmp: cache.root().join("tmp"),
+        })
+    }
+
+    fn path(&self, layer: &Digest) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.idx", layer.algorithm().name(), layer.hex()))
+    }
+
+    /// The stored index of `layer`, if present and intact.
+    pub fn load(&self, layer: &Digest) -> Option<LayerIndex> {
+        let path = self.path(layer);
+        let bytes = std::fs::read(&path).ok()?;
+        match decode(&bytes) {
+            Some(ix) if ix.layer == *layer => Some(ix),
+            _ => {
+                tracing::warn!(path = %path.display(), "layer index is corrupt or from another version; rebuilding it");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Store an index.
+    pub fn save(&self, index: &LayerIndex) -> Result<(), CacheError> {
+        write_atomic(&self.tmp, &self.path(&index.layer), &encode(index))
+    }
+}
+
+// ---- encoding ------------------------------------------------------------
+
+fn put_var(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_var(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn kind_code(k: EntryKind) -> u8 {
+    match k {
+        EntryKind::File => 0,
+        EntryKind::Dir => 1,
+        EntryKind::Symlink => 2,
+        EntryKind::Hardlink => 3,
+        EntryKind::CharDevice => 4,
+        EntryKind::BlockDevice => 5,
+        EntryKind::Fifo => 6,
+    }
+}
+
+/// Serialise an index (see the module docs for the layout).
+pub fn encode(ix: &LayerIndex) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_bytes(&mut body, ix.layer.to_string().as_bytes());
+    put_bytes(&mut body, ix.diff_id.to_string().as_bytes());
+    put_var(&mut body, ix.tar_size);
+    put_var(&mut body, ix.entries.len() as u64);
+    for e in &ix.entries {
+        put_bytes(&mut body, &e.path);
+        body.push(kind_code(e.kind));
+        put_var(&mut body, u64::from(e.mode));
+        put_var(&mut body, u64::from(e.uid));
+        put_var(&mut body, u64::from(e.gid));
+        put_var(&mut body, e.mtime as u64);
+        put_var(&mut body, u64::from(e.mtime_nsec));
+        put_var(&mut body, e.size);
+        put_bytes(&mut body, &e.link);
+        put_var(&mut body, u64::from(e.dev_major));
+        put_var(&mut body, u64::from(e.dev_minor));
+        put_var(&mut body, e.xattrs.len() as u64);
+        for (k, v) in &e.xattrs {
+            put_bytes(&mut body, k);
+            put_bytes(&mut body, v);
+        }
+        put_var(&mut body, e.data_offset);
+        put_var(&mut body, e.data_len);
+        match &e.sparse {
+            None => put_var(&mut body, 0),
+            Some(s) => {
+                put_var(&mut body, s.len() as u64 + 1);
+                for seg in s {
+                    put_var(&mut body, seg.offset);
+                    put_var(&mut body, seg.len);
+                }
+            }
+        }
+    }
+    match &ix.access {
+        Access::Tar => body.push(0),
+        Access::Gzip(cps) => {
+            body.push(1);
+            put_var(&mut body, cps.len() as u64);
+            for c in cps {
+                put_var(&mut body, c.compressed);
+                body.push(c.bits);
+                put_var(&mut body, c.uncompressed);
+                put_bytes(&mut body, &c.window);
+            }
+        }
+        Access::Zstd(frames) => {
+            body.push(2);
+            put_var(&mut body, frames.len() as u64);
+            for (c, u) in frames {
+                put_var(&mut body, *c);
+                put_var(&mut body, *u);
+            }
+        }
+    }
+    put_var(&mut body, ix.spans.len() as u64);
+    for sp in &ix.spans {
+        put_var(&mut body, sp.start);
+        put_var(&mut body, sp.cend);
+        body.extend_from_slice(&sp.sha256);
+    }
+    let compressed = zstd::bulk::compress(&body, 3).expect("in-memory zstd");
+    let mut out = Vec::with_capacity(compressed.len() + 52);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let sum = Digest::sha256_of(&compressed);
+    out.extend_from_slice(&hex::decode(sum.hex()).expect("hex"));
+    out.extend_from_slice(&compressed);
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn var(&mut self) -> Option<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            v |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn var32(&mut self) -> Option<u32> {
+        u32::try_from(self.var()?).ok()
+    }
+
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = usize::try_from(self.var()?).ok()?;
+        if n > self.0.len() {
+            return None;
+        }
+        let (b, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(b.to_vec())
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+}
+
+/// Parse an index file; `None` if it is not one of this version or is damaged.
+pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
+    if bytes.len() < 52 || &bytes[..8] != MAGIC {
+        return None;
+    }
+    if u32::from_le_bytes(bytes[8..12].try_into().ok()?) != VERSION {
+        return None;
+    }
+    let body_len = u64::from_le_bytes(bytes[12..20].try_into().ok()?);
+    let sum = &bytes[20..52];
+    let compressed = &bytes[52..];
+    if hex::decode(Digest::sha256_of(compressed).hex()).ok()? != sum {
+        return None;
+    }
+    let body = zstd::bulk::decompress(compressed, usize::try_from(body_len).ok()?).ok()?;
+    let mut r = Reader(&body);
+    let layer: Digest = String::from_utf8(r.bytes()?).ok()?.parse().ok()?;
+    let diff_id: Digest = String::from_utf8(r.bytes()?).ok()?.parse().ok()?;
+    let tar_size = r.var()?;
+    let n = usize::try_from(r.var()?).ok()?;
+    let mut entries = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let path = r.bytes()?;
+        let kind = match r.byte()? {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            3 => EntryKind::Hardlink,
+            4 => EntryKind::CharDevice,
+            5 => EntryKind::BlockDevice,
+            6 => EntryKind::Fifo,
+            _ => return None,
+        };
+        let mode = r.var32()?;
+        let uid = r.var32()?;
+        let gid = r.var32()?;
+        let mtime = r.var()? as i64;
+        let mtime_nsec = r.var32()?;
+        let size = r.var()?;
+        let link = r.bytes()?;
+        let dev_major = r.var32()?;
+        let dev_minor = r.var32()?;
+        let nx = usize::try_from(r.var()?).ok()?;
+        let mut xattrs = Vec::with_capacity(nx.min(64));
+        for _ in 0..nx {
+            xattrs.push((r.bytes()?, r.bytes()?));
+        }
+        let data_offset = r.var()?;
+        let data_len = r.var()?;
+        let sparse = match r.var()? {
+            0 => None,
+            k => {
+                let k = usize::try_from(k - 1).ok()?;
+                let mut v = Vec::with_capacity(k.min(1 << 16));
+                for _ in 0..k {
+                    v.push(SparseSegment {
+                        offset: r.var()?,
+                        len: r.var()?,
+                    });
+                }
+                Some(v)
+            }
+        };
+        entries.push(TarEntry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime,
+            mtime_nsec,
+            size,
+            link,
+            dev_major,
+            dev_minor,
+            xattrs,
+            data_offset,
+            data_len,
+            sparse,
+        });
+    }
+    let access = match r.byte()? {
+        0 => Access::Tar,
+        1 => {
+            let n = usize::try_from(r.var()?).ok()?;
+            let mut cps = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                cps.push(gzip::Checkpoint {
+                    compressed: r.var()?,
+                    bits: r.byte()?,
+                    uncompressed: r.var()?,
+                    window: r.bytes()?,
+                });
+            }
+            Access::Gzip(cps)
+        }
+        2 => {
+            let n = usize::try_from(r.var()?).ok()?;
+            let mut frames = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                frames.push((r.var()?, r.var()?));
+            }
+            Access::Zstd(frames)
+        }
+        _ => return None,
+    };
+    let n = usize::try_from(r.var()?).ok()?;
+    let mut spans = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let start = r.var()?;
+        let cend = r.var()?;
+        if r.0.len() < 32 {
+            return None;
+        }
+        let (h, rest) = r.0.split_at(32);
+        r.0 = rest;
+        spans.push(Span {
+            start,
+            sha256: h.try_into().ok()?,
+            cend,
+        });
+    }
+    if !r.0.is_empty() {
+        return None;
+    }
+    let ix = LayerIndex {
+        layer,
+        diff_id,
+        tar_size,
+        entries,
+        access,
+        spans,
+    };
+    ix.is_consistent().then_some(ix)
+}
+
+impl LayerIndex {
+    /// The invariants readers rely on: access points start at offset 0 and
+    /// increase; spans start at 0, increase and end inside the tar; every
+    /// entry's data lies inside the tar.
+    pub fn is_consistent(&self) -> bool {
+        fn increasing(v: impl Iterator<Item = u64>) -> bool {
+            let mut last = None;
+            for x in v {
+                if last.is_some_and(|l| x <= l) {
+                    return false;
+                }
+                last = Some(x);
+            }
+            true
+        }
+        let access_ok = match &self.access {
+            Access::Tar => true,
+            Access::Gzip(cps) => {
+                cps.first()
+                    .is_some_and(|c| c.uncompressed == 0 && c.window.len() <= gzip::WINDOW)
+                    && increasing(cps.iter().map(|c| c.uncompressed))
+            }
+            Access::Zstd(frames) => {
+                frames.first() == Some(&(0, 0)) && increasing(frames.iter().map(|f| f.1))
+            }
+        };
+        let spans_ok = self.spans.is_empty() && self.tar_size == 0
+            || self.spans.first().is_some_and(|s| s.start == 0)
+                && increasing(self.spans.iter().map(|s| s.start))
+                && self.spans.last().is_some_and(|s| s.start < self.tar_size);
+        let entries_ok = self.entries.iter().all(|e| {
+            e.data_offset
+                .checked_add(e.data_len)
+                .is_some_and(|end| end <= self.tar_size)
+        });
+        access_ok && spans_ok && entries_ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::sample;
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage_detection() {
+        let ix = sample();
+        let bytes = encode(&ix);
+        assert_eq!(decode(&bytes).unwrap(), ix);
+        for i in [0, 9, 30, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(decode(&bad).is_none(), "flipping byte {i} went unnoticed");
+        }
+        assert!(decode(&bytes[..bytes.len() - 3]).is_none());
+    }
+
+    #[test]
+    fn inconsistent_indexes_are_not_trusted() {
+        let mut ix = sample();
+        ix.tar_size = 5_000_000_000 + 4096;
+        assert!(ix.is_consistent());
+        let mut bad = ix.clone();
+        bad.access = Access::Gzip(vec![gzip::Checkpoint {
+            compressed: 10,
+            bits: 0,
+            uncompressed: 7,
+            window: vec![],
+        }]);
+        assert!(decode(&encode(&bad)).is_none(), "no checkpoint at offset 0");
+        let mut bad = ix.clone();
+        bad.entries[0].data_offset = u64::MAX;
+        assert!(
+            decode(&encode(&bad)).is_none(),
+            "entry data outside the tar"
+        );
+        let mut bad = ix;
+        bad.access = Access::Zstd(vec![(5, 5)]);
+        assert!(decode(&encode(&bad)).is_none(), "zstd frames start at 0");
+    }
+
+    #[test]
+    fn store_rebuilds_rather_than_trusts_a_damaged_file() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(d.path()).unwrap();
+        let store = IndexStore::new(&cache).unwrap();
+        let ix = sample();
+        store.save(&ix).unwrap();
+        assert_eq!(store.load(&ix.layer).unwrap(), ix);
+        let path = store.path(&ix.layer);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(store.load(&ix.layer).is_none());
+        assert!(!path.exists());
+    }
+}
