@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: materialize the debootstrap Debian image (one ~51 MB gzip layer,
-# 121 MB tar, 6,658 entries) from a local docker-registry into an ext4 image,
-# against what users do today, in the same run:
-#   skopeo copy docker://… oci:DIR + umoci unpack + mke2fs -t ext4 -d ROOTFS IMG SIZE
+# 121 MB tar, 6,658 entries) from a local docker-registry into an ext4 and an
+# ext3 image, against what users do today, in the same run:
+#   skopeo copy docker://… oci:DIR + umoci unpack + mke2fs -t ext4|ext3 -d ROOTFS IMG SIZE
 # and against the decompression floor, `gzip -dc` of the layer.
 # ocidisk starts from an empty cache each run (download, verify, index, write).
 # Usage: bench/materialize.sh [RUNS]   (default 5). Prints medians and ratios.
@@ -30,17 +30,27 @@ time_runs() { # CMD...: run $runs times from cold, print the median seconds
   done
   printf '%s\n' "${t[@]}" | median
 }
-pipeline() {
+pipeline() { # FS
   skopeo copy -q --src-tls-verify=false "docker://$ref" "oci:$work/out:bookworm" &&
   umoci unpack --image "$work/out:bookworm" "$work/bundle" &&
-  mke2fs -q -t ext4 -d "$work/bundle/rootfs" "$work/img" "$((size_bytes / 1024))k"
+  mke2fs -q -t "$1" -d "$work/bundle/rootfs" "$work/img" "$((size_bytes / 1024))k"
+}
+warm_runs() { # FS: median seconds of materialize with the layer already cached
+  local t=(); cold; OCIDISK_CACHE_DIR="$work/cache" "$bin" pull "$ref" >/dev/null 2>&1
+  for _ in $(seq "$runs"); do
+    rm -f "$work/ocidisk.img"; local s; s=$(now)
+    OCIDISK_CACHE_DIR="$work/cache" "$bin" materialize --fs "$1" "$ref" "$work/ocidisk.img" >/dev/null 2>&1
+    local e; e=$(now); t+=("$(echo "$e - $s" | bc -l)")
+  done
+  printf '%s\n' "${t[@]}" | median
 }
 
 ocidisk_s=$(time_runs env OCIDISK_CACHE_DIR="$work/cache" "$bin" materialize "$ref" "$work/ocidisk.img")
-warm_t=(); cold; OCIDISK_CACHE_DIR="$work/cache" "$bin" pull "$ref" >/dev/null 2>&1
-for _ in $(seq "$runs"); do rm -f "$work/ocidisk.img"; s=$(now); OCIDISK_CACHE_DIR="$work/cache" "$bin" materialize "$ref" "$work/ocidisk.img" >/dev/null 2>&1; e=$(now); warm_t+=("$(echo "$e - $s" | bc -l)"); done
-warm_s=$(printf '%s\n' "${warm_t[@]}" | median)
-pipeline_s=$(time_runs pipeline)
+warm_s=$(warm_runs ext4)
+ext3_s=$(time_runs env OCIDISK_CACHE_DIR="$work/cache" "$bin" materialize --fs ext3 "$ref" "$work/ocidisk.img")
+ext3_warm_s=$(warm_runs ext3)
+pipeline_s=$(time_runs pipeline ext4)
+pipeline3_s=$(time_runs pipeline ext3)
 gzip_s=$(time_runs sh -c "gzip -dc '$layout/blobs/sha256/$layer' >/dev/null")
 cold
 OCIDISK_CACHE_DIR="$work/cache" /usr/bin/time -f '%M' "$bin" materialize "$ref" "$work/ocidisk.img" >/dev/null 2>"$work/time.err"
@@ -49,8 +59,14 @@ rss_kb=$(tail -1 "$work/time.err")
 echo "image: debootstrap --variant=minbase bookworm, layer $(stat -c %s "$layout/blobs/sha256/$layer") bytes gzip; ext4 image $size_bytes bytes; $runs runs each, medians"
 printf '%-58s %8s s\n' "ocidisk materialize, cold cache (pull + index + write)" "$ocidisk_s"
 printf '%-58s %8s s\n' "ocidisk materialize, layer already cached" "$warm_s"
+printf '%-58s %8s s\n' "ocidisk materialize --fs ext3, cold cache" "$ext3_s"
+printf '%-58s %8s s\n' "ocidisk materialize --fs ext3, layer already cached" "$ext3_warm_s"
 printf '%-58s %8s s\n' "skopeo copy + umoci unpack + mke2fs -t ext4 -d" "$pipeline_s"
+printf '%-58s %8s s\n' "skopeo copy + umoci unpack + mke2fs -t ext3 -d" "$pipeline3_s"
 printf '%-58s %8s s\n' "gzip -dc layer > /dev/null" "$gzip_s"
 printf 'ratio cold/pipeline: %.2f   cold/gzip -dc: %.2f   warm/gzip -dc: %.2f   peak RSS (cold): %d MiB\n' \
   "$(echo "$ocidisk_s / $pipeline_s" | bc -l)" "$(echo "$ocidisk_s / $gzip_s" | bc -l)" \
   "$(echo "$warm_s / $gzip_s" | bc -l)" "$((rss_kb / 1024))"
+printf 'ext3: ratio ext3/ext4 cold: %.2f   warm: %.2f   ext3 cold/pipeline (mke2fs -t ext3): %.2f\n' \
+  "$(echo "$ext3_s / $ocidisk_s" | bc -l)" "$(echo "$ext3_warm_s / $warm_s" | bc -l)" \
+  "$(echo "$ext3_s / $pipeline3_s" | bc -l)"

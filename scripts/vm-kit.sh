@@ -11,6 +11,8 @@
 #
 # The init understands, on the kernel command line:
 #   ocidisk.mount=ro|rw    how to mount /dev/vda (default ro)
+#   ocidisk.fs=ext4|ext3   the filesystem type to mount it as (default ext4);
+#                          the init reports what the kernel mounted
 #   ocidisk.action=tree    print every entry under the mount between markers:
 #                          PATH f|d|l|c|b|p MODE UID GID [SIZE SHA256 | -> TARGET | MAJ MIN]
 #   ocidisk.action=write:TEXT   write TEXT to /mnt/ocidisk-guest-file, sync
@@ -75,13 +77,14 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
 mode=$(arg ocidisk.mount); mode=${mode:-ro}
+fs=$(arg ocidisk.fs); fs=${fs:-ext4}
 action=$(arg ocidisk.action); action=${action:-tree}
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "OCIDISK-QUEUES $(ls /sys/block/vda/mq 2>/dev/null | wc -l)"
 rc=0
-if mount -t ext4 -o "$mode" /dev/vda /mnt; then
-  echo "OCIDISK-MOUNTED $mode"
+if mount -t "$fs" -o "$mode" /dev/vda /mnt; then
+  echo "OCIDISK-MOUNTED $mode $(awk '$2 == "/mnt" {print $3}' /proc/mounts)"
   case "$action" in
     tree)
       echo "OCIDISK-TREE-BEGIN"

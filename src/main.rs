@@ -74,6 +74,7 @@ enum Command {
   ocidisk materialize alpine:3.20 alpine.img
   ocidisk materialize --read-only --platform linux/arm64 debian:bookworm debian.img
   ocidisk materialize --size 2G oci:./layout:app app.img
+  ocidisk materialize --fs ext3 alpine:3.20 alpine-ext3.img
 
 Without --size the image fits the content plus headroom: read-only images get 10% + 16 MiB,
 writable ones 50% + 256 MiB (the file is sparse, so unused space costs nothing on the host).")]
@@ -89,7 +90,7 @@ writable ones 50% + 256 MiB (the file is sparse, so unused space costs nothing o
         /// Image size, e.g. 512M or 2G (a bare number means MiB) [default: fit the content]
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         size: Option<u64>,
-        /// Read-only image: no journal and little free space
+        /// Read-only image: little free space, and no journal on ext4 (ext3 always has one)
         #[arg(long)]
         read_only: bool,
         /// Filesystem UUID [default: derived from the image digest, so output is reproducible]
@@ -100,6 +101,7 @@ writable ones 50% + 256 MiB (the file is sparse, so unused space costs nothing o
     /// Show the image's disk as one regular file through FUSE (lazy: data is fetched when read)
     #[command(after_help = "Examples:
   touch debian.img && ocidisk mount --read-only debian:bookworm debian.img
+  touch app.img && ocidisk mount --fs ext3 registry.example.com/app:v1 app.img
   mkdir /mnt/app && ocidisk mount --overlay app.overlay registry.example.com/app:v1 /mnt/app
       (the disk appears as /mnt/app/disk.img; writes go to app.overlay)
   ocidisk umount debian.img
@@ -162,7 +164,7 @@ struct DiskArgs {
     /// Filesystem on the disk
     #[arg(long = "fs", value_enum, default_value_t = FsArg::Ext4)]
     fs: FsArg,
-    /// Read-only disk (no journal; writes refused)
+    /// Read-only disk: writes refused (and no journal on ext4)
     #[arg(long)]
     read_only: bool,
     /// Keep guest writes in this file (and FILE.bitmap) across restarts [default: a temporary file]
@@ -283,14 +285,17 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum FsArg {
-    /// ext4 with the features of a current mke2fs
+    /// ext4 with the features of a current mke2fs -t ext4
     Ext4,
+    /// ext3 as mke2fs -t ext3 makes it: a journal always, block maps, no checksums
+    Ext3,
 }
 
 impl From<FsArg> for Filesystem {
     fn from(f: FsArg) -> Filesystem {
         match f {
             FsArg::Ext4 => Filesystem::Ext4,
+            FsArg::Ext3 => Filesystem::Ext3,
         }
     }
 }

@@ -143,6 +143,45 @@ fn read_only_mount_on_a_file_and_in_a_directory() {
 }
 
 #[test]
+fn an_ext3_mount_equals_materialize_and_takes_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(&dir.path().join("layout"), "v1", Compression::Gzip);
+    let r = format!("oci:{}:v1", dir.path().join("layout").display());
+    let reference = dir.path().join("ref.img");
+    let o = Ocidisk::new();
+    o.ok(&[
+        "materialize",
+        "--fs",
+        "ext3",
+        &r,
+        reference.to_str().unwrap(),
+    ]);
+    let point = dir.path().join("disk");
+    std::fs::write(&point, b"").unwrap();
+    let overlay = dir.path().join("overlay");
+    let m = MountProc::start(
+        &o,
+        &r,
+        &point,
+        &["--fs", "ext3", "--overlay", overlay.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&m.image).unwrap() == std::fs::read(&reference).unwrap(),
+        "the FUSE file differs from materialize --fs ext3"
+    );
+    let expected = with_lost_found(imagegen::oracle(&imagegen::standard_layers()));
+    common::fscheck::compare_mounted_as(&expected, &m.image, "ext3");
+    {
+        let fs = LoopMount::writable(&m.image);
+        std::fs::write(fs.path().join("written-by-guest"), b"ext3 write").unwrap();
+        // SAFETY: sync(2) has no preconditions.
+        unsafe { libc::sync() };
+    }
+    assert_e2fsck_clean(&m.image);
+    assert_eq!(m.stop(), Some(0));
+}
+
+#[test]
 fn writes_through_a_loop_mount_survive_a_remount_with_the_overlay() {
     let dir = tempfile::tempdir().unwrap();
     imagegen::write_standard(&dir.path().join("layout"), "v1", Compression::Zstd);

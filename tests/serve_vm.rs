@@ -1,8 +1,9 @@
 //! `ocidisk serve` under a real VM: QEMU (TCG) boots Debian's kernel with
 //! the served disk as /dev/vda, lazily backed by a real registry. The guest
 //! lists every file (with sha256) and the listing must equal the image's
-//! oracle; a writable disk keeps what the guest wrote across a VM restart
-//! on the same socket; two queues under two vCPUs; and microvm (virtio-mmio).
+//! oracle (ext4, and ext3 mounted as ext3); a writable disk keeps what the
+//! guest wrote across a VM restart on the same socket; two queues under two
+//! vCPUs; and microvm (virtio-mmio).
 
 mod common;
 
@@ -65,7 +66,7 @@ fn a_vm_boots_from_the_lazy_disk_and_sees_every_file() {
     let s = setup("vmro");
     let served = Served::start(&s.o, &s.image, &s.sock, &["--read-only"]);
     let console = Vm::new("tree").run(&s.sock, BOOT);
-    assert!(console.contains("OCIDISK-MOUNTED ro"), "{console}");
+    assert!(console.contains("OCIDISK-MOUNTED ro ext4"), "{console}");
     assert_tree(&console, &s.oracle);
     // Firmware (SeaBIOS probes virtio disks) and then the kernel each
     // negotiated the device on the one connection.
@@ -75,6 +76,20 @@ fn a_vm_boots_from_the_lazy_disk_and_sees_every_file() {
         log.matches("driver accepted features").count() >= 2,
         "firmware and kernel both drove the device:\n{log}"
     );
+}
+
+#[test]
+fn a_vm_mounts_an_ext3_disk_and_sees_every_file() {
+    let s = setup("vmext3");
+    let _served = Served::start(&s.o, &s.image, &s.sock, &["--read-only", "--fs", "ext3"]);
+    let mut vm = Vm::new("tree");
+    vm.fs = "ext3";
+    let console = vm.run(&s.sock, BOOT);
+    assert!(
+        console.contains("OCIDISK-MOUNTED ro ext3"),
+        "the guest kernel mounts it as ext3:\n{console}"
+    );
+    assert_tree(&console, &s.oracle);
 }
 
 #[test]

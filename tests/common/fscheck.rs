@@ -48,13 +48,35 @@ impl LoopMount {
         LoopMount::with_options(img, "loop")
     }
 
+    /// Mount `img` read-only as filesystem type `fstype` (`mount -t`), and
+    /// check the kernel reports that type for the mount.
+    pub fn typed(img: &Path, fstype: &str) -> LoopMount {
+        let m = LoopMount::mount(img, "loop,ro", Some(fstype));
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let target = m.path().to_str().unwrap().to_string();
+        let got = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(1) == Some(&target.as_str())).then(|| f[2].to_string())
+            })
+            .next_back();
+        assert_eq!(got.as_deref(), Some(fstype), "{} mounted as", img.display());
+        m
+    }
+
     fn with_options(img: &Path, options: &str) -> LoopMount {
+        LoopMount::mount(img, options, None)
+    }
+
+    fn mount(img: &Path, options: &str, fstype: Option<&str>) -> LoopMount {
         let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("mount");
+        if let Some(t) = fstype {
+            cmd.args(["-t", t]);
+        }
         run_ok(
-            Command::new("mount")
-                .args(["-o", options])
-                .arg(img)
-                .arg(dir.path()),
+            cmd.args(["-o", options]).arg(img).arg(dir.path()),
             Duration::from_secs(60),
         );
         LoopMount { dir }
@@ -79,7 +101,30 @@ pub fn with_lost_found(mut o: Oracle) -> Oracle {
 }
 
 pub fn compare_mounted(expected: &Oracle, img: &Path) {
-    let m = LoopMount::new(img);
+    compare_mount(expected, img, &LoopMount::new(img));
+}
+
+/// As [`compare_mounted`], mounted with `mount -t FSTYPE`.
+pub fn compare_mounted_as(expected: &Oracle, img: &Path, fstype: &str) {
+    compare_mount(expected, img, &LoopMount::typed(img, fstype));
+}
+
+/// The features `dumpe2fs -h` lists, in its order.
+pub fn ext_features(img: &Path) -> Vec<String> {
+    let out = run_ok(
+        Command::new("dumpe2fs").arg("-h").arg(img),
+        Duration::from_secs(60),
+    );
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .unwrap_or_else(|| panic!("no feature line from dumpe2fs:\n{}", out.stdout))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn compare_mount(expected: &Oracle, img: &Path, m: &LoopMount) {
     let got = imagegen::scan_tree(m.path());
     let opts = imagegen::CompareOptions {
         skip_paths: vec!["/lost+found".into()],

@@ -40,6 +40,8 @@ pub struct Vm {
     pub queues: usize,
     /// `ro` or `rw`.
     pub mount: &'static str,
+    /// The filesystem type the init mounts /dev/vda as.
+    pub fs: &'static str,
     /// The init's action: `tree`, `write:TEXT`, `cat`, `boot`.
     pub action: String,
 }
@@ -51,6 +53,7 @@ impl Vm {
             cpus: 1,
             queues: 1,
             mount: "ro",
+            fs: "ext4",
             action: action.to_string(),
         }
     }
@@ -95,15 +98,20 @@ impl Vm {
             .arg("-append")
             .arg(format!(
                 // No `quiet`: when a boot hangs, the console shows where.
-                "console=ttyS0 panic=-1 ocidisk.mount={} ocidisk.action={}{}",
+                "console=ttyS0 panic=-1 ocidisk.mount={} ocidisk.fs={} ocidisk.action={}{}",
                 self.mount,
+                self.fs,
                 self.action,
-                // microvm has no HPET or PM timer: under TCG on a busy host
-                // the kernel can fail to calibrate the TSC against the PIT
-                // and hang before init. Without the TSC it keeps time from
-                // the PIT and boots every time.
+                // microvm has no HPET or PM timer: under TCG the kernel can
+                // fail to calibrate the TSC against the PIT ("Unable to
+                // calibrate against PIT") and then hang calibrating its
+                // delay loop, before init; `notsc` alone still ran that
+                // calibration and hung 2 of 13 boots here. A
+                // given TSC frequency skips every PIT measurement (the
+                // delay loop is then computed, not measured), and `notsc`
+                // keeps the clock off the TSC.
                 if self.machine == Machine::Microvm {
-                    " notsc"
+                    " notsc tsc_early_khz=2000000"
                 } else {
                     ""
                 }

@@ -399,19 +399,45 @@ mod tests {
         assert_eq!(c, crc32c_raw(0x1234, &b[..BS - TAIL]));
     }
 
+    /// Regular-file entries named `names`, all pointing at `inode`.
+    fn regular_entries(names: &[Vec<u8>], inode: u32) -> Vec<Entry<'_>> {
+        names
+            .iter()
+            .map(|n| Entry {
+                name: n,
+                inode,
+                file_type: ftype::REG,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_checksums_blocks_have_no_tails_and_indexes_hold_more() {
+        assert_eq!((root_limit(None), node_limit(None)), (508, 511));
+        assert_eq!((root_limit(Some(0)), node_limit(Some(0))), (507, 510));
+        let names: Vec<Vec<u8>> = (0..300).map(|i| format!("f{i:04}").into_bytes()).collect();
+        let entries = regular_entries(&names, 30);
+        let d = build(12, 2, &entries, None, &[0; 4]).unwrap();
+        assert!(d.indexed);
+        let root = &d.blocks[0];
+        assert_eq!(u16::from_le_bytes([root[32], root[33]]), 508, "limit");
+        assert!(root[BS - 8..].iter().all(|b| *b == 0), "no dx tail");
+        // Every leaf's entries chain to the end of the block: no tail.
+        for leaf in &d.blocks[1..] {
+            let mut at = 0;
+            while at < BS {
+                at += u16::from_le_bytes([leaf[at + 4], leaf[at + 5]]) as usize;
+            }
+            assert_eq!(at, BS);
+        }
+    }
+
     #[test]
     fn big_directory_gets_an_index_sorted_by_hash() {
         let names: Vec<Vec<u8>> = (0..2000)
             .map(|i| format!("entry-{i:05}").into_bytes())
             .collect();
-        let entries: Vec<Entry<'_>> = names
-            .iter()
-            .map(|n| Entry {
-                name: n,
-                inode: 99,
-                file_type: ftype::REG,
-            })
-            .collect();
+        let entries = regular_entries(&names, 99);
         let seed = [1, 2, 3, 4];
         let d = build(12, 2, &entries, Some(7), &seed).unwrap();
         assert!(d.indexed);
