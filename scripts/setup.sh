@@ -18,7 +18,7 @@ packages=(
   zstd
   pigz
   bc                # bench arithmetic
-  time              # GNU time: peak RSS in bench/
+  time              # GNU time: peak RSS in bench/ and in tests/hostile.rs
   linux-image-amd64 # the guest kernel the VM tests boot (virtio and ext4 as modules)
   busybox-static    # the guest's userland, in a small initramfs
   cpio              # packs that initramfs

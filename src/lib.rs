@@ -14,6 +14,9 @@
 //!   → frontends: vhost-user `serve`, FUSE `mount`     src/serve/, src/mount.rs
 //! ```
 //!
+//! Beside the flow: [`partial`] writes every output file under a temporary
+//! name that a planted symlink cannot redirect, and renames it into place.
+//!
 //! The original Go package's `ContainerToVirtioOptions` maps onto
 //! [`materialize::MaterializeOptions`]:
 //!
@@ -52,6 +55,7 @@ pub mod inspect;
 pub mod layer_index;
 pub mod materialize;
 pub mod mount;
+pub mod partial;
 pub mod platform;
 pub mod progress;
 pub mod pull;

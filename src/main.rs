@@ -77,7 +77,9 @@ enum Command {
   ocidisk materialize --fs ext3 alpine:3.20 alpine-ext3.img
 
 Without --size the image fits the content plus headroom: read-only images get 10% + 16 MiB,
-writable ones 50% + 256 MiB (the file is sparse, so unused space costs nothing on the host).")]
+writable ones 50% + 256 MiB (the file is sparse, so unused space costs nothing on the host).
+--size goes up to 4 TiB; grow an ext4 image beyond that afterwards with truncate -s and resize2fs.
+What an image may hold, and what is refused or clamped: docs/input-rules.md.")]
     Materialize {
         #[command(flatten)]
         image: ImageArgs,
@@ -468,6 +470,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     seed: None,
                 },
             };
+            // Ctrl-C or SIGTERM must not leave a multi-GiB partial file.
+            ocidisk::partial::remove_on_signals().context("installing signal handlers")?;
             let r = materialize(&opts, &cache, Arc::new(StderrProgress::new())).await?;
             eprintln!(
                 "wrote {} ({}, {} of file data) from {} ({})",
@@ -553,6 +557,23 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// An error and its causes on one line, each said once: a cause whose text
+/// the message already holds (most do, as "{source}") is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -563,7 +584,7 @@ fn main() -> ExitCode {
         return match run_sync(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("ocidisk: error: {}", format!("{e:#}").replace('\n', " "));
+                eprintln!("ocidisk: error: {}", one_line(&e));
                 ExitCode::FAILURE
             }
         };
@@ -581,9 +602,31 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("ocidisk: error: {msg}");
+            eprintln!("ocidisk: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that, like most here, says its source in its own text.
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading layer sha256:ab: {source}")]
+    struct Read {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let source = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::new(Read { source }).context("materializing x");
+        let line = one_line(&e);
+        assert_eq!(line.matches("(os error 2)").count(), 1, "{line}");
+        assert!(line.starts_with("materializing x: reading layer"), "{line}");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&plain), "outer: inner");
     }
 }

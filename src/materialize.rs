@@ -3,9 +3,9 @@
 //! Pull (verify, index) → flatten → plan the filesystem → write the metadata
 //! blocks → stream each layer once, copying every file's bytes from the
 //! decompressed stream straight to its planned place. The output is a sparse
-//! raw file (all-zero chunks are not written), built under a temporary name
+//! raw file (all-zero chunks are not written), built as a [`PartialFile`]
 //! next to OUTPUT, fsynced and renamed: an interrupted run leaves nothing
-//! at OUTPUT. File data is never held in memory.
+//! at OUTPUT, and a symlink planted at any name it uses is never followed. File data is never held in memory.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::fs::{self, FsError, FsImage, FsOptions};
+use crate::partial::{self, PartialError, PartialFile};
 use crate::pull::{PullError, PullOptions, PullProgress, pull_image};
 use crate::source::manifest::Compression;
 
@@ -46,6 +47,12 @@ pub enum MaterializeError {
         /// The error.
         source: io::Error,
     },
+    /// The output file could not be created or put in place.
+    #[error(transparent)]
+    Partial(#[from] PartialError),
+    /// A worker thread panicked: a bug, reported instead of a crash.
+    #[error("internal error while {0}: {1}")]
+    Internal(&'static str, String),
     /// The output path is not usable.
     #[error("output {0}: {1}")]
     Output(PathBuf, &'static str),
@@ -79,36 +86,20 @@ pub struct MaterializeReport {
     pub metadata_blocks: usize,
 }
 
-/// Removes the temp file unless disarmed.
-struct TempGuard(Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// Materialize an image into a raw disk file.
 pub async fn materialize(
     opts: &MaterializeOptions,
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
 ) -> Result<MaterializeReport, MaterializeError> {
-    if opts.output.is_dir() {
-        return Err(MaterializeError::Output(
-            opts.output.clone(),
-            "is a directory",
-        ));
-    }
+    check_output(&opts.output)?;
     let (report, image, indexes) = pull_image(&opts.pull, cache, progress)
         .await
         .map_err(Box::new)?;
     let (id, fs_opts) = (image.id().clone(), opts.fs.clone());
     let fs = tokio::task::spawn_blocking(move || fs::plan_layers(&id, &indexes, &fs_opts))
         .await
-        .expect("planning does not panic")?;
+        .map_err(|e| MaterializeError::Internal("planning the filesystem", e.to_string()))??;
     let layers: Vec<(Digest, PathBuf, Compression)> = image
         .layers
         .iter()
@@ -126,7 +117,7 @@ pub async fn materialize(
     let size = fs.size;
     tokio::task::spawn_blocking(move || write_image(&fs, &layers, &output))
         .await
-        .expect("writing does not panic")?;
+        .map_err(|e| MaterializeError::Internal("writing the image", e.to_string()))??;
     Ok(MaterializeReport {
         reference: report.reference,
         image_id: report.image_id,
@@ -137,31 +128,41 @@ pub async fn materialize(
     })
 }
 
+/// Refuse an OUTPUT that is not a place for a new regular file: a
+/// directory, or a device node (which the rename would replace with a
+/// regular file, not write to).
+fn check_output(output: &Path) -> Result<(), MaterializeError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    let t = meta.file_type();
+    let what = if t.is_dir() {
+        "is a directory"
+    } else if t.is_block_device() {
+        "is a block device; materialize writes an image file (copy it onto the device with dd or qemu-img convert)"
+    } else if t.is_char_device() || t.is_fifo() || t.is_socket() {
+        "is not a regular file"
+    } else {
+        return Ok(());
+    };
+    Err(MaterializeError::Output(output.to_path_buf(), what))
+}
+
 fn write_image(
     fs: &FsImage,
     layers: &[(Digest, PathBuf, Compression)],
     output: &Path,
 ) -> Result<(), MaterializeError> {
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = output
-        .file_name()
-        .ok_or_else(|| MaterializeError::Output(output.to_path_buf(), "has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.ocidisk-{}.partial",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
     let werr = |source| MaterializeError::Write {
         path: output.to_path_buf(),
         source,
     };
-    let file = File::create(&tmp).map_err(werr)?;
-    let mut guard = TempGuard(Some(tmp.clone()));
+    partial::clean_stale(output);
+    let partial = PartialFile::create(output)?;
+    let file = partial.file();
     file.set_len(fs.size).map_err(werr)?;
-    fs.write_metadata(&file).map_err(werr)?;
+    fs.write_metadata(file).map_err(werr)?;
     let mut buf = vec![0u8; 1 << 20];
     for (i, (digest, path, compression)) in layers.iter().enumerate() {
         let extents = fs.extents_of_layer(i);
@@ -192,19 +193,13 @@ fn write_image(
             while done < e.len {
                 let n = (e.len - done).min(buf.len() as u64) as usize;
                 reader.read_exact(&mut buf[..n]).map_err(rerr)?;
-                write_nonzero(&file, &buf[..n], e.device_offset + done).map_err(werr)?;
+                write_nonzero(file, &buf[..n], e.device_offset + done).map_err(werr)?;
                 done += n as u64;
             }
             pos = e.tar_offset + e.len;
         }
     }
-    file.sync_all().map_err(werr)?;
-    drop(file);
-    std::fs::rename(&tmp, output).map_err(werr)?;
-    guard.0 = None;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    partial.commit()?;
     Ok(())
 }
 

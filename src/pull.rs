@@ -511,12 +511,21 @@ async fn stream_once(
             }
         };
         if received.len + chunk.len() as u64 > desc.size {
+            let (image, what) = (image.location.clone(), format!("layer {}", desc.digest));
+            let expected = desc.size;
             return Err(StreamFailure::Final(
-                SourceError::SizeMismatch {
-                    image: image.location.clone(),
-                    what: format!("layer {}", desc.digest),
-                    expected: desc.size,
-                    actual: received.len + chunk.len() as u64,
+                match source.stored_size(&desc.digest) {
+                    Some(actual) => SourceError::SizeMismatch {
+                        image,
+                        what,
+                        expected,
+                        actual,
+                    },
+                    None => SourceError::LongerThanDescriptor {
+                        image,
+                        what,
+                        expected,
+                    },
                 }
                 .into(),
             ));

@@ -14,6 +14,10 @@
 //! - Paths are normalised (`./`, leading `/`, repeated `/`); a path that
 //!   climbs above `/`, contains NUL, or has a component longer than 255
 //!   bytes is an error naming the layer and the entry.
+//! - So is what no Linux filesystem can hold, so that every writer gets a
+//!   valid tree: a symlink target that is empty, holds NUL or passes
+//!   `PATH_MAX`; a device number beyond Linux's 12-bit major and 20-bit
+//!   minor; a sparse map out of order, overlapping or past the file's end.
 //!
 //! File nodes say where their bytes are: layer number, offset and length in
 //! that layer's uncompressed tar, and the sparse map if any.
@@ -22,7 +26,7 @@ use std::collections::BTreeMap;
 
 use crate::digest::Digest;
 use crate::layer_index::LayerIndex;
-use crate::tar::{EntryKind, SparseSegment, TarEntry};
+use crate::tar::{EntryKind, MAX_PATH, SparseSegment, TarEntry, check_map};
 
 /// Longest name component Linux filesystems accept.
 pub const NAME_MAX: usize = 255;
@@ -76,6 +80,41 @@ pub enum TreeError {
         /// Its target.
         target: String,
     },
+    /// A symlink whose target no filesystem can store.
+    #[error("layer {layer}: symlink {path:?} has {problem}")]
+    BadSymlink {
+        /// The layer.
+        layer: Digest,
+        /// The symlink's path.
+        path: String,
+        /// What is wrong with the target.
+        problem: &'static str,
+    },
+    /// A device number beyond what Linux represents.
+    #[error(
+        "layer {layer}: device {path:?} is {major}:{minor}; Linux device numbers go up to \
+         {MAX_MAJOR}:{MAX_MINOR}"
+    )]
+    DeviceNumber {
+        /// The layer.
+        layer: Digest,
+        /// The device's path.
+        path: String,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A sparse map that does not describe the file.
+    #[error("layer {layer}: file {path:?} has a bad sparse map: {detail}")]
+    BadSparseMap {
+        /// The layer.
+        layer: Digest,
+        /// The file's path.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// An entry for the root that is not a directory.
     #[error("layer {layer}: entry {path:?} would replace the root directory")]
     ReplacesRoot {
@@ -84,6 +123,24 @@ pub enum TreeError {
         /// The entry's path.
         path: String,
     },
+}
+
+/// Largest device major number Linux has (`dev_t` keeps 12 bits).
+pub const MAX_MAJOR: u32 = (1 << 12) - 1;
+/// Largest device minor number Linux has (`dev_t` keeps 20 bits).
+pub const MAX_MINOR: u32 = (1 << 20) - 1;
+
+/// Why a symlink target is unusable, or `Ok`.
+fn check_symlink(target: &[u8]) -> Result<(), &'static str> {
+    if target.is_empty() {
+        Err("an empty target")
+    } else if target.contains(&0) {
+        Err("a target containing a NUL byte")
+    } else if target.len() > MAX_PATH {
+        Err("a target longer than PATH_MAX allows (4095 bytes)")
+    } else {
+        Ok(())
+    }
 }
 
 /// Index of a node in [`Tree::nodes`].
@@ -135,7 +192,7 @@ impl FileData {
                     if s.len > 0 {
                         out.push((s.offset, at, s.len));
                     }
-                    at += s.len;
+                    at = at.saturating_add(s.len);
                 }
                 out
             }
@@ -287,24 +344,23 @@ impl Tree {
     }
 
     fn apply(&mut self, layer_no: usize, layer: &LayerIndex) -> Result<(), TreeError> {
-        let mut parsed = Vec::with_capacity(layer.entries.len());
-        for e in &layer.entries {
-            parsed.push(normalize(&e.path, &layer.layer)?);
-        }
-        // Whiteouts hide lower layers only: apply them all first.
+        // Whiteouts hide lower layers only: apply them all first. Paths are
+        // normalised in each pass rather than kept, so that memory stays
+        // linear in the entries however deep the paths go.
         let action = |comps: &[Vec<u8>]| match comps.last() {
             Some(n) if n.as_slice() == b".wh..wh..opq" => Action::Opaque,
             Some(n) if n.starts_with(b".wh..wh.") => Action::Skip,
             Some(n) if n.starts_with(b".wh.") => Action::Whiteout,
             _ => Action::Add,
         };
-        for comps in &parsed {
-            match action(comps) {
+        for e in &layer.entries {
+            let mut comps = normalize(&e.path, &layer.layer)?;
+            match action(&comps) {
                 Action::Whiteout => {
-                    let mut target = comps.clone();
-                    let name = target.pop().expect("whiteout has a name");
-                    target.push(name[4..].to_vec());
-                    self.remove(&target);
+                    if let Some(name) = comps.pop() {
+                        comps.push(name[4..].to_vec());
+                        self.remove(&comps);
+                    }
                 }
                 Action::Opaque => {
                     let dir = &comps[..comps.len() - 1];
@@ -314,11 +370,11 @@ impl Tree {
                 Action::Skip | Action::Add => {}
             }
         }
-        for (e, comps) in layer.entries.iter().zip(&parsed) {
-            if !matches!(action(comps), Action::Add) {
-                continue;
+        for e in &layer.entries {
+            let comps = normalize(&e.path, &layer.layer)?;
+            if matches!(action(&comps), Action::Add) {
+                self.add(layer_no, layer, e, &comps)?;
             }
-            self.add(layer_no, layer, e, comps)?;
         }
         Ok(())
     }
@@ -385,7 +441,27 @@ impl Tree {
                 }
             }
             EntryKind::File => Node {
-                meta: meta_of(e),
+                meta: {
+                    if let Some(segs) = &e.sparse {
+                        let total =
+                            check_map(segs, e.size).map_err(|detail| TreeError::BadSparseMap {
+                                layer: layer.layer.clone(),
+                                path: show(&e.path),
+                                detail,
+                            })?;
+                        if total != e.data_len {
+                            return Err(TreeError::BadSparseMap {
+                                layer: layer.layer.clone(),
+                                path: show(&e.path),
+                                detail: format!(
+                                    "its segments hold {total} bytes, the entry {}",
+                                    e.data_len
+                                ),
+                            });
+                        }
+                    }
+                    meta_of(e)
+                },
                 kind: NodeKind::File(FileData {
                     size: e.size,
                     layer: layer_no,
@@ -396,10 +472,27 @@ impl Tree {
                 implied: false,
             },
             EntryKind::Symlink => Node {
-                meta: meta_of(e),
+                meta: {
+                    check_symlink(&e.link).map_err(|problem| TreeError::BadSymlink {
+                        layer: layer.layer.clone(),
+                        path: show(&e.path),
+                        problem,
+                    })?;
+                    meta_of(e)
+                },
                 kind: NodeKind::Symlink(e.link.clone()),
                 implied: false,
             },
+            EntryKind::CharDevice | EntryKind::BlockDevice
+                if e.dev_major > MAX_MAJOR || e.dev_minor > MAX_MINOR =>
+            {
+                return Err(TreeError::DeviceNumber {
+                    layer: layer.layer.clone(),
+                    path: show(&e.path),
+                    major: e.dev_major,
+                    minor: e.dev_minor,
+                });
+            }
             EntryKind::CharDevice => Node {
                 meta: meta_of(e),
                 kind: NodeKind::CharDevice(e.dev_major, e.dev_minor),
@@ -511,6 +604,12 @@ mod tests {
         }
     }
 
+    fn symlink(path: &str, target: &str) -> TarEntry {
+        let mut e = entry(path, EntryKind::Symlink);
+        e.link = target.as_bytes().to_vec();
+        e
+    }
+
     fn link(path: &str, target: &str) -> TarEntry {
         let mut e = entry(path, EntryKind::Hardlink);
         e.link = target.as_bytes().to_vec();
@@ -587,6 +686,35 @@ mod tests {
     }
 
     #[test]
+    fn what_no_filesystem_holds_is_refused_by_the_tree() {
+        let flat = |e: TarEntry| Tree::flatten(&[layer(1, vec![e])]).unwrap_err();
+        for (target, problem) in [
+            (&b"a\0b"[..], "NUL"),
+            (b"", "empty"),
+            (&[b'x'; MAX_PATH + 1][..], "PATH_MAX"),
+        ] {
+            let mut e = entry("s", EntryKind::Symlink);
+            e.link = target.to_vec();
+            let err = flat(e);
+            assert!(matches!(err, TreeError::BadSymlink { .. }), "{err}");
+            assert!(err.to_string().contains(problem), "{err}");
+        }
+        for (major, minor) in [(MAX_MAJOR + 1, 0), (0, MAX_MINOR + 1)] {
+            let mut e = entry("d", EntryKind::BlockDevice);
+            (e.dev_major, e.dev_minor) = (major, minor);
+            assert!(matches!(flat(e), TreeError::DeviceNumber { .. }));
+        }
+        let mut e = entry("f", EntryKind::File);
+        e.size = 100;
+        e.data_len = 8;
+        e.sparse = Some(vec![
+            SparseSegment { offset: 50, len: 4 },
+            SparseSegment { offset: 10, len: 4 },
+        ]);
+        assert!(matches!(flat(e), TreeError::BadSparseMap { .. }));
+    }
+
+    #[test]
     fn hardlinks_share_a_node_and_survive_replacement_of_one_name() {
         let l1 = layer(
             1,
@@ -594,7 +722,7 @@ mod tests {
                 entry("f", EntryKind::File),
                 link("g", "f"),
                 link("./h", "/f"),
-                entry("s", EntryKind::Symlink),
+                symlink("s", "f"),
                 link("s2", "s"),
             ],
         );

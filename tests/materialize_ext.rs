@@ -281,7 +281,7 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
         );
         assert!(!out.exists());
     }
-    // ext3 addresses 2^32 blocks (16 TiB).
+    // ext3 addresses 2^32 blocks (16 TiB); ocidisk writes up to 4 TiB.
     let err = o.fail(&[
         "materialize",
         "--fs",
@@ -291,7 +291,10 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
         "--size",
         "17T",
     ]);
-    assert!(err.contains("beyond what ext3 addresses"), "{err}");
+    assert!(
+        err.contains("beyond the largest ext3 filesystem ocidisk writes (4 TiB)"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     // A block-mapped file is limited by its 32-bit count of 512-byte

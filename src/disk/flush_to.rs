@@ -1,7 +1,8 @@
 //! `--flush-to IMG`: a complete raw image kept up to date beside a running
 //! disk: the bytes `materialize` would write, plus the guest's changes.
 //!
-//! The file is created as `IMG.partial` with every metadata block. Each
+//! The file is created as a [`PartialFile`] beside `IMG` (partial files a
+//! killed run left there are removed first) with every metadata block. Each
 //! span that arrives (read by the guest, by read-ahead or by `--prefetch`)
 //! writes the file data it holds; guest writes are written merged with the
 //! block below. Base data never overwrites a block the guest has written:
@@ -18,17 +19,34 @@ use std::sync::Mutex;
 use super::DiskError;
 use crate::fs::{BLOCK_SIZE, DataExtent, FsImage};
 use crate::layer_index::LayerIndex;
+use crate::partial::{self, PartialFile};
 use crate::source::manifest::Descriptor;
+
+/// The file: still partial, or complete under its final name.
+enum Out {
+    Partial(PartialFile),
+    Complete(File),
+    /// Renaming failed; the error was reported once.
+    Failed,
+}
+
+impl Out {
+    fn file(&self) -> Option<&File> {
+        match self {
+            Out::Partial(p) => Some(p.file()),
+            Out::Complete(f) => Some(f),
+            Out::Failed => None,
+        }
+    }
+}
 
 struct Progress {
     arrived: HashSet<(usize, usize)>,
-    complete: bool,
+    out: Out,
 }
 
 /// The image file being kept.
 pub struct FlushTo {
-    file: File,
-    partial: PathBuf,
     path: PathBuf,
     by_layer: Vec<Vec<DataExtent>>,
     total_spans: usize,
@@ -46,32 +64,29 @@ impl FlushTo {
         fs: &FsImage,
         layers: &[(std::sync::Arc<LayerIndex>, Descriptor)],
     ) -> Result<FlushTo, DiskError> {
-        let partial = PathBuf::from(format!("{}.partial", path.display()));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&partial)
-            .map_err(write_err(&partial))?;
-        file.set_len(fs.size).map_err(write_err(&partial))?;
-        fs.write_metadata(&file).map_err(write_err(&partial))?;
+        partial::clean_stale(path);
+        let partial = PartialFile::create(path).map_err(DiskError::FlushToCreate)?;
+        let tmp = partial.temp_path().to_path_buf();
+        let file = partial.file();
+        file.set_len(fs.size).map_err(write_err(&tmp))?;
+        fs.write_metadata(file).map_err(write_err(&tmp))?;
         Ok(FlushTo {
-            file,
-            partial,
             path: path.to_path_buf(),
             by_layer: (0..layers.len()).map(|i| fs.extents_of_layer(i)).collect(),
             total_spans: layers.iter().map(|(ix, _)| ix.spans.len()).sum(),
             progress: Mutex::new(Progress {
                 arrived: HashSet::new(),
-                complete: false,
+                out: Out::Partial(partial),
             }),
         })
     }
 
     /// Whether every span has arrived and the file has its final name.
     pub fn complete(&self) -> bool {
-        self.progress.lock().expect("flush-to lock").complete
+        matches!(
+            self.progress.lock().expect("flush-to lock").out,
+            Out::Complete(_)
+        )
     }
 
     /// A verified span of `layer` covering tar bytes `[start, start+len)`
@@ -88,6 +103,9 @@ impl FlushTo {
         if !p.arrived.insert((layer, span)) {
             return Ok(());
         }
+        let Some(file) = p.out.file() else {
+            return Ok(());
+        };
         let end = start + data.len() as u64;
         let exts = &self.by_layer[layer];
         let first = exts.partition_point(|e| e.tar_offset + e.len <= start);
@@ -104,18 +122,18 @@ impl FlushTo {
                 let block = dev / BLOCK_SIZE;
                 let n = (((block + 1) * BLOCK_SIZE - dev) as usize).min(piece.len());
                 if !guest_has(block) {
-                    self.file
-                        .write_all_at(&piece[..n], dev)
-                        .map_err(write_err(&self.partial))?;
+                    file.write_all_at(&piece[..n], dev)
+                        .map_err(write_err(&self.path))?;
                 }
                 piece = &piece[n..];
                 dev += n as u64;
             }
         }
-        if !p.complete && p.arrived.len() == self.total_spans {
-            self.file.sync_all().map_err(write_err(&self.partial))?;
-            std::fs::rename(&self.partial, &self.path).map_err(write_err(&self.path))?;
-            p.complete = true;
+        if matches!(p.out, Out::Partial(_)) && p.arrived.len() == self.total_spans {
+            let Out::Partial(partial) = std::mem::replace(&mut p.out, Out::Failed) else {
+                unreachable!("checked above");
+            };
+            p.out = Out::Complete(partial.commit().map_err(DiskError::FlushToCreate)?);
             tracing::info!(path = %self.path.display(), "flush-to image is complete");
         }
         Ok(())
@@ -124,14 +142,21 @@ impl FlushTo {
     /// The guest wrote: `merged` is the device's bytes at `offset` (whole
     /// blocks, overlay included).
     pub fn guest_wrote(&self, offset: u64, merged: &[u8]) -> Result<(), DiskError> {
-        let _p = self.progress.lock().expect("flush-to lock");
-        self.file
-            .write_all_at(merged, offset)
-            .map_err(write_err(&self.partial))
+        let p = self.progress.lock().expect("flush-to lock");
+        match p.out.file() {
+            Some(f) => f
+                .write_all_at(merged, offset)
+                .map_err(write_err(&self.path)),
+            None => Ok(()),
+        }
     }
 
     /// Make what was written durable.
     pub fn flush(&self) -> Result<(), DiskError> {
-        self.file.sync_data().map_err(write_err(&self.path))
+        let p = self.progress.lock().expect("flush-to lock");
+        match p.out.file() {
+            Some(f) => f.sync_data().map_err(write_err(&self.path)),
+            None => Ok(()),
+        }
     }
 }

@@ -84,6 +84,9 @@ pub enum DiskError {
     /// Writing the --flush-to image failed.
     #[error("--flush-to {0}: {1}")]
     FlushTo(std::path::PathBuf, std::io::Error),
+    /// Creating or completing the --flush-to image failed.
+    #[error("--flush-to: {0}")]
+    FlushToCreate(crate::partial::PartialError),
     /// The overlay failed.
     #[error(transparent)]
     Overlay(#[from] OverlayError),

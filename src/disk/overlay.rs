@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::digest::Digest;
+use crate::partial::{self, PartialError, PartialFile};
 
 const BS: u64 = 4096;
 const MAGIC: &[u8; 8] = b"OCIDOVL1";
@@ -46,6 +47,9 @@ pub enum OverlayError {
         /// What this disk is.
         expected: String,
     },
+    /// Saving the bitmap failed.
+    #[error("overlay bitmap: {0}")]
+    Bitmap(PartialError),
     /// The bitmap file is damaged.
     #[error("overlay bitmap {0} is damaged; refusing to guess which blocks were written")]
     Corrupt(PathBuf),
@@ -83,6 +87,7 @@ impl Overlay {
         let bitmap_path = PathBuf::from(format!("{}.bitmap", path.display()));
         let identity = format!("{image_id} size {size}");
         let blocks = size.div_ceil(BS);
+        partial::clean_stale(&bitmap_path);
         let data = OpenOptions::new()
             .read(true)
             .write(true)
@@ -274,25 +279,20 @@ impl Overlay {
             s.dirty = false;
             encode(&self.identity, &s.bits)
         };
-        let tmp = PathBuf::from(format!("{}.tmp", self.bitmap_path.display()));
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.bitmap_path)?;
-            if let Some(dir) = self.bitmap_path.parent() {
-                let dir = if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                };
-                File::open(dir)?.sync_all()?;
-            }
+        let write = || -> Result<(), PartialError> {
+            let f = PartialFile::create(&self.bitmap_path)?;
+            f.file()
+                .write_all(&bytes)
+                .map_err(|source| PartialError::Create {
+                    path: f.temp_path().to_path_buf(),
+                    source,
+                })?;
+            f.commit()?;
             Ok(())
         };
         write().map_err(|e| {
             self.state.lock().expect("overlay lock").dirty = true;
-            io_err(&self.bitmap_path)(e)
+            OverlayError::Bitmap(e)
         })
     }
 

@@ -6,7 +6,7 @@
 //! What every writer shares lives here: the order in which nodes are met
 //! with implicit paths ([`order`]), a block allocator over a range
 //! ([`alloc`]), sizing ([`sizing`]), crc32c ([`crc32c`]), the xattr and
-//! POSIX ACL model ([`xattr`]). The writers: [`extfs`] (ext4, ext3).
+//! POSIX ACL model ([`xattr`]), timestamp ranges ([`time`]). The writers: [`extfs`] (ext4, ext3).
 
 pub mod alloc;
 pub mod crc32c;
@@ -14,6 +14,7 @@ pub mod extfs;
 mod image;
 pub mod order;
 pub mod sizing;
+pub mod time;
 pub mod xattr;
 
 use std::fmt;

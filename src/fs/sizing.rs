@@ -39,8 +39,10 @@ pub enum SizeError {
         /// The minimum in MiB.
         min_mib: u64,
     },
-    /// A size beyond what the filesystem addresses.
-    #[error("size {given} bytes is beyond what {fs} addresses ({max_tib} TiB)")]
+    /// A size beyond the largest filesystem the writer makes.
+    #[error(
+        "size {given} bytes is beyond the largest {fs} filesystem ocidisk writes ({max_tib} TiB){hint}"
+    )]
     AboveMaximum {
         /// The filesystem.
         fs: &'static str,
@@ -48,6 +50,8 @@ pub enum SizeError {
         given: u64,
         /// The maximum in TiB.
         max_tib: u64,
+        /// How to get a bigger one anyway, or empty.
+        hint: &'static str,
     },
     /// No size up to the search's limit holds the content.
     #[error("the content does not fit any {fs} filesystem up to {tried} bytes")]
@@ -67,6 +71,8 @@ pub struct Limits {
     pub min_blocks: u64,
     /// Largest size in blocks.
     pub max_blocks: u64,
+    /// Said after the limit when a size is beyond it (or empty).
+    pub above_max_hint: &'static str,
 }
 
 /// Headroom in blocks for `content` blocks of content.
@@ -137,6 +143,7 @@ pub fn fit<T>(
                     fs: limits.fs,
                     given: size,
                     max_tib: (limits.max_blocks * BLOCK_SIZE) >> 40,
+                    hint: limits.above_max_hint,
                 });
             }
             if let Some(t) = attempt(blocks) {
@@ -168,6 +175,7 @@ mod tests {
         fs: "test",
         min_blocks: 2048,
         max_blocks: 1 << 30,
+        above_max_hint: "",
     };
 
     #[test]

@@ -49,8 +49,70 @@ pub struct Checkpoint {
     pub bits: u8,
     /// Offset in the uncompressed stream.
     pub uncompressed: u64,
-    /// Up to 32 KiB of output preceding `uncompressed`.
-    pub window: Vec<u8>,
+    /// Up to 32 KiB of output preceding `uncompressed`, kept compressed
+    /// (a tag byte, then a zstd frame or the raw bytes): a blob that
+    /// inflates a thousandfold has windows that compress as well, so index
+    /// memory follows the blob, not what it inflates to.
+    window_z: Vec<u8>,
+}
+
+/// `window_z` tags.
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+
+impl Checkpoint {
+    /// A checkpoint whose window is `window` (at most [`WINDOW`] bytes).
+    pub fn new(compressed: u64, bits: u8, uncompressed: u64, window: &[u8]) -> Checkpoint {
+        let window_z = match zstd::bulk::compress(window, 1) {
+            Ok(z) if z.len() < window.len() => [&[ZSTD][..], &z].concat(),
+            _ => [&[RAW][..], window].concat(),
+        };
+        Checkpoint {
+            compressed,
+            bits,
+            uncompressed,
+            window_z,
+        }
+    }
+
+    /// A checkpoint with its window as [`Checkpoint::stored_window`]
+    /// returned it (from an index file); `None` if it is malformed.
+    pub fn from_stored(
+        compressed: u64,
+        bits: u8,
+        uncompressed: u64,
+        window_z: Vec<u8>,
+    ) -> Option<Checkpoint> {
+        let ok = match window_z.split_first() {
+            Some((&RAW, w)) => w.len() <= WINDOW,
+            Some((&ZSTD, z)) => z.len() <= WINDOW + 64,
+            _ => false,
+        };
+        (ok && bits <= 7).then_some(Checkpoint {
+            compressed,
+            bits,
+            uncompressed,
+            window_z,
+        })
+    }
+
+    /// The window as stored (tagged, maybe compressed), for the index file.
+    pub fn stored_window(&self) -> &[u8] {
+        &self.window_z
+    }
+
+    /// The window, decompressed.
+    pub fn window(&self) -> Result<Vec<u8>, GzipError> {
+        let bad = |why: &str| GzipError::Corrupt(format!("checkpoint window: {why}"));
+        match self.window_z.split_first() {
+            Some((&RAW, w)) => Ok(w.to_vec()),
+            Some((&ZSTD, z)) => {
+                let w = zstd::bulk::decompress(z, WINDOW).map_err(|e| bad(&e.to_string()))?;
+                Ok(w)
+            }
+            _ => Err(bad("unknown encoding")),
+        }
+    }
 }
 
 /// An inflate stream with a stable address (zlib keeps a pointer back to
@@ -265,12 +327,13 @@ impl Indexer {
                 Some(l) => self.total_out - l >= self.span,
             };
             if at_boundary && due {
-                self.checkpoints.push(Checkpoint {
-                    compressed: self.total_in,
-                    bits: (dt & 7) as u8,
-                    uncompressed: self.total_out,
-                    window: self.window(),
-                });
+                let window = self.window();
+                self.checkpoints.push(Checkpoint::new(
+                    self.total_in,
+                    (dt & 7) as u8,
+                    self.total_out,
+                    &window,
+                ));
                 self.last = Some(self.total_out);
                 checkpoint(self.total_in);
             }
@@ -328,7 +391,7 @@ pub fn read_span(
         s.prime(cp.bits, first >> (8 - cp.bits));
         input = rest;
     }
-    s.set_dictionary(&cp.window);
+    s.set_dictionary(&cp.window()?);
     let mut out = vec![0u8; len];
     let mut scratch = vec![0u8; 64 << 10];
     let mut to_skip = skip;

@@ -210,10 +210,13 @@ mod tests {
                     xattrs: vec![(b"user.a".to_vec(), vec![0, 1, 2])],
                     data_offset: 512,
                     data_len: 8,
-                    sparse: Some(vec![SparseSegment {
-                        offset: 4_999_999_996,
-                        len: 4,
-                    }]),
+                    sparse: Some(vec![
+                        SparseSegment { offset: 0, len: 4 },
+                        SparseSegment {
+                            offset: 4_999_999_996,
+                            len: 4,
+                        },
+                    ]),
                 },
                 TarEntry {
                     path: b"dev/null".to_vec(),
@@ -233,12 +236,7 @@ mod tests {
                     sparse: None,
                 },
             ],
-            access: Access::Gzip(vec![gzip::Checkpoint {
-                compressed: 10,
-                bits: 3,
-                uncompressed: 0,
-                window: vec![1, 2, 3],
-            }]),
+            access: Access::Gzip(vec![gzip::Checkpoint::new(10, 3, 0, &[1, 2, 3])]),
             spans: vec![Span {
                 start: 0,
                 sha256: [7; 32],

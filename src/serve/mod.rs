@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 pub mod backend;
 pub mod request;
 
+use crate::partial::PartialFile;
 use backend::BlkBackend;
 use request::BlockDevice;
 
@@ -67,6 +68,9 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Creating the pid file or putting it in place failed.
+    #[error("pid file: {0}")]
+    PidFilePlace(crate::partial::PartialError),
     /// Flushing the device at exit failed.
     #[error("flushing the disk at exit: {0}")]
     Flush(#[from] crate::disk::DiskError),
@@ -350,14 +354,13 @@ fn prepare_socket(path: &Path) -> Result<(), ServeError> {
 
 /// Write our pid to `path` atomically (temp file + rename).
 fn write_pid_file(path: &Path) -> Result<(), ServeError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    use std::io::Write as _;
     let err = |source| ServeError::PidFile {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })
+    let f = PartialFile::create(path).map_err(ServeError::PidFilePlace)?;
+    writeln!(f.file(), "{}", std::process::id()).map_err(err)?;
+    f.commit().map_err(ServeError::PidFilePlace)?;
+    Ok(())
 }

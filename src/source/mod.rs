@@ -123,8 +123,19 @@ pub enum SourceError {
         what: String,
         /// Descriptor size.
         expected: u64,
-        /// Actual size (at least).
+        /// Actual size.
         actual: u64,
+    },
+    /// A blob runs past its descriptor's size (a registry's: how much
+    /// longer is not known without reading all of it).
+    #[error("{what} from {image} is longer than the {expected} bytes its descriptor says")]
+    LongerThanDescriptor {
+        /// The image.
+        image: String,
+        /// Which blob.
+        what: String,
+        /// Descriptor size.
+        expected: u64,
     },
     /// Reading a local blob failed mid-stream.
     #[error("reading {what} from {image}: {source}")]
@@ -455,6 +466,13 @@ impl Source {
                 buf
             }
         };
+        if bytes.len() as u64 > desc.size && matches!(self, Source::Registry(_)) {
+            return Err(SourceError::LongerThanDescriptor {
+                image: image.to_string(),
+                what: format!("config {}", desc.digest),
+                expected: desc.size,
+            });
+        }
         if bytes.len() as u64 != desc.size {
             return Err(SourceError::SizeMismatch {
                 image: image.to_string(),
@@ -567,6 +585,16 @@ impl Source {
             })
     }
 
+    /// The size of a blob as stored, where that is known without reading
+    /// it (layouts and archives; not registries).
+    pub fn stored_size(&self, digest: &Digest) -> Option<u64> {
+        match self {
+            Source::Registry(_) => None,
+            Source::Layout(l) => std::fs::metadata(l.blob_path(digest)).ok().map(|m| m.len()),
+            Source::Archive(a) => a.blob_location(digest).map(|(_, size)| size),
+        }
+    }
+
     /// Fetch a whole blob from a registry into the cache, verified against
     /// its digest and size (once: concurrent callers wait, then find it).
     async fn cache_whole_blob(
@@ -602,6 +630,13 @@ impl Source {
             }
             hasher.update(&chunk);
             std::io::Write::write_all(&mut writer, &chunk).map_err(read_err)?;
+        }
+        if received > desc.size {
+            return Err(SourceError::LongerThanDescriptor {
+                image: self.describe(),
+                what,
+                expected: desc.size,
+            });
         }
         if received != desc.size {
             return Err(SourceError::SizeMismatch {

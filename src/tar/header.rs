@@ -1,7 +1,9 @@
 //! ustar, GNU and v7 header blocks: checksums, octal and base-256
 //! numbers, the ustar prefix, and what each type flag means.
 
-use super::{BLOCK, EntryKind, ExtKind, MAX_EXTENSION, State, TarEntry, TarError, TarIndexer};
+use super::{
+    BLOCK, EntryKind, ExtKind, MAX_EXTENSION, MAX_PATH, State, TarEntry, TarError, TarIndexer,
+};
 
 pub(super) fn parse_octal(field: &[u8]) -> Option<u64> {
     if field.first().is_some_and(|b| b & 0x80 != 0) {
@@ -212,8 +214,18 @@ impl TarIndexer {
             xattrs.retain(|(gk, _)| gk != k);
             xattrs.push((k.clone(), v.clone()));
         }
+        let path = ext.sparse_name.clone().unwrap_or(path);
+        for (what, len) in [("path", path.len()), ("link target", link.len())] {
+            if len > MAX_PATH {
+                return Err(TarError::PathTooLong {
+                    offset: header_offset,
+                    what,
+                    len,
+                });
+            }
+        }
         let mut entry = TarEntry {
-            path: ext.sparse_name.clone().unwrap_or(path),
+            path,
             kind,
             mode: (num(100..108, "mode")? & 0o7777) as u32,
             uid,

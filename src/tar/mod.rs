@@ -16,10 +16,16 @@ mod header;
 mod pax;
 mod sparse;
 
+pub use sparse::check_map;
+
 use std::io;
 
 /// Largest PAX / GNU long-name extension we buffer.
 pub const MAX_EXTENSION: u64 = 1 << 20;
+/// Longest path or link target an entry may have: Linux's `PATH_MAX`
+/// (4096) less the terminating NUL. Longer paths cannot be opened on
+/// Linux, and refusing them keeps the index linear in the entries.
+pub const MAX_PATH: usize = 4095;
 /// Most sparse segments one file may have.
 pub const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
 
@@ -59,6 +65,28 @@ pub enum TarError {
         offset: u64,
         /// The type flag.
         kind: char,
+    },
+    /// A sparse file's map is out of order, overlapping or too big.
+    #[error("tar entry {path:?} at offset {offset}: bad sparse map: {detail}")]
+    BadSparseMap {
+        /// The entry's path.
+        path: String,
+        /// Stream offset of the header.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A path or link target longer than Linux's `PATH_MAX`.
+    #[error(
+        "tar entry at offset {offset}: {what} of {len} bytes is longer than PATH_MAX allows ({MAX_PATH} bytes)"
+    )]
+    PathTooLong {
+        /// Stream offset of the header.
+        offset: u64,
+        /// `path` or `link target`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
     },
     /// The stream ended inside an entry.
     #[error("tar stream truncated at offset {offset} (inside {what})")]

@@ -8,7 +8,45 @@ use super::{
     BLOCK, MAX_EXTENSION, MAX_SPARSE_SEGMENTS, SparseSegment, State, TarEntry, TarError, TarIndexer,
 };
 
+/// Check a sparse map against the file's logical `size`: segments in
+/// increasing order, none overlapping the one before, none ending past
+/// `size`. Returns the bytes the segments hold. The message says which
+/// segment is wrong, and how.
+pub fn check_map(segments: &[SparseSegment], size: u64) -> Result<u64, String> {
+    let (mut end, mut total) = (0u64, 0u64);
+    for (i, s) in segments.iter().enumerate() {
+        if s.offset < end {
+            return Err(format!(
+                "segment {i} starts at {} before the previous one ends at {end} \
+                 (maps must be in increasing order, without overlaps)",
+                s.offset
+            ));
+        }
+        end = s
+            .offset
+            .checked_add(s.len)
+            .filter(|e| *e <= size)
+            .ok_or_else(|| {
+                format!(
+                    "segment {i} ({} bytes at {}) ends past the file's size of {size}",
+                    s.len, s.offset
+                )
+            })?;
+        // Cannot overflow: the segments are disjoint and within `size`.
+        total += s.len;
+    }
+    Ok(total)
+}
+
 impl TarIndexer {
+    /// The entry whose sparse map is being read.
+    fn take_pending(&mut self, offset: u64) -> Result<TarEntry, TarError> {
+        self.pending.take().ok_or(TarError::BadExtension {
+            offset,
+            detail: "sparse map without its entry".into(),
+        })
+    }
+
     pub(super) fn segments(
         &self,
         map: &[u64],
@@ -32,17 +70,17 @@ impl TarIndexer {
     pub(super) fn push_entry(&mut self, mut entry: TarEntry, stored: u64) -> Result<(), TarError> {
         let header_offset = entry.data_offset;
         if let Some(seg) = &entry.sparse {
-            let total: u64 = seg.iter().map(|s| s.len).sum();
-            let end = seg
-                .iter()
-                .map(|s| s.offset.saturating_add(s.len))
-                .max()
-                .unwrap_or(0);
-            if end > entry.size || total > entry.data_len {
-                return Err(TarError::BadExtension {
-                    offset: header_offset,
-                    detail: "sparse map does not fit the file".into(),
-                });
+            let bad = |detail: String| TarError::BadSparseMap {
+                path: String::from_utf8_lossy(&entry.path).into_owned(),
+                offset: header_offset,
+                detail,
+            };
+            let total = check_map(seg, entry.size).map_err(bad)?;
+            if total > entry.data_len {
+                return Err(bad(format!(
+                    "its segments hold {total} bytes but the entry stores {}",
+                    entry.data_len
+                )));
             }
             entry.data_len = total;
         }
@@ -87,7 +125,7 @@ impl TarIndexer {
             self.state = State::GnuSparseExt;
             return Ok(());
         }
-        let mut entry = self.pending.take().expect("pending sparse entry");
+        let mut entry = self.take_pending(offset)?;
         let map = std::mem::take(&mut self.pending_sparse);
         entry.sparse = Some(self.segments(&map, offset)?);
         entry.data_offset = self.offset;
@@ -124,7 +162,7 @@ impl TarIndexer {
                     map.push(parse(n)?);
                 }
                 let map_bytes = text.len() as u64; // whole blocks consumed
-                let mut entry = self.pending.take().expect("pending sparse entry");
+                let mut entry = self.take_pending(offset)?;
                 entry.sparse = Some(self.segments(&map, offset)?);
                 entry.data_offset = self.offset;
                 let rest = stored.saturating_sub(map_bytes);
@@ -198,6 +236,50 @@ mod tests {
                 offset: 5_000_000,
                 len: 10
             }
+        );
+    }
+
+    #[test]
+    fn maps_must_increase_without_overlap_and_fit_the_file() {
+        let seg = |offset, len| SparseSegment { offset, len };
+        assert_eq!(check_map(&[seg(0, 4), seg(4, 4), seg(100, 0)], 100), Ok(8));
+        assert_eq!(check_map(&[], 0), Ok(0));
+        let e = check_map(&[seg(1 << 20, 4096), seg(0, 4096)], 1 << 30).unwrap_err();
+        assert!(e.contains("segment 1 starts at 0 before"), "{e}");
+        let e = check_map(&[seg(0, 8192), seg(4096, 8192)], 1 << 20).unwrap_err();
+        assert!(e.contains("segment 1 starts at 4096"), "{e}");
+        let e = check_map(&[seg(1 << 20, 1)], 1 << 20).unwrap_err();
+        assert!(e.contains("ends past the file's size"), "{e}");
+        let e = check_map(&[seg(0, 1), seg(u64::MAX - 1, 5)], u64::MAX).unwrap_err();
+        assert!(e.contains("segment 1"), "{e}");
+    }
+
+    #[test]
+    fn a_backwards_gnu_map_is_an_error_naming_the_entry() {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("back").unwrap();
+        h.set_size(8);
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        let raw = h.as_mut_bytes();
+        let oct = |v: u64| format!("{v:011o}\0").into_bytes();
+        raw[386..398].copy_from_slice(&oct(4096));
+        raw[398..410].copy_from_slice(&oct(4));
+        raw[410..422].copy_from_slice(&oct(0));
+        raw[422..434].copy_from_slice(&oct(4));
+        raw[483..495].copy_from_slice(&oct(8192));
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.resize(1024, b'x');
+        tar.resize(2048, 0);
+        let mut ix = TarIndexer::new();
+        use std::io::Write as _;
+        let e = ix.write_all(&tar).err().map(|e| e.to_string());
+        let e = e
+            .or_else(|| ix.finish().err().map(|e| e.to_string()))
+            .unwrap();
+        assert!(
+            e.contains("\"back\"") && e.contains("bad sparse map"),
+            "{e}"
         );
     }
 

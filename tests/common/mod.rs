@@ -8,6 +8,7 @@ pub mod debian;
 pub mod fscheck;
 pub mod imagegen;
 pub mod proxy;
+pub mod rawtar;
 pub mod registry;
 pub mod serve;
 pub mod vhost_driver;

@@ -10,6 +10,7 @@ use super::mapping;
 use super::xattr::{self, Placement};
 use super::{ExtError, Profile};
 use crate::fs::order::Order;
+use crate::fs::time::{self, Clamper};
 use crate::fs::xattr::classify;
 use crate::tree::{NodeId, NodeKind, Tree};
 
@@ -102,6 +103,7 @@ pub fn plan_inodes(
     };
     let link_max = profile.link_max();
     let mut out = Vec::with_capacity(order.nodes.len() + 1);
+    let mut times = Clamper::new(time::EXTFS);
     for (pos, placed) in order.nodes.iter().enumerate() {
         let node = &tree.nodes[placed.id];
         let ino = ino_at(pos);
@@ -223,6 +225,7 @@ pub fn plan_inodes(
             path: path(),
             source,
         };
+        let (mtime, mtime_nsec) = times.clamp(m.mtime, m.mtime_nsec, &path);
         let attrs = classify(&m.xattrs, &path).map_err(|e| xattr_err(e.into()))?;
         let xattrs = xattr::encode(&attrs).map_err(xattr_err)?;
         out.push(Planned {
@@ -230,13 +233,14 @@ pub fn plan_inodes(
             mode: (type_bits | perm) as u16,
             uid: m.uid,
             gid: m.gid,
-            mtime: m.mtime,
-            mtime_nsec: m.mtime_nsec,
+            mtime,
+            mtime_nsec,
             links,
             body,
             xattrs,
         });
     }
+    times.finish();
     if make_lpf {
         let csum = dir_csum(LPF_INO);
         let mut blocks = dir::build(LPF_INO, ROOT_INO, &[], csum, hash_seed)
