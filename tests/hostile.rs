@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::cli::Ocidisk;
 use common::fscheck::{LoopMount, assert_e2fsck_clean};
 use common::imagegen;
-use common::rawtar::{Header, RawTar, write_layout};
+use common::rawtar::{Header, RawTar, write_layout, write_layout_blobs};
 use common::registry::run_ok;
 
 const TIME_LIMIT: Duration = Duration::from_secs(60);
@@ -685,4 +685,39 @@ fn an_interrupted_write_leaves_no_partial_and_the_next_run_cleans_stale_ones() {
     assert!(status.signal().is_none());
     assert!(!partial.exists(), "{} was left behind", partial.display());
     assert!(!out.exists());
+}
+
+#[test]
+fn a_gzip_bomb_is_indexed_in_bounded_memory() {
+    // A 4 MiB blob of gzip members that inflates to a tar holding one
+    // 4 GiB file of zeros.
+    use sha2::Digest as _;
+    let zeros = vec![0u8; 64 << 20];
+    let zero_member = imagegen::Compression::Gzip.compress(&zeros);
+    let header = Header::ustar(b"zeros", b'0', 64 * zeros.len() as u64).bytes();
+    let end = [0u8; 1024];
+    let mut blob = imagegen::Compression::Gzip.compress(&header);
+    let mut diff = sha2::Sha256::new();
+    diff.update(header);
+    for _ in 0..64 {
+        blob.extend_from_slice(&zero_member);
+        diff.update(&zeros);
+    }
+    blob.extend_from_slice(&imagegen::Compression::Gzip.compress(&end));
+    diff.update(end);
+    assert!(blob.len() < 5 << 20, "{} bytes", blob.len());
+    let diff_id = format!("sha256:{}", hex::encode(diff.finalize()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    write_layout_blobs(&layout, "t", &[(blob, diff_id)]);
+    let o = Ocidisk::new();
+    let image = format!("oci:{}:t", layout.display());
+    let out = run_bounded(&o, &["pull", &image]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.max_rss_kib < 128 * 1024,
+        "indexing 4 GiB of tar took {} MiB",
+        out.max_rss_kib / 1024
+    );
 }

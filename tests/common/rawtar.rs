@@ -148,16 +148,30 @@ impl RawTar {
 /// Write an OCI layout at `dir` tagged `tag` whose layers are these tars,
 /// gzip-compressed, with correct digests, diff_ids and sizes.
 pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) {
+    let layers: Vec<(Vec<u8>, String)> = tars
+        .iter()
+        .map(|tar| {
+            (
+                imagegen::Compression::Gzip.compress(tar),
+                imagegen::sha256_digest(tar),
+            )
+        })
+        .collect();
+    write_layout_blobs(dir, tag, &layers);
+}
+
+/// Write an OCI layout at `dir` tagged `tag` whose layers are these gzip
+/// blobs with these diff_ids.
+pub fn write_layout_blobs(dir: &Path, tag: &str, blobs: &[(Vec<u8>, String)]) {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
-    for tar in tars {
-        let blob = imagegen::Compression::Gzip.compress(tar);
+    for (blob, diff_id) in blobs {
         layers.push(json!({
             "mediaType": imagegen::MEDIA_TYPE_OCI_LAYER_GZIP,
-            "digest": imagegen::write_blob(dir, &blob),
+            "digest": imagegen::write_blob(dir, blob),
             "size": blob.len(),
         }));
-        diff_ids.push(imagegen::sha256_digest(tar));
+        diff_ids.push(diff_id.clone());
     }
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
