@@ -721,3 +721,62 @@ fn a_gzip_bomb_is_indexed_in_bounded_memory() {
         out.max_rss_kib / 1024
     );
 }
+
+#[test]
+fn serve_never_writes_through_symlinks_planted_at_its_files() {
+    use common::serve::Served;
+    let mut t = RawTar::new();
+    t.file(b"f", &vec![5u8; 300_000]);
+    let c = Case::new(vec![t.finish()]);
+    let d = c.dir.path();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let plant = |name: &str| {
+        let p = d.join(name);
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        p
+    };
+    // The overlay's data file through a symlink: refused at open.
+    let overlay = plant("link.overlay");
+    let sock = d.join("vhost.sock");
+    let out = run_bounded(
+        &c.o,
+        &[
+            "serve",
+            &c.image(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--overlay",
+            overlay.to_str().unwrap(),
+        ],
+    );
+    assert_clean_error(&out, "is a symlink");
+    // Symlinks at the flush-to image and the pid file are replaced by
+    // renames, never followed (the overlay bitmap's rename is the same
+    // code: src/partial.rs).
+    let (img, pid) = (plant("flush.img"), plant("serve.pid"));
+    let overlay = d.join("disk.overlay");
+    let mut s = Served::start(
+        &c.o,
+        &c.image(),
+        &sock,
+        &[
+            "--prefetch",
+            "--flush-to",
+            img.to_str().unwrap(),
+            "--pid-file",
+            pid.to_str().unwrap(),
+            "--overlay",
+            overlay.to_str().unwrap(),
+        ],
+    );
+    let start = Instant::now();
+    while !std::fs::symlink_metadata(&img).unwrap().is_file() {
+        assert!(start.elapsed() < TIME_LIMIT, "flush-to never completed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::symlink_metadata(&pid).unwrap().is_file());
+    assert!(s.stop().success(), "{}", s.stderr());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_e2fsck_clean(&img);
+}

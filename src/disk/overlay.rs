@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -47,6 +47,9 @@ pub enum OverlayError {
         /// What this disk is.
         expected: String,
     },
+    /// The overlay path is a symlink or not a regular file.
+    #[error("overlay {0} is {1}; give the path of a regular file (it is created if missing)")]
+    NotAFile(PathBuf, &'static str),
     /// Saving the bitmap failed.
     #[error("overlay bitmap: {0}")]
     Bitmap(PartialError),
@@ -88,13 +91,22 @@ impl Overlay {
         let identity = format!("{image_id} size {size}");
         let blocks = size.div_ceil(BS);
         partial::clean_stale(&bitmap_path);
+        // Never through a symlink: set_len would resize whatever it points
+        // at. Nor onto anything but a regular file.
         let data = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&data_path)
-            .map_err(io_err(&data_path))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => OverlayError::NotAFile(data_path.clone(), "a symlink"),
+                _ => io_err(&data_path)(e),
+            })?;
+        if !data.metadata().map_err(io_err(&data_path))?.is_file() {
+            return Err(OverlayError::NotAFile(data_path, "not a regular file"));
+        }
         data.set_len(size).map_err(io_err(&data_path))?;
         let mut bits = vec![0u64; blocks.div_ceil(64) as usize];
         match std::fs::read(&bitmap_path) {
