@@ -15,6 +15,7 @@ packages=(
   curl
   debootstrap       # the realistic Debian image
   e2fsprogs         # e2fsck, debugfs
+  xfsprogs          # mkfs.xfs, xfs_repair, xfs_db: the XFS writer is checked against them
   zstd
   pigz
   bc                # bench arithmetic

@@ -16,6 +16,7 @@ pub mod order;
 pub mod sizing;
 pub mod time;
 pub mod xattr;
+pub mod xfs;
 
 use std::fmt;
 use std::str::FromStr;
