@@ -10,6 +10,7 @@
 
 pub mod alloc;
 pub mod crc32c;
+pub mod extents;
 pub mod extfs;
 mod image;
 pub mod order;

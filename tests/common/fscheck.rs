@@ -32,6 +32,23 @@ pub fn assert_e2fsck_clean(img: &Path) {
     }
 }
 
+/// `xfs_repair -n IMG` exits 0 and reports nothing it would change.
+pub fn assert_xfs_repair_clean(img: &Path) {
+    let out = run_with_timeout(
+        Command::new("xfs_repair").arg("-n").arg(img),
+        Duration::from_secs(300),
+    );
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.success(), "xfs_repair -n {}:\n{text}", img.display());
+    for bad in ["would", "Would", "bad", "error", "invalid", "ahead of log"] {
+        assert!(
+            !text.contains(bad),
+            "xfs_repair -n {} says {bad:?}:\n{text}",
+            img.display()
+        );
+    }
+}
+
 /// A read-only loop mount, unmounted on drop.
 pub struct LoopMount {
     dir: tempfile::TempDir,

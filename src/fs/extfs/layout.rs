@@ -13,9 +13,10 @@ use super::plan::{Body, Planned, file_ranges};
 use super::superblock::{GroupDesc, Superblock, journal_superblock};
 use super::xattr::{self, Placement};
 use super::{ExtError, ExtOptions, Profile, Run, mapping};
+use crate::fs::FsImage;
 use crate::fs::alloc::Alloc;
 use crate::fs::crc32c::crc32c_raw;
-use crate::fs::{DataExtent, FsImage};
+use crate::fs::extents::place;
 use crate::tree::{NodeKind, Tree};
 
 /// Everything the layout needs besides the block count.
@@ -88,35 +89,6 @@ fn from_zero(physical: &[(u64, u64)]) -> Vec<Run> {
             r
         })
         .collect()
-}
-
-/// Device pieces for `len` file bytes at `file_off` (tar bytes from
-/// `tar_off`), through the file's runs; `None` if a block is unmapped.
-fn place(
-    runs: &[Run],
-    (file_off, tar_off, len): (u64, u64, u64),
-    layer: usize,
-    out: &mut Vec<DataExtent>,
-) -> Option<()> {
-    let mut done = 0;
-    while done < len {
-        let at = file_off + done;
-        let lblk = at / BS;
-        let r = runs.get(runs.partition_point(|r| r.logical + r.len <= lblk))?;
-        if r.logical > lblk {
-            return None;
-        }
-        let run_end = (r.logical + r.len) * BS;
-        let n = (len - done).min(run_end - at);
-        out.push(DataExtent {
-            device_offset: (r.physical + lblk - r.logical) * BS + at % BS,
-            len: n,
-            layer,
-            tar_offset: tar_off + done,
-        });
-        done += n;
-    }
-    Some(())
 }
 
 /// Lay the filesystem out on `geo.blocks` blocks; `None` if it does not

@@ -52,17 +52,7 @@ use inode::LPF_INO;
 pub use dir::DirError;
 pub use xattr::XattrError;
 
-/// Logical blocks `[logical, logical + len)` of an inode at physical
-/// blocks from `physical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    /// First logical block.
-    pub logical: u64,
-    /// First physical block.
-    pub physical: u64,
-    /// Blocks.
-    pub len: u64,
-}
+pub use crate::fs::extents::Run;
 
 /// Which member of the family to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,11 +4,11 @@
 //! counts; and how many blocks the content needs.
 
 use super::dir;
-use super::geometry::BS;
 use super::inode::{LPF_INO, ROOT_INO, inode_seed};
 use super::mapping;
 use super::xattr::{self, Placement};
 use super::{ExtError, Profile};
+pub use crate::fs::extents::file_ranges;
 use crate::fs::order::Order;
 use crate::fs::time::{self, Clamper};
 use crate::fs::xattr::classify;
@@ -266,23 +266,6 @@ pub fn plan_inodes(
     }
     out.sort_by_key(|p| p.ino);
     Ok(out)
-}
-
-/// Logical block ranges of a file that hold data: (first block, count).
-pub fn file_ranges(tree: &Tree, node: NodeId) -> Vec<(u64, u64)> {
-    let NodeKind::File(f) = &tree.nodes[node].kind else {
-        return Vec::new();
-    };
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for (off, _, len) in f.runs() {
-        let first = off / BS;
-        let last = (off + len - 1) / BS;
-        match ranges.last_mut() {
-            Some(r) if r.0 + r.1 >= first => r.1 = r.1.max(last + 1 - r.0),
-            _ => ranges.push((first, last + 1 - first)),
-        }
-    }
-    ranges
 }
 
 /// Blocks the content needs (data, directories, symlinks, xattr blocks),

@@ -1,0 +1,444 @@
+//! Lay a merged tree out on a given geometry: inode numbers (all chunks in
+//! AG 0 for now), blocks allocated forward AG by AG, every inode, directory
+//! and symlink block encoded, free space and inode trees and headers to
+//! match. `None` when the content does not fit the size.
+
+use super::btree::{self, InodeRec, Tree as BtTree};
+use super::dir::{self, Entry, LITINO};
+use super::disk::{be32, be64, set_crc};
+use super::geometry::{
+    AGFL_BLOCKS, BLOCK, CHUNK_BLOCKS, CHUNK_INODES, Geometry, INODE, INODE_ALIGN, INODES_PER_BLOCK,
+    PREALLOC, SECTOR,
+};
+use super::headers::{self, AgfInfo, AgiInfo, SbInfo};
+use super::inode::{self, Inode, format};
+use super::{XfsError, log};
+use crate::fs::FsImage;
+use crate::fs::alloc::Alloc;
+use crate::fs::extents::{Run, file_ranges, place};
+use crate::fs::order::Order;
+use crate::fs::time::{Clamper, TimeRange};
+use crate::tree::NodeKind;
+
+/// Longest extent a bmbt record holds (21 bits of length).
+const MAX_EXTENT: u64 = (1 << 21) - 1;
+/// Extent records that fit the data fork of an inode without attributes.
+const INODE_EXTENTS: usize = LITINO / 16;
+/// Longest symlink target XFS stores (`XFS_SYMLINK_MAXLEN` less the NUL).
+pub const SYMLINK_MAX: usize = 1023;
+/// Bytes of a remote symlink block's header.
+const SYMLINK_HDR: usize = 56;
+
+/// bigtime: 1901-12-13 to 2486-07-02 (`XFS_BIGTIME_TIME_MIN`/`_MAX`).
+pub const TIMES: TimeRange = TimeRange {
+    fs: "xfs",
+    min: i32::MIN as i64,
+    max: (u64::MAX / 1_000_000_000) as i64 + i32::MIN as i64,
+    shown: "1901-12-13 to 2486-07-02",
+};
+
+/// The first AG block of AG 0's inode chunks.
+pub fn chunk_base() -> u64 {
+    (PREALLOC + AGFL_BLOCKS).next_multiple_of(INODE_ALIGN)
+}
+
+/// Inode slots a tree needs: its nodes plus the realtime bitmap and
+/// summary inodes.
+pub fn slots(order: &Order<'_>) -> u64 {
+    order.nodes.len() as u64 + 2
+}
+
+/// Slot of the node at `pos` (the root is 0, then the two realtime inodes).
+fn slot_of(pos: usize) -> u64 {
+    if pos == 0 { 0 } else { pos as u64 + 2 }
+}
+
+/// Forward allocation over every AG's free blocks.
+struct Blocks {
+    allocs: Vec<Alloc>,
+    remaining: Vec<u64>,
+    cur: usize,
+}
+
+impl Blocks {
+    /// `n` blocks as (device block, length) runs, none crossing an AG or
+    /// longer than an extent holds.
+    fn take(&mut self, mut n: u64) -> Option<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        while n > 0 {
+            while self.remaining.get(self.cur)? == &0 {
+                self.cur += 1;
+            }
+            let take = n.min(self.remaining[self.cur]);
+            for (start, len) in self.allocs[self.cur].runs(take)? {
+                let mut s = start;
+                let mut left = len;
+                while left > 0 {
+                    let l = left.min(MAX_EXTENT);
+                    out.push((s, l));
+                    s += l;
+                    left -= l;
+                }
+            }
+            self.remaining[self.cur] -= take;
+            n -= take;
+        }
+        Some(out)
+    }
+}
+
+/// One extent record (`xfs_bmbt_rec`): logical block, filesystem block,
+/// length.
+fn extent_rec(out: &mut Vec<u8>, logical: u64, fsblock: u64, len: u64) {
+    let l0 = (logical << 9) | (fsblock >> 43);
+    let l1 = (fsblock << 21) | len;
+    out.extend_from_slice(&l0.to_be_bytes());
+    out.extend_from_slice(&l1.to_be_bytes());
+}
+
+fn ftype(kind: &NodeKind) -> u8 {
+    match kind {
+        NodeKind::File(_) => 1,
+        NodeKind::Dir(_) => 2,
+        NodeKind::CharDevice(..) => 3,
+        NodeKind::BlockDevice(..) => 4,
+        NodeKind::Fifo => 5,
+        NodeKind::Symlink(_) => 7,
+    }
+}
+
+/// Lay `order` out on `blocks` blocks.
+pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<FsImage>, XfsError> {
+    let g = Geometry::new(blocks * BLOCK)?;
+    let tree = order.tree;
+    let n_slots = slots(order);
+    let chunks = n_slots.div_ceil(CHUNK_INODES);
+    let base = chunk_base();
+    let chunk_end = base + chunks * CHUNK_BLOCKS;
+    if chunk_end > g.ag_len(0) {
+        return Ok(None);
+    }
+    let ino_of_slot = |slot: u64| g.ino(0, base + slot / INODES_PER_BLOCK, slot % INODES_PER_BLOCK);
+    let ino_at = |pos: usize| ino_of_slot(slot_of(pos));
+    let root = ino_at(0);
+
+    // Free blocks of each AG, in device block numbers.
+    let mut allocs = Vec::new();
+    let mut remaining = Vec::new();
+    let mut agfl_of = Vec::new();
+    for ag in 0..g.ag_count {
+        let mut next = PREALLOC;
+        if ag == g.log_ag {
+            next += g.log_blocks;
+        }
+        agfl_of.push(
+            (next..next + AGFL_BLOCKS)
+                .map(|b| b as u32)
+                .collect::<Vec<u32>>(),
+        );
+        next += AGFL_BLOCKS;
+        if ag == 0 {
+            next = chunk_end;
+        }
+        let len = g.ag_len(ag).saturating_sub(next);
+        allocs.push(Alloc::new(g.device_block(ag, next), len));
+        remaining.push(len);
+    }
+    let mut space = Blocks {
+        allocs,
+        remaining,
+        cur: 0,
+    };
+    let fsblock = |dev: u64| g.fsblock(dev / g.ag_blocks, dev % g.ag_blocks);
+
+    let mut img = FsImage {
+        size: g.blocks * BLOCK,
+        ..FsImage::default()
+    };
+    let mut times = Clamper::new(TIMES);
+    let mut inodes: Vec<(u64, Vec<u8>)> = Vec::with_capacity(order.nodes.len());
+    for (pos, placed) in order.nodes.iter().enumerate() {
+        let node = &tree.nodes[placed.id];
+        let ino = ino_at(pos);
+        let path = || order.path(pos);
+        if !node.meta.xattrs.is_empty() {
+            return Err(XfsError::NotYet {
+                what: "extended attributes",
+                path: path(),
+            });
+        }
+        let mut fork = Vec::new();
+        let (type_bits, fmt, size, nblocks, nextents, nlink) = match &node.kind {
+            NodeKind::Dir(children) => {
+                let entries: Vec<Entry<'_>> = children
+                    .iter()
+                    .map(|(name, &c)| {
+                        let p = order.position(c).unwrap_or(0) as usize;
+                        Entry {
+                            name,
+                            ino: ino_at(p),
+                            ftype: ftype(&tree.nodes[c].kind),
+                        }
+                    })
+                    .collect();
+                let parent = ino_at(placed.parent as usize);
+                let nlink = 2 + placed.subdirs;
+                if let Some(sf) = dir::shortform(parent, &entries) {
+                    let len = sf.len() as u64;
+                    fork = sf;
+                    (0o040000, format::LOCAL, len, 0, 0, nlink)
+                } else {
+                    let Some(run) = space.take(1) else {
+                        return Ok(None);
+                    };
+                    let dev = run[0].0;
+                    let Some(block) = dir::block_form(ino, parent, &entries, dev, &uuid) else {
+                        return Err(XfsError::NotYet {
+                            what: "directories larger than one block",
+                            path: path(),
+                        });
+                    };
+                    img.put_block(dev, block);
+                    extent_rec(&mut fork, 0, fsblock(dev), 1);
+                    (0o040000, format::EXTENTS, BLOCK, 1, 1, nlink)
+                }
+            }
+            NodeKind::File(f) => {
+                let mut runs = Vec::new();
+                for (first, count) in file_ranges(tree, placed.id) {
+                    let Some(got) = space.take(count) else {
+                        return Ok(None);
+                    };
+                    let mut l = first;
+                    for (physical, len) in got {
+                        runs.push(Run {
+                            logical: l,
+                            physical,
+                            len,
+                        });
+                        l += len;
+                    }
+                }
+                if runs.len() > INODE_EXTENTS {
+                    return Err(XfsError::NotYet {
+                        what: "files of more extents than an inode holds",
+                        path: path(),
+                    });
+                }
+                for (off, tar, len) in f.runs() {
+                    if place(&runs, (off, tar, len), f.layer, &mut img.data).is_none() {
+                        unreachable!("every data block of {} is mapped", path());
+                    }
+                }
+                let blocks: u64 = runs.iter().map(|r| r.len).sum();
+                for r in &runs {
+                    extent_rec(&mut fork, r.logical, fsblock(r.physical), r.len);
+                }
+                let n = runs.len() as u32;
+                (0o100000, format::EXTENTS, f.size, blocks, n, placed.refs)
+            }
+            NodeKind::Symlink(target) => {
+                if target.len() > SYMLINK_MAX {
+                    return Err(XfsError::SymlinkTooLong {
+                        path: path(),
+                        len: target.len(),
+                    });
+                }
+                if target.len() <= LITINO {
+                    fork = target.clone();
+                    let len = target.len() as u64;
+                    (0o120000, format::LOCAL, len, 0, 0, placed.refs)
+                } else {
+                    let per = BLOCK as usize - SYMLINK_HDR;
+                    let n = target.len().div_ceil(per) as u64;
+                    let Some(runs) = space.take(n) else {
+                        return Ok(None);
+                    };
+                    // One extent a block, as the kernel maps symlinks and
+                    // xfs_repair expects them.
+                    let mut done = 0usize;
+                    let mut logical = 0;
+                    for (start, len) in &runs {
+                        for dev in *start..start + len {
+                            extent_rec(&mut fork, logical, fsblock(dev), 1);
+                            let piece = &target[done..(done + per).min(target.len())];
+                            img.put_block(dev, symlink_block(ino, dev, done, piece, &uuid));
+                            done += piece.len();
+                            logical += 1;
+                        }
+                    }
+                    let len = target.len() as u64;
+                    (0o120000, format::EXTENTS, len, n, n as u32, placed.refs)
+                }
+            }
+            NodeKind::CharDevice(major, minor) | NodeKind::BlockDevice(major, minor) => {
+                if *major >= 1 << 14 || *minor >= 1 << 18 {
+                    return Err(XfsError::DeviceNumber {
+                        path: path(),
+                        major: *major,
+                        minor: *minor,
+                    });
+                }
+                fork = ((major << 18) | minor).to_be_bytes().to_vec();
+                let bits = if matches!(node.kind, NodeKind::CharDevice(..)) {
+                    0o020000
+                } else {
+                    0o060000
+                };
+                (bits, format::DEV, 0, 0, 0, placed.refs)
+            }
+            NodeKind::Fifo => {
+                fork = vec![0; 4];
+                (0o010000, format::DEV, 0, 0, 0, placed.refs)
+            }
+        };
+        let perm = if matches!(node.kind, NodeKind::Symlink(_)) {
+            0o777
+        } else {
+            node.meta.mode & 0o7777
+        };
+        let mtime = times.clamp(node.meta.mtime, node.meta.mtime_nsec, &path);
+        let i = Inode {
+            ino,
+            mode: (type_bits | perm) as u16,
+            uid: node.meta.uid,
+            gid: node.meta.gid,
+            nlink,
+            mtime,
+            size,
+            nblocks,
+            format: fmt,
+            nextents,
+            fork: &fork,
+        };
+        inodes.push((slot_of(pos), inode::encode(&i, &uuid)));
+    }
+    times.finish();
+
+    // The realtime inodes and the free slots of the chunks.
+    let root_time = tree.nodes[order.nodes[0].id].meta.mtime;
+    for slot in 1..chunks * CHUNK_INODES {
+        if (3..n_slots).contains(&slot) {
+            continue;
+        }
+        let rt = slot < 3;
+        let i = Inode {
+            ino: ino_of_slot(slot),
+            mode: if rt { 0o100000 } else { 0 },
+            uid: 0,
+            gid: 0,
+            nlink: u32::from(rt),
+            mtime: if rt {
+                (root_time.clamp(TIMES.min, TIMES.max), 0)
+            } else {
+                (0, 0)
+            },
+            size: 0,
+            nblocks: 0,
+            format: if rt { format::EXTENTS } else { format::DEV },
+            nextents: 0,
+            fork: &[],
+        };
+        inodes.push((slot, inode::encode(&i, &uuid)));
+    }
+    let chunk_dev = g.device_block(0, base);
+    for (slot, bytes) in inodes {
+        img.put_bytes(chunk_dev * BLOCK + slot * INODE, &bytes);
+    }
+
+    // Trees and headers.
+    let mut fdblocks = 0;
+    let mut free_of = Vec::new();
+    for (ag, alloc) in space.allocs.iter().enumerate() {
+        let ag = ag as u64;
+        let end = g.device_block(ag, g.ag_len(ag));
+        let start = (alloc.end() - space.remaining[ag as usize]).min(end);
+        let mut free = Vec::new();
+        if end > start {
+            free.push(((start - g.device_block(ag, 0)) as u32, (end - start) as u32));
+        }
+        fdblocks += (end - start) + AGFL_BLOCKS;
+        free_of.push(free);
+    }
+    let icount = chunks * CHUNK_INODES;
+    let sb = SbInfo {
+        uuid,
+        root_ino: root,
+        rbm_ino: ino_of_slot(1),
+        rsum_ino: ino_of_slot(2),
+        icount,
+        ifree: icount - n_slots,
+        fdblocks,
+    };
+    let sb_bytes = headers::superblock(&g, &sb);
+    for ag in 0..g.ag_count {
+        let first = g.device_block(ag, 0) * BLOCK;
+        let free = &free_of[ag as usize];
+        let total: u64 = free.iter().map(|e| u64::from(e.1)).sum();
+        let longest = free.iter().map(|e| u64::from(e.1)).max().unwrap_or(0);
+        let agf = AgfInfo {
+            free: total,
+            longest,
+            fl_count: AGFL_BLOCKS as u32,
+        };
+        let mut recs = Vec::new();
+        if ag == 0 {
+            for c in 0..chunks {
+                let first_slot = c * CHUNK_INODES;
+                let mut free = 0u64;
+                for i in 0..CHUNK_INODES {
+                    if first_slot + i >= n_slots {
+                        free |= 1 << i;
+                    }
+                }
+                recs.push(InodeRec {
+                    start: ((base + c * CHUNK_BLOCKS) * INODES_PER_BLOCK) as u32,
+                    free,
+                });
+            }
+        }
+        if recs.len() > btree::leaf_capacity(16) {
+            return Err(XfsError::NotYet {
+                what: "more inodes than one inode-tree leaf indexes",
+                path: "/".into(),
+            });
+        }
+        let agi = AgiInfo {
+            count: recs.len() as u64 * CHUNK_INODES,
+            free: recs.iter().map(|r| u64::from(r.free.count_ones())).sum(),
+            newino: recs.last().map(|r| r.start),
+        };
+        img.put_bytes(first, &sb_bytes);
+        img.put_bytes(first + SECTOR, &headers::agf(&g, ag, &uuid, &agf));
+        img.put_bytes(first + 2 * SECTOR, &headers::agi(&g, ag, &uuid, &agi));
+        img.put_bytes(
+            first + 3 * SECTOR,
+            &headers::agfl(ag, &uuid, &agfl_of[ag as usize]),
+        );
+        for (agbno, t) in [(1, BtTree::ByBlock), (2, BtTree::ByCount)] {
+            let dev = g.device_block(ag, agbno);
+            img.put_block(dev, btree::free_space_leaf(t, ag, dev, &uuid, free));
+        }
+        let dev = g.device_block(ag, 3);
+        img.put_block(dev, btree::inode_leaf(ag, dev, &uuid, &recs));
+    }
+    let log_at = g.device_block(g.log_ag, g.log_agbno()) * BLOCK;
+    img.put_bytes(log_at, &log::unmount_record(&uuid));
+    img.data.sort_by_key(|e| e.device_offset);
+    Ok(Some(img))
+}
+
+/// A remote symlink block: header, then `piece` (bytes from `offset` of
+/// the target).
+fn symlink_block(owner: u64, dev: u64, offset: usize, piece: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK as usize];
+    be32(&mut b, 0, 0x5853_4c4d); // XSLM
+    be32(&mut b, 4, offset as u32);
+    be32(&mut b, 8, piece.len() as u32);
+    b[16..32].copy_from_slice(uuid);
+    be64(&mut b, 32, owner);
+    be64(&mut b, 40, dev * (BLOCK / SECTOR));
+    b[SYMLINK_HDR..SYMLINK_HDR + piece.len()].copy_from_slice(piece);
+    set_crc(&mut b, 12);
+    b
+}
