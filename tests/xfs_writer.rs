@@ -135,8 +135,8 @@ fn materialize_xfs(tar: &[u8], path: &Path, uuid: [u8; 16]) {
     }
 }
 
-/// A layer with what the writer handles so far: every inode type, short
-/// and block-form directories, files of edge sizes, short and remote
+/// A layer with what the writer handles so far: every inode type,
+/// shortform, block-form and leaf-form directories, files of edge sizes, short and remote
 /// symlinks, hard links, owners, modes and nanosecond times.
 fn sample_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -150,7 +150,7 @@ fn sample_tar() -> Vec<u8> {
         h.set_mtime(1_700_000_000);
         h
     };
-    for d in ["etc", "usr", "usr/bin", "big"] {
+    for d in ["etc", "usr", "usr/bin", "big", "bigger"] {
         let mut h = head(tar::EntryType::Directory, 0, 0o755);
         b.append_data(&mut h, d, &[][..]).unwrap();
     }
@@ -166,10 +166,13 @@ fn sample_tar() -> Vec<u8> {
         let mut h = head(tar::EntryType::Regular, len as u64, 0o4755);
         b.append_data(&mut h, name, &data[..]).unwrap();
     }
-    for i in 0..60 {
-        let name = format!("big/entry-with-a-longer-name-{i:04}");
-        let mut h = head(tar::EntryType::Regular, 3, 0o644);
-        b.append_data(&mut h, &name, &b"abc"[..]).unwrap();
+    // 60 entries: one block (block form); 400: leaf form.
+    for (dir, n) in [("big", 60), ("bigger", 400)] {
+        for i in 0..n {
+            let name = format!("{dir}/entry-with-a-longer-name-{i:04}");
+            let mut h = head(tar::EntryType::Regular, 3, 0o644);
+            b.append_data(&mut h, &name, &b"abc"[..]).unwrap();
+        }
     }
     for (name, target) in [
         ("etc/short-link", "one".to_string()),
@@ -228,7 +231,7 @@ fn a_tree_of_every_inode_type_mounts_equal_to_gnu_tar() {
     let mut got = common::imagegen::scan_tree(&mnt);
     // GNU tar leaves these directories with the time of the extraction
     // (their children came later in the archive); check them directly.
-    let dirs = ["/etc", "/usr", "/usr/bin", "/big"];
+    let dirs = ["/etc", "/usr", "/usr/bin", "/big", "/bigger"];
     for d in dirs {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(mnt.join(&d[1..])).unwrap();

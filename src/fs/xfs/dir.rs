@@ -1,6 +1,7 @@
 //! Directories in the forms that fit what they hold: shortform (in the
-//! inode) and block form (one 4 KiB block: entries, then the hash-sorted
-//! leaf array and its tail). Leaf and node forms come with larger
+//! inode), block form (one 4 KiB block: entries, then the hash-sorted
+//! leaf array and its tail) and leaf form (data blocks, then one leaf
+//! block of hashes at the 32 GiB offset). Node form comes with larger
 //! directories.
 //!
 //! Entries are laid out in the order given (by name), and a shortform
@@ -96,6 +97,13 @@ pub fn shortform(parent: u64, entries: &[Entry<'_>]) -> Option<Vec<u8>> {
     Some(b)
 }
 
+/// Whether `entries` fit one block-form block.
+pub fn block_form_fits(entries: &[Entry<'_>]) -> bool {
+    let used: usize = FIRST_OFFSET + entries.iter().map(|e| entsize(e.name.len())).sum::<usize>();
+    let leaf_at = (BLOCK as usize - 8).checked_sub(8 * (entries.len() + 2));
+    leaf_at.is_some_and(|l| used <= l)
+}
+
 /// The one block of a block-form directory, if the entries fit:
 /// `device_block` and `owner` go into its header.
 pub fn block_form(
@@ -105,13 +113,12 @@ pub fn block_form(
     device_block: u64,
     uuid: &[u8; 16],
 ) -> Option<Vec<u8>> {
-    let used: usize = FIRST_OFFSET + entries.iter().map(|e| entsize(e.name.len())).sum::<usize>();
-    let leaves = entries.len() + 2;
-    let tail = BLOCK as usize - 8;
-    let leaf_at = tail.checked_sub(8 * leaves)?;
-    if used > leaf_at {
+    if !block_form_fits(entries) {
         return None;
     }
+    let leaves = entries.len() + 2;
+    let tail = BLOCK as usize - 8;
+    let leaf_at = tail - 8 * leaves;
     let mut b = vec![0u8; BLOCK as usize];
     be32(&mut b, 0, 0x5844_4233); // XDB3
     be64(&mut b, 8, device_block * (BLOCK / SECTOR));
@@ -158,6 +165,124 @@ pub fn block_form(
     be32(&mut b, tail + 4, 0); // stale
     set_crc(&mut b, 4);
     Some(b)
+}
+
+/// Logical directory block of the leaf in leaf form (32 GiB).
+pub const LEAF_BLOCK: u64 = (32 << 30) / BLOCK;
+
+/// The entries, `.` and `..` first, as (data block, offset) places in a
+/// multi-block directory: each block starts with its header, an entry
+/// never crosses a block.
+fn data_places(entries: &[Entry<'_>]) -> Vec<(usize, usize)> {
+    let mut places = Vec::with_capacity(entries.len() + 2);
+    let (mut db, mut at) = (0usize, DATA_HDR);
+    for len in [1, 2]
+        .into_iter()
+        .chain(entries.iter().map(|e| e.name.len()))
+    {
+        let size = entsize(len);
+        if at + size > BLOCK as usize {
+            db += 1;
+            at = DATA_HDR;
+        }
+        places.push((db, at));
+        at += size;
+    }
+    places
+}
+
+/// Data blocks a leaf-form directory of `entries` takes.
+pub fn leaf_form_data_blocks(entries: &[Entry<'_>]) -> usize {
+    data_places(entries).last().map_or(1, |p| p.0 + 1)
+}
+
+/// Bytes of the v5 leaf header (`xfs_dir3_leaf_hdr`).
+const LEAF_HDR: usize = 64;
+
+/// A leaf-form directory: its data blocks at `data_devs` (as many as
+/// [`leaf_form_data_blocks`] says), then the leaf block at `leaf_dev`.
+/// `None` if the hashes do not fit one leaf block.
+pub fn leaf_form(
+    owner: u64,
+    parent: u64,
+    entries: &[Entry<'_>],
+    data_devs: &[u64],
+    leaf_dev: u64,
+    uuid: &[u8; 16],
+) -> Option<Vec<Vec<u8>>> {
+    let places = data_places(entries);
+    let n_data = data_devs.len();
+    let n = places.len();
+    let tail_at = BLOCK as usize - 4;
+    let bests_at = tail_at - 2 * n_data;
+    if LEAF_HDR + 8 * n > bests_at {
+        return None;
+    }
+    let mut blocks: Vec<Vec<u8>> = data_devs
+        .iter()
+        .map(|&dev| {
+            let mut b = vec![0u8; BLOCK as usize];
+            be32(&mut b, 0, 0x5844_4433); // XDD3
+            be64(&mut b, 8, dev * (BLOCK / SECTOR));
+            b[24..40].copy_from_slice(uuid);
+            be64(&mut b, 40, owner);
+            b
+        })
+        .collect();
+    let dot = Entry {
+        name: b".",
+        ino: owner,
+        ftype: 2,
+    };
+    let dotdot = Entry {
+        name: b"..",
+        ino: parent,
+        ftype: 2,
+    };
+    let mut hashes = Vec::with_capacity(n);
+    let mut ends = vec![DATA_HDR; n_data];
+    for (e, &(db, at)) in [dot, dotdot].iter().chain(entries).zip(&places) {
+        let b = &mut blocks[db];
+        let size = entsize(e.name.len());
+        be64(b, at, e.ino);
+        b[at + 8] = e.name.len() as u8;
+        b[at + 9..at + 9 + e.name.len()].copy_from_slice(e.name);
+        b[at + 9 + e.name.len()] = e.ftype;
+        be16(b, at + size - 2, at as u16);
+        hashes.push((hash(e.name), ((db as u64 * BLOCK + at as u64) / 8) as u32));
+        ends[db] = at + size;
+    }
+    let mut bests = Vec::with_capacity(n_data);
+    for (b, &end) in blocks.iter_mut().zip(&ends) {
+        let free = BLOCK as usize - end;
+        if free > 0 {
+            be16(b, end, 0xffff);
+            be16(b, end + 2, free as u16);
+            be16(b, end + free - 2, end as u16);
+            be16(b, 48, end as u16);
+            be16(b, 50, free as u16);
+        }
+        bests.push(free as u16);
+        set_crc(b, 4);
+    }
+    hashes.sort();
+    let mut leaf = vec![0u8; BLOCK as usize];
+    be16(&mut leaf, 8, 0x3df1); // XFS_DIR3_LEAF1_MAGIC
+    be64(&mut leaf, 16, leaf_dev * (BLOCK / SECTOR));
+    leaf[32..48].copy_from_slice(uuid);
+    be64(&mut leaf, 48, owner);
+    be16(&mut leaf, 56, n as u16);
+    for (i, (h, addr)) in hashes.iter().enumerate() {
+        be32(&mut leaf, LEAF_HDR + 8 * i, *h);
+        be32(&mut leaf, LEAF_HDR + 8 * i + 4, *addr);
+    }
+    for (i, best) in bests.iter().enumerate() {
+        be16(&mut leaf, bests_at + 2 * i, *best);
+    }
+    be32(&mut leaf, tail_at, n_data as u32);
+    set_crc(&mut leaf, 12);
+    blocks.push(leaf);
+    Some(blocks)
 }
 
 #[cfg(test)]

@@ -188,19 +188,55 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
                     fork = sf;
                     (0o040000, format::LOCAL, len, 0, 0, nlink)
                 } else {
-                    let Some(run) = space.take(1) else {
+                    let n_data = if dir::block_form_fits(&entries) {
+                        0
+                    } else {
+                        dir::leaf_form_data_blocks(&entries)
+                    };
+                    let Some(runs) = space.take(n_data as u64 + 1) else {
                         return Ok(None);
                     };
-                    let dev = run[0].0;
-                    let Some(block) = dir::block_form(ino, parent, &entries, dev, &uuid) else {
+                    let devs: Vec<u64> = runs.iter().flat_map(|&(s, l)| s..s + l).collect();
+                    let blocks = if n_data == 0 {
+                        dir::block_form(ino, parent, &entries, devs[0], &uuid).map(|b| vec![b])
+                    } else {
+                        let (data, leaf) = devs.split_at(n_data);
+                        dir::leaf_form(ino, parent, &entries, data, leaf[0], &uuid)
+                    };
+                    let Some(blocks) = blocks else {
                         return Err(XfsError::NotYet {
-                            what: "directories larger than one block",
+                            what: "directories larger than one leaf block indexes",
                             path: path(),
                         });
                     };
-                    img.put_block(dev, block);
-                    extent_rec(&mut fork, 0, fsblock(dev), 1);
-                    (0o040000, format::EXTENTS, BLOCK, 1, 1, nlink)
+                    for (dev, b) in devs.iter().zip(blocks) {
+                        img.put_block(*dev, b);
+                    }
+                    // Data blocks from logical 0, the leaf at 32 GiB.
+                    let logical = |k: usize| {
+                        if n_data > 0 && k == n_data {
+                            dir::LEAF_BLOCK
+                        } else {
+                            k as u64
+                        }
+                    };
+                    let mut n_ext = 0;
+                    let mut k = 0;
+                    while k < devs.len() {
+                        let mut len = 1;
+                        while k + len < devs.len()
+                            && devs[k + len] == devs[k] + len as u64
+                            && logical(k + len) == logical(k) + len as u64
+                        {
+                            len += 1;
+                        }
+                        extent_rec(&mut fork, logical(k), fsblock(devs[k]), len as u64);
+                        n_ext += 1;
+                        k += len;
+                    }
+                    let size = BLOCK * n_data.max(1) as u64;
+                    let nblocks = devs.len() as u64;
+                    (0o040000, format::EXTENTS, size, nblocks, n_ext, nlink)
                 }
             }
             NodeKind::File(f) => {
