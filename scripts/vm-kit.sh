@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the small guest the VM tests and benchmarks boot: Debian's kernel and
-# an initramfs of busybox-static, the virtio and ext4 modules, and an init
+# an initramfs of busybox-static, the virtio, ext4 and xfs modules, and an init
 # that mounts /dev/vda and does what the kernel command line asks.
 #
 #   scripts/vm-kit.sh [DIR]   (default /var/cache/ocidisk-fixtures/vm)
@@ -11,7 +11,7 @@
 #
 # The init understands, on the kernel command line:
 #   ocidisk.mount=ro|rw    how to mount /dev/vda (default ro)
-#   ocidisk.fs=ext4|ext3   the filesystem type to mount it as (default ext4);
+#   ocidisk.fs=ext4|ext3|xfs   the filesystem type to mount it as (default ext4);
 #                          the init reports what the kernel mounted
 #   ocidisk.action=tree    print every entry under the mount between markers:
 #                          PATH f|d|l|c|b|p MODE UID GID [SIZE SHA256 | -> TARGET | MAJ MIN]
@@ -46,7 +46,7 @@ cp /bin/busybox "$stage/bin/busybox"
 # Modules in load order (dependencies first). Debian builds them all as
 # modules; none is compressed on bookworm, but handle .xz/.zst anyway.
 mods=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio
-      virtio_blk crc16 mbcache jbd2 crc32c_generic libcrc32c ext4)
+      virtio_blk crc16 mbcache jbd2 crc32c_generic libcrc32c ext4 xfs)
 for m in "${mods[@]}"; do
   f=$(modinfo -k "$kver" -n "$m")
   case "$f" in
@@ -70,7 +70,7 @@ mount -t devtmpfs dev /dev
 # hand virtio_mmio its device list (microvm without ACPI) explicitly.
 mmio=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^virtio_mmio\.//p')
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio \
-         virtio_blk crc16 mbcache jbd2 crc32c_generic libcrc32c ext4; do
+         virtio_blk crc16 mbcache jbd2 crc32c_generic libcrc32c ext4 xfs; do
   params=""
   [ "$m" = virtio_mmio ] && params="$mmio"
   insmod /lib/modules/$m.ko $params || echo "OCIDISK-INSMOD-FAILED $m"

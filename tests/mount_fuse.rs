@@ -142,42 +142,58 @@ fn read_only_mount_on_a_file_and_in_a_directory() {
     }
 }
 
+/// `mount --fs FS` of `r` with an overlay in `dir`: its file is
+/// byte-identical to `materialize --fs FS`.
+fn mount_equal_to_materialize(o: &Ocidisk, r: &str, fs: &str, dir: &Path) -> MountProc {
+    let reference = dir.join("ref.img");
+    o.ok(&["materialize", "--fs", fs, r, reference.to_str().unwrap()]);
+    let point = dir.join("disk");
+    std::fs::write(&point, b"").unwrap();
+    let overlay = dir.join("overlay");
+    let m = MountProc::start(
+        o,
+        r,
+        &point,
+        &["--fs", fs, "--overlay", overlay.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&m.image).unwrap() == std::fs::read(&reference).unwrap(),
+        "the FUSE file differs from materialize --fs {fs}"
+    );
+    m
+}
+
+/// Write a file through a writable loop mount of `img`, and sync.
+fn write_through_loop_mount(img: &Path) {
+    let fs = LoopMount::writable(img);
+    std::fs::write(fs.path().join("written-by-guest"), b"a guest write").unwrap();
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+}
+
 #[test]
 fn an_ext3_mount_equals_materialize_and_takes_writes() {
     let dir = tempfile::tempdir().unwrap();
     imagegen::write_standard(&dir.path().join("layout"), "v1", Compression::Gzip);
     let r = format!("oci:{}:v1", dir.path().join("layout").display());
-    let reference = dir.path().join("ref.img");
     let o = Ocidisk::new();
-    o.ok(&[
-        "materialize",
-        "--fs",
-        "ext3",
-        &r,
-        reference.to_str().unwrap(),
-    ]);
-    let point = dir.path().join("disk");
-    std::fs::write(&point, b"").unwrap();
-    let overlay = dir.path().join("overlay");
-    let m = MountProc::start(
-        &o,
-        &r,
-        &point,
-        &["--fs", "ext3", "--overlay", overlay.to_str().unwrap()],
-    );
-    assert!(
-        std::fs::read(&m.image).unwrap() == std::fs::read(&reference).unwrap(),
-        "the FUSE file differs from materialize --fs ext3"
-    );
+    let m = mount_equal_to_materialize(&o, &r, "ext3", dir.path());
     let expected = with_lost_found(imagegen::oracle(&imagegen::standard_layers()));
     common::fscheck::compare_mounted_as(&expected, &m.image, "ext3");
-    {
-        let fs = LoopMount::writable(&m.image);
-        std::fs::write(fs.path().join("written-by-guest"), b"ext3 write").unwrap();
-        // SAFETY: sync(2) has no preconditions.
-        unsafe { libc::sync() };
-    }
+    write_through_loop_mount(&m.image);
     assert_e2fsck_clean(&m.image);
+    assert_eq!(m.stop(), Some(0));
+}
+
+#[test]
+fn an_xfs_mount_equals_materialize_and_takes_writes() {
+    let layout = common::debian::layout();
+    let r = format!("oci:{}:bookworm", layout.display());
+    let dir = tempfile::tempdir().unwrap();
+    let o = Ocidisk::new();
+    let m = mount_equal_to_materialize(&o, &r, "xfs", dir.path());
+    write_through_loop_mount(&m.image);
+    common::fscheck::assert_xfs_repair_clean(&m.image);
     assert_eq!(m.stop(), Some(0));
 }
 

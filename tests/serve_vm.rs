@@ -30,9 +30,58 @@ struct Setup {
 
 /// The standard image pushed to a real registry, served lazily from it.
 fn setup(repo: &str) -> Setup {
-    let reg = Registry::start();
     let dir = tempfile::tempdir().unwrap();
     imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    let oracle = with_lost_found(imagegen::oracle(&imagegen::standard_layers()));
+    setup_in(repo, dir, oracle)
+}
+
+/// Two small layers without xattrs or huge directories (what the XFS
+/// writer handles so far): every inode type, a hard link, a whiteout.
+fn small_layers() -> Vec<imagegen::LayerSpec> {
+    use imagegen::{Content, EntrySpec as E, LayerSpec};
+    let big = E::file(
+        "/usr/lib/big",
+        Content::Pattern {
+            len: 300_000,
+            seed: 3,
+        },
+        0o644,
+    );
+    vec![
+        LayerSpec::new(
+            "base",
+            vec![
+                E::dir("/etc", 0o755),
+                E::text("/etc/hostname", "xfs-guest\n", 0o644),
+                E::text("/etc/gone", "whited out\n", 0o644),
+                E::dir("/usr", 0o755),
+                E::dir("/usr/lib", 0o755),
+                big.clone(),
+                E::hardlink_of("/usr/lib/big-link", &big),
+                E::symlink("/usr/lib/rel", "big"),
+                E::char_device("/etc/null", 1, 3, 0o666).owner(0, 5),
+                E::fifo("/etc/fifo", 0o600),
+                E::file(
+                    "/usr/lib/suid",
+                    Content::Pattern { len: 5000, seed: 4 },
+                    0o4755,
+                )
+                .owner(1000, 1000),
+            ],
+        ),
+        LayerSpec::new(
+            "top",
+            vec![
+                E::whiteout("/etc/gone"),
+                E::text("/etc/added", "layer two\n", 0o640),
+            ],
+        ),
+    ]
+}
+
+fn setup_in(repo: &str, dir: tempfile::TempDir, oracle: imagegen::Oracle) -> Setup {
+    let reg = Registry::start();
     reg.push(
         &format!("oci:{}:v1", dir.path().display()),
         &format!("{repo}:v1"),
@@ -40,7 +89,7 @@ fn setup(repo: &str) -> Setup {
     );
     Setup {
         image: format!("{}/{repo}:v1", reg.host()),
-        oracle: with_lost_found(imagegen::oracle(&imagegen::standard_layers())),
+        oracle,
         sock: dir.path().join("vm.sock"),
         work: dir.path().to_path_buf(),
         _reg: reg,
@@ -88,6 +137,29 @@ fn a_vm_mounts_an_ext3_disk_and_sees_every_file() {
     assert!(
         console.contains("OCIDISK-MOUNTED ro ext3"),
         "the guest kernel mounts it as ext3:\n{console}"
+    );
+    assert_tree(&console, &s.oracle);
+}
+
+#[test]
+fn a_vm_mounts_an_xfs_disk_and_sees_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = small_layers();
+    imagegen::write_image(
+        dir.path(),
+        "v1",
+        &layers,
+        Compression::Gzip,
+        &imagegen::Platform::linux_amd64(),
+    );
+    let s = setup_in("vmxfs", dir, imagegen::oracle(&layers));
+    let _served = Served::start(&s.o, &s.image, &s.sock, &["--read-only", "--fs", "xfs"]);
+    let mut vm = Vm::new("tree");
+    vm.fs = "xfs";
+    let console = vm.run(&s.sock, BOOT);
+    assert!(
+        console.contains("OCIDISK-MOUNTED ro xfs"),
+        "the guest kernel mounts it as xfs:\n{console}"
     );
     assert_tree(&console, &s.oracle);
 }

@@ -1,4 +1,4 @@
-//! The XFS writer (not yet behind `--fs xfs`), checked by the real tools:
+//! The XFS writer (`--fs xfs`), checked by the real tools:
 //! `xfs_repair -n` finds nothing, the kernel mounts it read-write,
 //! `xfs_db` reads the geometry mkfs.xfs would choose, and a tree of every
 //! inode type mounts equal to GNU tar's extraction.
@@ -277,4 +277,26 @@ fn limits_of_xfs_are_errors_naming_them() {
         matches!(e, XfsError::DeviceNumber { minor: 300_000, .. }),
         "{e}"
     );
+}
+
+#[test]
+fn the_debian_image_as_xfs_equals_gnu_tar() {
+    let layout = common::debian::layout();
+    let o = common::cli::Ocidisk::new();
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("debian.xfs");
+    let image = format!("oci:{}:bookworm", layout.display());
+    o.ok(&["materialize", "--fs", "xfs", &image, img.to_str().unwrap()]);
+    assert_xfs_repair_clean(&img);
+    common::debian::assert_equals_tar_extraction(&layout, &img, Some("xfs"));
+    // Deterministic: the same bytes again.
+    let again = d.path().join("again.xfs");
+    o.ok(&[
+        "materialize",
+        "--fs",
+        "xfs",
+        &image,
+        again.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&img).unwrap() == std::fs::read(&again).unwrap());
 }

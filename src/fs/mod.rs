@@ -6,7 +6,7 @@
 //! What every writer shares lives here: the order in which nodes are met
 //! with implicit paths ([`order`]), a block allocator over a range
 //! ([`alloc`]), sizing ([`sizing`]), crc32c ([`crc32c`]), the xattr and
-//! POSIX ACL model ([`xattr`]), timestamp ranges ([`time`]). The writers: [`extfs`] (ext4, ext3).
+//! POSIX ACL model ([`xattr`]), timestamp ranges ([`time`]). The writers: [`extfs`] (ext4, ext3), [`xfs`].
 
 pub mod alloc;
 pub mod crc32c;
@@ -39,17 +39,20 @@ pub enum Filesystem {
     Ext4,
     /// ext3, as `mke2fs -t ext3` makes it (journal, block maps).
     Ext3,
+    /// XFS v5 as `mkfs.xfs` makes it (in progress: see [`xfs`]).
+    Xfs,
 }
 
 impl Filesystem {
     /// Every filesystem, in the order `--help` lists them.
-    pub const ALL: [Filesystem; 2] = [Filesystem::Ext4, Filesystem::Ext3];
+    pub const ALL: [Filesystem; 3] = [Filesystem::Ext4, Filesystem::Ext3, Filesystem::Xfs];
 
     /// Its name (`ext4`, `ext3`), as `--fs` takes it.
     pub fn name(self) -> &'static str {
         match self {
             Filesystem::Ext4 => "ext4",
             Filesystem::Ext3 => "ext3",
+            Filesystem::Xfs => "xfs",
         }
     }
 }
@@ -105,7 +108,7 @@ impl FsOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     /// A `--fs` name ocidisk does not write.
-    #[error("unknown filesystem {0:?} (ocidisk writes ext4 and ext3)")]
+    #[error("unknown filesystem {0:?} (ocidisk writes ext4, ext3 and xfs)")]
     Unknown(String),
     /// The layers do not form a valid tree.
     #[error(transparent)]
@@ -113,6 +116,9 @@ pub enum FsError {
     /// The ext4/ext3 writer refused the content.
     #[error(transparent)]
     Ext(#[from] extfs::ExtError),
+    /// The XFS writer refused the content.
+    #[error(transparent)]
+    Xfs(#[from] xfs::XfsError),
     /// A writer produced an inconsistent image (a bug).
     #[error("internal error: the planned filesystem is inconsistent: {0}")]
     Image(#[from] ImageError),
@@ -158,6 +164,7 @@ pub fn plan(tree: &Tree, opts: &FsOptions) -> Result<FsImage, FsError> {
             };
             extfs::build(tree, &ext, profile)?
         }
+        Filesystem::Xfs => xfs::build(tree, opts)?,
     };
     image.validate()?;
     Ok(image)

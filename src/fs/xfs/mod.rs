@@ -1,17 +1,18 @@
-//! The XFS writer (work in progress, not yet behind `--fs xfs`): a V5
+//! The XFS writer behind `--fs xfs` (work in progress): a V5
 //! filesystem as mkfs.xfs 6.1 makes it with `crc=1 ftype=1 bigtime=1` and
 //! finobt, rmapbt, reflink, sparse inodes and inobtcount off, 4 KiB blocks
 //! and 512-byte inodes.
 //!
 //! What it writes so far: every AG's superblock, AGF, AGI and AGFL;
-//! one-leaf free-space and inode trees; inode chunks in AG 0, fully
-//! initialised (root, the realtime bitmap and summary inodes as mkfs makes
-//! them, then the tree's nodes); shortform and block-form directories;
-//! files with up to 21 extents in the inode, holes kept; local and remote
+//! one-leaf free-space and inode trees; inode chunks in AG 0 (a tree with
+//! more inodes gets a bigger filesystem), fully initialised: the root,
+//! the realtime bitmap and summary inodes as mkfs makes them, then the
+//! tree's nodes; shortform, block-form and leaf-form directories; files
+//! with up to 21 extents in the inode, holes kept; local and remote
 //! symlinks; devices and fifos; hard links; bigtime timestamps; a clean
-//! internal log. What it cannot write yet (xattrs, leaf and node
-//! directories, bmbt files, more than one inode-tree leaf) is an error
-//! naming it. [`build_empty`] is the empty filesystem mkfs makes.
+//! internal log. What it cannot write yet (xattrs, node-form directories,
+//! files needing a bmbt, more inodes than one inode-tree leaf indexes) is
+//! an error naming it. [`build_empty`] is the empty filesystem mkfs makes.
 //!
 //! Files: `geometry.rs` (sizes like mkfs), `layout.rs` (a tree onto a
 //! geometry), `headers.rs` (superblock and AG headers), `btree.rs`
