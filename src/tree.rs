@@ -18,6 +18,8 @@
 //!   valid tree: a symlink target that is empty, holds NUL or passes
 //!   `PATH_MAX`; a device number beyond Linux's 12-bit major and 20-bit
 //!   minor; a sparse map out of order, overlapping or past the file's end.
+//! - A file with an access ACL gets the permission bits the ACL implies,
+//!   as extracting it does (setting the ACL sets them).
 //!
 //! File nodes say where their bytes are: layer number, offset and length in
 //! that layer's uncompressed tar, and the sparse map if any.
@@ -251,12 +253,44 @@ fn implied_dir() -> Node {
     }
 }
 
+/// The permission bits an access ACL implies, as setting it on an
+/// extracted file does (the kernel's `posix_acl_update_mode`): owner from
+/// `ACL_USER_OBJ`, group from `ACL_MASK` (`ACL_GROUP_OBJ` without a mask),
+/// others from `ACL_OTHER`. A missing or malformed ACL changes nothing
+/// (the writers refuse a malformed one by name).
+fn mode_with_acl(mode: u32, xattrs: &[(Vec<u8>, Vec<u8>)]) -> u32 {
+    let Some((_, v)) = xattrs
+        .iter()
+        .find(|(k, _)| k.as_slice() == b"system.posix_acl_access")
+    else {
+        return mode;
+    };
+    if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) || v[..4] != 2u32.to_le_bytes() {
+        return mode;
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    for e in v[4..].chunks(8) {
+        let perm = u32::from(u16::from_le_bytes([e[2], e[3]]) & 7);
+        match u16::from_le_bytes([e[0], e[1]]) {
+            0x01 => user = Some(perm),
+            0x04 => group = Some(perm),
+            0x10 => mask = Some(perm),
+            0x20 => other = Some(perm),
+            _ => {}
+        }
+    }
+    match (user, mask.or(group), other) {
+        (Some(u), Some(g), Some(o)) => (mode & 0o7000) | (u << 6) | (g << 3) | o,
+        _ => mode,
+    }
+}
+
 fn meta_of(e: &TarEntry) -> Metadata {
     let mut xattrs = e.xattrs.clone();
     xattrs.sort();
     xattrs.dedup_by(|a, b| a.0 == b.0);
     Metadata {
-        mode: e.mode & 0o7777,
+        mode: mode_with_acl(e.mode & 0o7777, &xattrs),
         uid: e.uid,
         gid: e.gid,
         mtime: e.mtime,

@@ -194,6 +194,46 @@ fn sample_tar() -> Vec<u8> {
     b.append_data(&mut h, "etc/nvme", &[][..]).unwrap();
     let mut h = head(tar::EntryType::Fifo, 0, 0o600);
     b.append_data(&mut h, "etc/fifo", &[][..]).unwrap();
+    // Extended attributes in every namespace, and POSIX ACLs.
+    let acl = |entries: &[(u16, u16, u32)]| {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    };
+    let access = acl(&[
+        (0x01, 7, u32::MAX),
+        (0x02, 6, 1000),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ]);
+    let default = acl(&[
+        (0x01, 7, u32::MAX),
+        (0x04, 5, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ]);
+    let cap = [
+        1u8, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.comment", &b"an xfs attribute"[..]),
+        ("SCHILY.xattr.trusted.overlay", &b"y"[..]),
+        ("SCHILY.xattr.security.capability", &cap[..]),
+    ])
+    .unwrap();
+    let mut h = head(tar::EntryType::Regular, 4, 0o755);
+    b.append_data(&mut h, "usr/bin/ping", &b"ping"[..]).unwrap();
+    b.append_pax_extensions([
+        ("SCHILY.xattr.system.posix_acl_access", &access[..]),
+        ("SCHILY.xattr.system.posix_acl_default", &default[..]),
+    ])
+    .unwrap();
+    let mut h = head(tar::EntryType::Directory, 0, 0o775);
+    b.append_data(&mut h, "acl-dir", &[][..]).unwrap();
     b.into_inner().unwrap()
 }
 
@@ -215,7 +255,7 @@ fn a_tree_of_every_inode_type_mounts_equal_to_gnu_tar() {
             .arg(&tar_file)
             .arg("-C")
             .arg(&root)
-            .arg("--numeric-owner"),
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
         Duration::from_secs(60),
     );
     let mut want = common::imagegen::scan_tree(&root);
@@ -231,7 +271,7 @@ fn a_tree_of_every_inode_type_mounts_equal_to_gnu_tar() {
     let mut got = common::imagegen::scan_tree(&mnt);
     // GNU tar leaves these directories with the time of the extraction
     // (their children came later in the archive); check them directly.
-    let dirs = ["/etc", "/usr", "/usr/bin", "/big", "/bigger"];
+    let dirs = ["/etc", "/usr", "/usr/bin", "/big", "/bigger", "/acl-dir"];
     for d in dirs {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(mnt.join(&d[1..])).unwrap();
@@ -240,8 +280,14 @@ fn a_tree_of_every_inode_type_mounts_equal_to_gnu_tar() {
     run_ok(Command::new("umount").arg(&mnt), Duration::from_secs(60));
     want.entries.remove("/");
     got.entries.remove("/");
+    // XFS lists its ACL attributes in the trusted namespace too (to root),
+    // beside the system.posix_acl_* names every filesystem shows.
     let opts = common::imagegen::CompareOptions {
         ignore_mtime: dirs.iter().map(|d| d.to_string()).collect(),
+        ignore_xattrs: vec![
+            "trusted.SGI_ACL_FILE".into(),
+            "trusted.SGI_ACL_DEFAULT".into(),
+        ],
         ..Default::default()
     };
     let diffs = common::imagegen::compare_trees(&want, &got, &opts);

@@ -49,6 +49,10 @@ pub struct Inode<'a> {
     pub nextents: u32,
     /// The data fork's bytes.
     pub fork: &'a [u8],
+    /// The attribute fork (shortform), empty for none.
+    pub attr: &'a [u8],
+    /// Where the attribute fork starts, in 8-byte units after the core.
+    pub forkoff: u8,
 }
 
 /// The 512 bytes of `inode`, checksummed.
@@ -75,8 +79,15 @@ pub fn encode(i: &Inode<'_>, uuid: &[u8; 16]) -> Vec<u8> {
     be32(&mut b, 76, i.nextents);
     be32(&mut b, 96, NULL32); // next unlinked
     if i.mode != 0 {
-        b[83] = format::EXTENTS; // attribute fork format, though it has none
         be64(&mut b, 120, FLAG2_BIGTIME);
+        if i.attr.is_empty() {
+            b[83] = format::EXTENTS; // as mkfs leaves it with no attribute fork
+        } else {
+            b[82] = i.forkoff;
+            b[83] = format::LOCAL;
+            let at = CORE + 8 * usize::from(i.forkoff);
+            b[at..at + i.attr.len()].copy_from_slice(i.attr);
+        }
     }
     be64(&mut b, 144, t); // crtime
     be64(&mut b, 152, i.ino);

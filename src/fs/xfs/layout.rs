@@ -12,12 +12,13 @@ use super::geometry::{
 };
 use super::headers::{self, AgfInfo, AgiInfo, SbInfo};
 use super::inode::{self, Inode, format};
-use super::{XfsError, log};
+use super::{XfsError, attr, log};
 use crate::fs::FsImage;
 use crate::fs::alloc::Alloc;
 use crate::fs::extents::{Run, file_ranges, place};
 use crate::fs::order::Order;
 use crate::fs::time::{Clamper, TimeRange};
+use crate::fs::xattr::classify;
 use crate::tree::NodeKind;
 
 /// Longest extent a bmbt record holds (21 bits of length).
@@ -161,12 +162,6 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
         let node = &tree.nodes[placed.id];
         let ino = ino_at(pos);
         let path = || order.path(pos);
-        if !node.meta.xattrs.is_empty() {
-            return Err(XfsError::NotYet {
-                what: "extended attributes",
-                path: path(),
-            });
-        }
         let mut fork = Vec::new();
         let (type_bits, fmt, size, nblocks, nextents, nlink) = match &node.kind {
             NodeKind::Dir(children) => {
@@ -333,6 +328,32 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
         } else {
             node.meta.mode & 0o7777
         };
+        let xattr_err = |source| XfsError::Xattr {
+            path: path(),
+            source,
+        };
+        let attrs = classify(&node.meta.xattrs, &path).map_err(xattr_err)?;
+        let attrs = attr::stored(&attrs, &path).map_err(xattr_err)?;
+        let (forkoff, attr_fork) = if attrs.is_empty() {
+            (0, Vec::new())
+        } else {
+            let Some(sf) = attr::shortform(&attrs) else {
+                return Err(XfsError::NotYet {
+                    what: "extended attribute values of 256 bytes or more",
+                    path: path(),
+                });
+            };
+            // The data fork keeps what it holds, 8 bytes at least (a
+            // device exactly that); the attributes take the rest.
+            let data = fork.len().next_multiple_of(8).max(8);
+            if data + sf.len() > LITINO {
+                return Err(XfsError::NotYet {
+                    what: "more extended attributes than the inode holds",
+                    path: path(),
+                });
+            }
+            ((data / 8) as u8, sf)
+        };
         let mtime = times.clamp(node.meta.mtime, node.meta.mtime_nsec, &path);
         let i = Inode {
             ino,
@@ -346,6 +367,8 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
             format: fmt,
             nextents,
             fork: &fork,
+            attr: &attr_fork,
+            forkoff,
         };
         inodes.push((slot_of(pos), inode::encode(&i, &uuid)));
     }
@@ -374,6 +397,8 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
             format: if rt { format::EXTENTS } else { format::DEV },
             nextents: 0,
             fork: &[],
+            attr: &[],
+            forkoff: 0,
         };
         inodes.push((slot, inode::encode(&i, &uuid)));
     }

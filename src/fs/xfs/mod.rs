@@ -10,16 +10,20 @@
 //! tree's nodes; shortform, block-form and leaf-form directories; files
 //! with up to 21 extents in the inode, holes kept; local and remote
 //! symlinks; devices and fifos; hard links; bigtime timestamps; a clean
-//! internal log. What it cannot write yet (xattrs, node-form directories,
+//! internal log; xattrs (and POSIX ACLs as XFS's own) in the inode's
+//! attribute fork. What it cannot write yet (attributes that need a leaf
+//! block, node-form directories,
 //! files needing a bmbt, more inodes than one inode-tree leaf indexes) is
 //! an error naming it. [`build_empty`] is the empty filesystem mkfs makes.
 //!
 //! Files: `geometry.rs` (sizes like mkfs), `layout.rs` (a tree onto a
 //! geometry), `headers.rs` (superblock and AG headers), `btree.rs`
 //! (short-form B+tree blocks), `inode.rs` (v3 inodes), `dir.rs`
-//! (directories), `log.rs` (the unmount record), `disk.rs` (big-endian
+//! (directories), `attr.rs` (extended attributes), `log.rs` (the unmount
+//! record), `disk.rs` (big-endian
 //! fields and the v5 checksum).
 
+pub mod attr;
 pub mod btree;
 pub mod dir;
 pub mod disk;
@@ -54,6 +58,14 @@ pub enum XfsError {
         what: &'static str,
         /// The node that needs it.
         path: String,
+    },
+    /// An extended attribute no filesystem takes (or a bad ACL).
+    #[error("{path}: {source}")]
+    Xattr {
+        /// The node.
+        path: String,
+        /// What is wrong.
+        source: crate::fs::xattr::XattrError,
     },
     /// A symlink target over `XFS_SYMLINK_MAXLEN`.
     #[error("symlink {path} has a target of {len} bytes; xfs stores at most 1023")]
