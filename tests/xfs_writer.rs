@@ -136,7 +136,7 @@ fn materialize_xfs(tar: &[u8], path: &Path, uuid: [u8; 16]) {
 }
 
 /// A layer with what the writer handles so far: every inode type,
-/// shortform, block-form and leaf-form directories, files of edge sizes, short and remote
+/// shortform, block, leaf and node-form directories, files of edge sizes, short and remote
 /// symlinks, hard links, owners, modes and nanosecond times.
 fn sample_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -150,7 +150,7 @@ fn sample_tar() -> Vec<u8> {
         h.set_mtime(1_700_000_000);
         h
     };
-    for d in ["etc", "usr", "usr/bin", "big", "bigger"] {
+    for d in ["etc", "usr", "usr/bin", "big", "bigger", "huge"] {
         let mut h = head(tar::EntryType::Directory, 0, 0o755);
         b.append_data(&mut h, d, &[][..]).unwrap();
     }
@@ -166,8 +166,8 @@ fn sample_tar() -> Vec<u8> {
         let mut h = head(tar::EntryType::Regular, len as u64, 0o4755);
         b.append_data(&mut h, name, &data[..]).unwrap();
     }
-    // 60 entries: one block (block form); 400: leaf form.
-    for (dir, n) in [("big", 60), ("bigger", 400)] {
+    // 60 entries: one block (block form); 400: leaf form; 3000: node form.
+    for (dir, n) in [("big", 60), ("bigger", 400), ("huge", 3000)] {
         for i in 0..n {
             let name = format!("{dir}/entry-with-a-longer-name-{i:04}");
             let mut h = head(tar::EntryType::Regular, 3, 0o644);
@@ -271,7 +271,9 @@ fn a_tree_of_every_inode_type_mounts_equal_to_gnu_tar() {
     let mut got = common::imagegen::scan_tree(&mnt);
     // GNU tar leaves these directories with the time of the extraction
     // (their children came later in the archive); check them directly.
-    let dirs = ["/etc", "/usr", "/usr/bin", "/big", "/bigger", "/acl-dir"];
+    let dirs = [
+        "/etc", "/usr", "/usr/bin", "/big", "/bigger", "/huge", "/acl-dir",
+    ];
     for d in dirs {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(mnt.join(&d[1..])).unwrap();
@@ -345,4 +347,28 @@ fn the_debian_image_as_xfs_equals_gnu_tar() {
         again.to_str().unwrap(),
     ]);
     assert!(std::fs::read(&img).unwrap() == std::fs::read(&again).unwrap());
+}
+
+#[test]
+fn the_standard_image_as_xfs_equals_its_oracle() {
+    use common::imagegen::{self, Compression};
+    let d = tempfile::tempdir().unwrap();
+    let o = common::cli::Ocidisk::new();
+    let oracle = imagegen::oracle(&imagegen::standard_layers());
+    for compression in [Compression::Gzip, Compression::Zstd, Compression::None] {
+        let layout = d.path().join(compression.name());
+        imagegen::write_standard(&layout, "v1", compression);
+        let image = format!("oci:{}:v1", layout.display());
+        for ro in [true, false] {
+            let img = d.path().join(format!("{}-{ro}.xfs", compression.name()));
+            let mut args = vec!["materialize", "--fs", "xfs", &image, img.to_str().unwrap()];
+            if ro {
+                args.push("--read-only");
+            }
+            o.ok(&args);
+            assert_xfs_repair_clean(&img);
+            common::fscheck::compare_mounted_as(&oracle, &img, "xfs");
+            std::fs::remove_file(&img).unwrap();
+        }
+    }
 }

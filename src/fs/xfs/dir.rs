@@ -1,8 +1,8 @@
 //! Directories in the forms that fit what they hold: shortform (in the
 //! inode), block form (one 4 KiB block: entries, then the hash-sorted
 //! leaf array and its tail) and leaf form (data blocks, then one leaf
-//! block of hashes at the 32 GiB offset). Node form comes with larger
-//! directories.
+//! block of hashes at the 32 GiB offset) and node form (data blocks, a
+//! one-level da B+tree of hash leaves at 32 GiB, a free index at 64 GiB).
 //!
 //! Entries are laid out in the order given (by name), and a shortform
 //! entry's offset is the one it would have in block form, as the kernel
@@ -196,28 +196,33 @@ pub fn leaf_form_data_blocks(entries: &[Entry<'_>]) -> usize {
     data_places(entries).last().map_or(1, |p| p.0 + 1)
 }
 
-/// Bytes of the v5 leaf header (`xfs_dir3_leaf_hdr`).
+/// Bytes of the v5 leaf header (`xfs_dir3_leaf_hdr`), of the da node
+/// header (`xfs_da3_node_hdr`) and of the free index header.
 const LEAF_HDR: usize = 64;
+/// Logical directory block of the first free index block (64 GiB).
+pub const FREE_BLOCK: u64 = (64 << 30) / BLOCK;
+/// Hash entries in one node-form leaf.
+const LEAFN_ENTRIES: usize = (BLOCK as usize - LEAF_HDR) / 8;
 
-/// A leaf-form directory: its data blocks at `data_devs` (as many as
-/// [`leaf_form_data_blocks`] says), then the leaf block at `leaf_dev`.
-/// `None` if the hashes do not fit one leaf block.
-pub fn leaf_form(
+/// The data blocks of a multi-block directory.
+struct DataBlocks {
+    /// The blocks.
+    blocks: Vec<Vec<u8>>,
+    /// (hash, address) of every entry, sorted.
+    hashes: Vec<(u32, u32)>,
+    /// Each block's free bytes.
+    bests: Vec<u16>,
+}
+
+/// The data blocks of a multi-block directory at `data_devs`.
+fn data_blocks(
     owner: u64,
     parent: u64,
     entries: &[Entry<'_>],
     data_devs: &[u64],
-    leaf_dev: u64,
     uuid: &[u8; 16],
-) -> Option<Vec<Vec<u8>>> {
+) -> DataBlocks {
     let places = data_places(entries);
-    let n_data = data_devs.len();
-    let n = places.len();
-    let tail_at = BLOCK as usize - 4;
-    let bests_at = tail_at - 2 * n_data;
-    if LEAF_HDR + 8 * n > bests_at {
-        return None;
-    }
     let mut blocks: Vec<Vec<u8>> = data_devs
         .iter()
         .map(|&dev| {
@@ -239,8 +244,8 @@ pub fn leaf_form(
         ino: parent,
         ftype: 2,
     };
-    let mut hashes = Vec::with_capacity(n);
-    let mut ends = vec![DATA_HDR; n_data];
+    let mut hashes = Vec::with_capacity(places.len());
+    let mut ends = vec![DATA_HDR; data_devs.len()];
     for (e, &(db, at)) in [dot, dotdot].iter().chain(entries).zip(&places) {
         let b = &mut blocks[db];
         let size = entsize(e.name.len());
@@ -252,7 +257,7 @@ pub fn leaf_form(
         hashes.push((hash(e.name), ((db as u64 * BLOCK + at as u64) / 8) as u32));
         ends[db] = at + size;
     }
-    let mut bests = Vec::with_capacity(n_data);
+    let mut bests = Vec::with_capacity(data_devs.len());
     for (b, &end) in blocks.iter_mut().zip(&ends) {
         let free = BLOCK as usize - end;
         if free > 0 {
@@ -266,12 +271,50 @@ pub fn leaf_form(
         set_crc(b, 4);
     }
     hashes.sort();
-    let mut leaf = vec![0u8; BLOCK as usize];
-    be16(&mut leaf, 8, 0x3df1); // XFS_DIR3_LEAF1_MAGIC
-    be64(&mut leaf, 16, leaf_dev * (BLOCK / SECTOR));
-    leaf[32..48].copy_from_slice(uuid);
-    be64(&mut leaf, 48, owner);
-    be16(&mut leaf, 56, n as u16);
+    DataBlocks {
+        blocks,
+        hashes,
+        bests,
+    }
+}
+
+/// A leaf block header (`xfs_dir3_leaf_hdr`, also the da node's `info`):
+/// siblings `forw` / `back` as logical directory blocks (0: none).
+fn leaf_header(magic: u16, dev: u64, owner: u64, uuid: &[u8; 16], forw: u64, back: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK as usize];
+    be32(&mut b, 0, forw as u32);
+    be32(&mut b, 4, back as u32);
+    be16(&mut b, 8, magic);
+    be64(&mut b, 16, dev * (BLOCK / SECTOR));
+    b[32..48].copy_from_slice(uuid);
+    be64(&mut b, 48, owner);
+    b
+}
+
+/// A leaf-form directory: its data blocks at `data_devs` (as many as
+/// [`leaf_form_data_blocks`] says), then the leaf block at `leaf_dev`.
+/// `None` if the hashes do not fit one leaf block.
+pub fn leaf_form(
+    owner: u64,
+    parent: u64,
+    entries: &[Entry<'_>],
+    data_devs: &[u64],
+    leaf_dev: u64,
+    uuid: &[u8; 16],
+) -> Option<Vec<Vec<u8>>> {
+    let n_data = data_devs.len();
+    let tail_at = BLOCK as usize - 4;
+    let bests_at = tail_at - 2 * n_data;
+    if LEAF_HDR + 8 * (entries.len() + 2) > bests_at {
+        return None;
+    }
+    let DataBlocks {
+        mut blocks,
+        hashes,
+        bests,
+    } = data_blocks(owner, parent, entries, data_devs, uuid);
+    let mut leaf = leaf_header(0x3df1, leaf_dev, owner, uuid, 0, 0); // LEAF1
+    be16(&mut leaf, 56, hashes.len() as u16);
     for (i, (h, addr)) in hashes.iter().enumerate() {
         be32(&mut leaf, LEAF_HDR + 8 * i, *h);
         be32(&mut leaf, LEAF_HDR + 8 * i + 4, *addr);
@@ -282,6 +325,107 @@ pub fn leaf_form(
     be32(&mut leaf, tail_at, n_data as u32);
     set_crc(&mut leaf, 12);
     blocks.push(leaf);
+    Some(blocks)
+}
+
+/// Whether a leaf-form directory of `entries` in `n_data` data blocks has
+/// its hashes and bests fit one leaf block.
+pub fn leaf_form_fits(entries: &[Entry<'_>], n_data: usize) -> bool {
+    LEAF_HDR + 8 * (entries.len() + 2) + 2 * n_data + 4 <= BLOCK as usize
+}
+
+/// Where the sorted hashes split into node-form leaves: never inside a
+/// run of equal hashes. `None` if one run fills a whole leaf.
+fn leaf_splits(hashes: &[(u32, u32)]) -> Option<Vec<std::ops::Range<usize>>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < hashes.len() {
+        let mut end = (start + LEAFN_ENTRIES).min(hashes.len());
+        while end < hashes.len() && end > start && hashes[end].0 == hashes[end - 1].0 {
+            end -= 1;
+        }
+        if end == start {
+            return None;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    Some(out)
+}
+
+/// How many node-form leaves `entries` need (with `.` and `..`).
+pub fn node_form_leaves(entries: &[Entry<'_>]) -> Option<usize> {
+    let mut hashes: Vec<(u32, u32)> = [&b"."[..], b".."]
+        .into_iter()
+        .chain(entries.iter().map(|e| e.name))
+        .map(|n| (hash(n), 0))
+        .collect();
+    hashes.sort();
+    leaf_splits(&hashes).map(|s| s.len())
+}
+
+/// A node-form directory: data blocks at `data_devs`, the da node at
+/// `node_dev` (logical [`LEAF_BLOCK`]), the leaves at `leaf_devs` (logical
+/// blocks after it, as many as [`node_form_leaves`] says) and the free
+/// index at `free_dev` (logical [`FREE_BLOCK`]), in that order.
+#[allow(clippy::too_many_arguments)]
+pub fn node_form(
+    owner: u64,
+    parent: u64,
+    entries: &[Entry<'_>],
+    data_devs: &[u64],
+    node_dev: u64,
+    leaf_devs: &[u64],
+    free_dev: u64,
+    uuid: &[u8; 16],
+) -> Option<Vec<Vec<u8>>> {
+    let DataBlocks {
+        mut blocks,
+        hashes,
+        bests,
+    } = data_blocks(owner, parent, entries, data_devs, uuid);
+    let splits = leaf_splits(&hashes)?;
+    if splits.len() != leaf_devs.len() || splits.len() > LEAFN_ENTRIES {
+        return None;
+    }
+    if bests.len() > (BLOCK as usize - LEAF_HDR) / 2 {
+        return None;
+    }
+    let mut node = leaf_header(0x3ebe, node_dev, owner, uuid, 0, 0); // DA3_NODE
+    be16(&mut node, 56, splits.len() as u16);
+    be16(&mut node, 58, 1); // level
+    let mut leaves = Vec::with_capacity(splits.len());
+    for (i, (range, &dev)) in splits.iter().zip(leaf_devs).enumerate() {
+        let logical = LEAF_BLOCK + 1 + i as u64;
+        let forw = if i + 1 < splits.len() { logical + 1 } else { 0 };
+        let back = if i > 0 { logical - 1 } else { 0 };
+        let mut leaf = leaf_header(0x3dff, dev, owner, uuid, forw, back); // LEAFN
+        be16(&mut leaf, 56, range.len() as u16);
+        for (k, (h, addr)) in hashes[range.clone()].iter().enumerate() {
+            be32(&mut leaf, LEAF_HDR + 8 * k, *h);
+            be32(&mut leaf, LEAF_HDR + 8 * k + 4, *addr);
+        }
+        set_crc(&mut leaf, 12);
+        leaves.push(leaf);
+        be32(&mut node, LEAF_HDR + 8 * i, hashes[range.end - 1].0);
+        be32(&mut node, LEAF_HDR + 8 * i + 4, logical as u32);
+    }
+    set_crc(&mut node, 12);
+    let mut free = vec![0u8; BLOCK as usize];
+    be32(&mut free, 0, 0x5844_4633); // XDF3
+    be64(&mut free, 8, free_dev * (BLOCK / SECTOR));
+    free[24..40].copy_from_slice(uuid);
+    be64(&mut free, 40, owner);
+    be32(&mut free, 48, 0); // firstdb
+    be32(&mut free, 52, bests.len() as u32); // nvalid
+    be32(&mut free, 56, bests.len() as u32); // nused
+    for (i, best) in bests.iter().enumerate() {
+        be16(&mut free, LEAF_HDR + 2 * i, *best);
+    }
+    set_crc(&mut free, 4);
+    blocks.push(node);
+    blocks.extend(leaves);
+    blocks.push(free);
     Some(blocks)
 }
 

@@ -183,36 +183,70 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
                     fork = sf;
                     (0o040000, format::LOCAL, len, 0, 0, nlink)
                 } else {
-                    let n_data = if dir::block_form_fits(&entries) {
+                    // Block form in one block; else data blocks from
+                    // logical 0 and one leaf at 32 GiB; else data blocks, a
+                    // da node at 32 GiB, its leaves after it, and a free
+                    // index at 64 GiB.
+                    let block = dir::block_form_fits(&entries);
+                    let n_data = if block {
                         0
                     } else {
                         dir::leaf_form_data_blocks(&entries)
                     };
-                    let Some(runs) = space.take(n_data as u64 + 1) else {
+                    let leaves = if block || dir::leaf_form_fits(&entries, n_data) {
+                        None
+                    } else {
+                        match dir::node_form_leaves(&entries) {
+                            Some(n) => Some(n),
+                            None => {
+                                return Err(XfsError::NotYet {
+                                    what: "directories whose names share one hash that often",
+                                    path: path(),
+                                });
+                            }
+                        }
+                    };
+                    let total = match leaves {
+                        None => n_data as u64 + 1,
+                        Some(l) => (n_data + 1 + l + 1) as u64,
+                    };
+                    let Some(runs) = space.take(total) else {
                         return Ok(None);
                     };
                     let devs: Vec<u64> = runs.iter().flat_map(|&(s, l)| s..s + l).collect();
-                    let blocks = if n_data == 0 {
-                        dir::block_form(ino, parent, &entries, devs[0], &uuid).map(|b| vec![b])
-                    } else {
-                        let (data, leaf) = devs.split_at(n_data);
-                        dir::leaf_form(ino, parent, &entries, data, leaf[0], &uuid)
+                    let blocks = match leaves {
+                        _ if block => {
+                            dir::block_form(ino, parent, &entries, devs[0], &uuid).map(|b| vec![b])
+                        }
+                        None => {
+                            let (data, leaf) = devs.split_at(n_data);
+                            dir::leaf_form(ino, parent, &entries, data, leaf[0], &uuid)
+                        }
+                        Some(l) => {
+                            let (data, rest) = devs.split_at(n_data);
+                            let (node, rest) = rest.split_at(1);
+                            let (leaf_devs, free) = rest.split_at(l);
+                            dir::node_form(
+                                ino, parent, &entries, data, node[0], leaf_devs, free[0], &uuid,
+                            )
+                        }
                     };
                     let Some(blocks) = blocks else {
                         return Err(XfsError::NotYet {
-                            what: "directories larger than one leaf block indexes",
+                            what: "directories larger than one da node indexes",
                             path: path(),
                         });
                     };
                     for (dev, b) in devs.iter().zip(blocks) {
                         img.put_block(*dev, b);
                     }
-                    // Data blocks from logical 0, the leaf at 32 GiB.
                     let logical = |k: usize| {
-                        if n_data > 0 && k == n_data {
-                            dir::LEAF_BLOCK
-                        } else {
+                        if k < n_data || block {
                             k as u64
+                        } else if k == devs.len() - 1 && leaves.is_some() {
+                            dir::FREE_BLOCK
+                        } else {
+                            dir::LEAF_BLOCK + (k - n_data) as u64
                         }
                     };
                     let mut n_ext = 0;
@@ -228,6 +262,12 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
                         extent_rec(&mut fork, logical(k), fsblock(devs[k]), len as u64);
                         n_ext += 1;
                         k += len;
+                    }
+                    if n_ext as usize > INODE_EXTENTS {
+                        return Err(XfsError::NotYet {
+                            what: "directories of more extents than an inode holds",
+                            path: path(),
+                        });
                     }
                     let size = BLOCK * n_data.max(1) as u64;
                     let nblocks = devs.len() as u64;
