@@ -372,3 +372,98 @@ fn the_standard_image_as_xfs_equals_its_oracle() {
         }
     }
 }
+
+#[test]
+fn a_file_of_1500_extents_gets_a_block_map_tree() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    // PAX sparse 1.0: 1,500 one-byte segments in separate blocks, and a
+    // 5 GiB file with data at 1 GiB and at its end.
+    const SEGS: u64 = 1500;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut map = format!("{SEGS}\n");
+    for i in 0..SEGS {
+        map.push_str(&format!("{}\n1\n", i * 8192 + 7));
+    }
+    let mut data = map.into_bytes();
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    data.extend((0..SEGS).map(|i| (i % 250) as u8 + 1));
+    let big: u64 = 5 << 30;
+    let mut huge = format!("2\n{}\n4096\n{}\n4\n", 1u64 << 30, big - 4).into_bytes();
+    huge.resize(512, 0);
+    huge.extend_from_slice(&[0xab; 4096]);
+    huge.extend_from_slice(b"tail");
+    for (name, size, body) in [
+        ("many-extents", SEGS * 8192, &data),
+        ("huge.img", big, &huge),
+    ] {
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"1"[..]),
+            ("GNU.sparse.minor", &b"0"[..]),
+            ("GNU.sparse.name", name.as_bytes()),
+            ("GNU.sparse.realsize", size.to_string().as_bytes()),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("GNUSparseFile.0/{name}"), &body[..])
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("sparse.xfs");
+    materialize_xfs(&tar, &path, *b"ocidisk-xfs-bmbt");
+    assert!(std::fs::metadata(&path).unwrap().blocks() < (64 << 20) / 512 + 40_000);
+    assert_xfs_repair_clean(&path);
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "xfs", "-o", "loop,ro"])
+            .arg(&path)
+            .arg(&mnt),
+        Duration::from_secs(60),
+    );
+    let f = std::fs::File::open(mnt.join("many-extents")).unwrap();
+    let md = f.metadata().unwrap();
+    assert_eq!(md.len(), SEGS * 8192);
+    for i in 0..SEGS {
+        let mut byte = [0u8; 2];
+        f.read_exact_at(&mut byte, i * 8192 + 6).unwrap();
+        assert_eq!(byte, [0, (i % 250) as u8 + 1], "segment {i}");
+    }
+    let ino = md.ino();
+    let h = std::fs::File::open(mnt.join("huge.img")).unwrap();
+    assert_eq!(h.metadata().unwrap().len(), big);
+    let mut tail = [0u8; 4];
+    h.read_exact_at(&mut tail, big - 4).unwrap();
+    assert_eq!(&tail, b"tail");
+    let mut head = [0u8; 4096];
+    h.read_exact_at(&mut head, 1 << 30).unwrap();
+    assert!(head.iter().all(|b| *b == 0xab));
+    drop((f, h));
+    run_ok(Command::new("umount").arg(&mnt), Duration::from_secs(60));
+    let out = run_ok(
+        Command::new("xfs_db")
+            .args([
+                "-r",
+                "-c",
+                &format!("inode {ino}"),
+                "-c",
+                "print core.format core.nextents",
+            ])
+            .arg(&path),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.stdout.contains("core.format = 3 (btree)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("core.nextents = 1500"),
+        "{}",
+        out.stdout
+    );
+}

@@ -14,6 +14,8 @@ pub mod format {
     pub const LOCAL: u8 = 1;
     /// Extent records in the inode.
     pub const EXTENTS: u8 = 2;
+    /// The root of a block-map B+tree in the inode.
+    pub const BTREE: u8 = 3;
 }
 /// `XFS_DIFLAG2_BIGTIME`.
 const FLAG2_BIGTIME: u64 = 0x8;

@@ -12,7 +12,7 @@ use super::geometry::{
 };
 use super::headers::{self, AgfInfo, AgiInfo, SbInfo};
 use super::inode::{self, Inode, format};
-use super::{XfsError, attr, log};
+use super::{XfsError, attr, bmbt, log};
 use crate::fs::FsImage;
 use crate::fs::alloc::Alloc;
 use crate::fs::extents::{Run, file_ranges, place};
@@ -90,11 +90,18 @@ impl Blocks {
 
 /// One extent record (`xfs_bmbt_rec`): logical block, filesystem block,
 /// length.
-fn extent_rec(out: &mut Vec<u8>, logical: u64, fsblock: u64, len: u64) {
+fn extent_bytes(logical: u64, fsblock: u64, len: u64) -> [u8; 16] {
     let l0 = (logical << 9) | (fsblock >> 43);
     let l1 = (fsblock << 21) | len;
-    out.extend_from_slice(&l0.to_be_bytes());
-    out.extend_from_slice(&l1.to_be_bytes());
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&l0.to_be_bytes());
+    b[8..].copy_from_slice(&l1.to_be_bytes());
+    b
+}
+
+/// Append an extent record to a data fork.
+fn extent_rec(out: &mut Vec<u8>, logical: u64, fsblock: u64, len: u64) {
+    out.extend_from_slice(&extent_bytes(logical, fsblock, len));
 }
 
 fn ftype(kind: &NodeKind) -> u8 {
@@ -162,6 +169,12 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
         let node = &tree.nodes[placed.id];
         let ino = ino_at(pos);
         let path = || order.path(pos);
+        let xattr_err = |source| XfsError::Xattr {
+            path: path(),
+            source,
+        };
+        let attrs = classify(&node.meta.xattrs, &path).map_err(xattr_err)?;
+        let attrs = attr::stored(&attrs, &path).map_err(xattr_err)?;
         let mut fork = Vec::new();
         let (type_bits, fmt, size, nblocks, nextents, nlink) = match &node.kind {
             NodeKind::Dir(children) => {
@@ -290,23 +303,57 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
                         l += len;
                     }
                 }
-                if runs.len() > INODE_EXTENTS {
-                    return Err(XfsError::NotYet {
-                        what: "files of more extents than an inode holds",
-                        path: path(),
-                    });
-                }
                 for (off, tar, len) in f.runs() {
                     if place(&runs, (off, tar, len), f.layer, &mut img.data).is_none() {
                         unreachable!("every data block of {} is mapped", path());
                     }
                 }
                 let blocks: u64 = runs.iter().map(|r| r.len).sum();
-                for r in &runs {
-                    extent_rec(&mut fork, r.logical, fsblock(r.physical), r.len);
-                }
                 let n = runs.len() as u32;
-                (0o100000, format::EXTENTS, f.size, blocks, n, placed.refs)
+                if runs.len() <= INODE_EXTENTS {
+                    for r in &runs {
+                        extent_rec(&mut fork, r.logical, fsblock(r.physical), r.len);
+                    }
+                    (0o100000, format::EXTENTS, f.size, blocks, n, placed.refs)
+                } else {
+                    // A one-level block-map tree; the root's capacity is what
+                    // the data fork will hold: all of it, or (beside
+                    // attributes) just enough.
+                    let n_leaves = runs.len().div_ceil(bmbt::LEAF_RECORDS);
+                    if n_leaves > bmbt::root_capacity(LITINO) {
+                        return Err(XfsError::NotYet {
+                            what: "files of more than 5,020 extents",
+                            path: path(),
+                        });
+                    }
+                    let Some(leaf_runs) = space.take(n_leaves as u64) else {
+                        return Ok(None);
+                    };
+                    let devs: Vec<u64> = leaf_runs.iter().flat_map(|&(s, l)| s..s + l).collect();
+                    let fsblocks: Vec<u64> = devs.iter().map(|&d| fsblock(d)).collect();
+                    let records: Vec<[u8; 16]> = runs
+                        .iter()
+                        .map(|r| extent_bytes(r.logical, fsblock(r.physical), r.len))
+                        .collect();
+                    for (dev, b) in devs
+                        .iter()
+                        .zip(bmbt::leaves(&records, &devs, &fsblocks, ino, &uuid))
+                    {
+                        img.put_block(*dev, b);
+                    }
+                    let firsts: Vec<u64> = runs
+                        .chunks(bmbt::LEAF_RECORDS)
+                        .map(|c| c[0].logical)
+                        .collect();
+                    let capacity = if attrs.is_empty() {
+                        bmbt::root_capacity(LITINO)
+                    } else {
+                        n_leaves
+                    };
+                    fork = bmbt::root(&firsts, &fsblocks, capacity);
+                    let total = blocks + n_leaves as u64;
+                    (0o100000, format::BTREE, f.size, total, n, placed.refs)
+                }
             }
             NodeKind::Symlink(target) => {
                 if target.len() > SYMLINK_MAX {
@@ -368,12 +415,6 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
         } else {
             node.meta.mode & 0o7777
         };
-        let xattr_err = |source| XfsError::Xattr {
-            path: path(),
-            source,
-        };
-        let attrs = classify(&node.meta.xattrs, &path).map_err(xattr_err)?;
-        let attrs = attr::stored(&attrs, &path).map_err(xattr_err)?;
         let (forkoff, attr_fork) = if attrs.is_empty() {
             (0, Vec::new())
         } else {

@@ -7,23 +7,25 @@
 //! one-leaf free-space and inode trees; inode chunks in AG 0 (a tree with
 //! more inodes gets a bigger filesystem), fully initialised: the root,
 //! the realtime bitmap and summary inodes as mkfs makes them, then the
-//! tree's nodes; shortform, block-form and leaf-form directories; files
-//! with up to 21 extents in the inode, holes kept; local and remote
+//! tree's nodes; shortform, block, leaf and node-form directories;
+//! files with their extents in the inode or, past 21, in a one-level
+//! block-map B+tree (up to 5,020 extents), holes kept; local and remote
 //! symlinks; devices and fifos; hard links; bigtime timestamps; a clean
 //! internal log; xattrs (and POSIX ACLs as XFS's own) in the inode's
 //! attribute fork. What it cannot write yet (attributes that need a leaf
-//! block, node-form directories,
-//! files needing a bmbt, more inodes than one inode-tree leaf indexes) is
+//! block,
+//! files of more extents, more inodes than one inode-tree leaf indexes) is
 //! an error naming it. [`build_empty`] is the empty filesystem mkfs makes.
 //!
 //! Files: `geometry.rs` (sizes like mkfs), `layout.rs` (a tree onto a
 //! geometry), `headers.rs` (superblock and AG headers), `btree.rs`
-//! (short-form B+tree blocks), `inode.rs` (v3 inodes), `dir.rs`
+//! (short-form B+tree blocks), `bmbt.rs` (block-map B+trees), `inode.rs` (v3 inodes), `dir.rs`
 //! (directories), `attr.rs` (extended attributes), `log.rs` (the unmount
 //! record), `disk.rs` (big-endian
 //! fields and the v5 checksum).
 
 pub mod attr;
+pub mod bmbt;
 pub mod btree;
 pub mod dir;
 pub mod disk;
