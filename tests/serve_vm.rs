@@ -189,6 +189,53 @@ fn guest_writes_survive_a_vm_restart_on_the_same_socket() {
 }
 
 #[test]
+fn a_writable_xfs_disk_keeps_guest_writes_and_stays_repair_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = small_layers();
+    imagegen::write_image(
+        dir.path(),
+        "v1",
+        &layers,
+        Compression::Gzip,
+        &imagegen::Platform::linux_amd64(),
+    );
+    let s = setup_in("vmxfsrw", dir, imagegen::oracle(&layers));
+    let overlay = s.work.join("guest.overlay");
+    // The whole disk, lower image and guest writes, kept in one file.
+    let full = s.work.join("full.xfs");
+    let mut served = Served::start(
+        &s.o,
+        &s.image,
+        &s.sock,
+        &[
+            "--fs",
+            "xfs",
+            "--overlay",
+            overlay.to_str().unwrap(),
+            "--prefetch",
+            "--flush-to",
+            full.to_str().unwrap(),
+        ],
+    );
+    let mut vm = Vm::new("write:hello-from-an-xfs-guest");
+    vm.mount = "rw";
+    vm.fs = "xfs";
+    let console = vm.run(&s.sock, BOOT);
+    assert!(console.contains("OCIDISK-MOUNTED rw xfs"), "{console}");
+    let mut vm = Vm::new("cat");
+    vm.mount = "rw";
+    vm.fs = "xfs";
+    let console = vm.run(&s.sock, BOOT);
+    assert_eq!(
+        section(&console, "CAT"),
+        vec!["hello-from-an-xfs-guest"],
+        "{console}"
+    );
+    assert!(served.stop().success(), "{}", served.stderr());
+    common::fscheck::assert_xfs_repair_clean(&full);
+}
+
+#[test]
 fn two_queues_with_two_vcpus() {
     let s = setup("vmmq");
     let _served = Served::start(&s.o, &s.image, &s.sock, &["--read-only", "--queues", "2"]);

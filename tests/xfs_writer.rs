@@ -368,6 +368,22 @@ fn the_standard_image_as_xfs_equals_its_oracle() {
             o.ok(&args);
             assert_xfs_repair_clean(&img);
             common::fscheck::compare_mounted_as(&oracle, &img, "xfs");
+            let version = xfs_db(&img, &["version"]);
+            for feature in ["V5", "CRC", "FTYPE", "BIGTIME"] {
+                assert!(version.contains(feature), "{version}");
+            }
+            // The 2,000-entry directory is in node form: a free index
+            // block at the 64 GiB offset beside the leaves at 32 GiB.
+            let big_dir = {
+                let m = common::fscheck::LoopMount::typed(&img, "xfs");
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(m.path().join("big-dir")).unwrap().ino()
+            };
+            let bmap = xfs_db(&img, &[&format!("inode {big_dir}"), "bmap"]);
+            assert!(
+                bmap.contains("data offset 8388608") && bmap.contains("data offset 16777216"),
+                "{bmap}"
+            );
             std::fs::remove_file(&img).unwrap();
         }
     }
@@ -466,4 +482,54 @@ fn a_file_of_1500_extents_gets_a_block_map_tree() {
         "{}",
         out.stdout
     );
+}
+
+/// `xfs_db -r -c CMD… IMG`'s output.
+fn xfs_db(img: &Path, commands: &[&str]) -> String {
+    let mut cmd = Command::new("xfs_db");
+    cmd.arg("-r");
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    run_ok(cmd.arg(img), Duration::from_secs(60)).stdout
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_leaves_no_file() {
+    let d = tempfile::tempdir().unwrap();
+    let o = common::cli::Ocidisk::new();
+    let out = d.path().join("out.xfs");
+    let layout = d.path().join("layout");
+    common::imagegen::write_standard(&layout, "v1", common::imagegen::Compression::Gzip);
+    let image = format!("oci:{}:v1", layout.display());
+    let args = ["materialize", "--fs", "xfs", &image, out.to_str().unwrap()];
+    let err = o.fail(&[&args[..], &["--size", "100M"]].concat());
+    assert!(
+        err.contains("too small for an xfs filesystem") && err.contains("300 MiB"),
+        "{err}"
+    );
+    let err = o.fail(&[&args[..], &["--size", "5T"]].concat());
+    assert!(err.contains("beyond the largest xfs filesystem"), "{err}");
+    // A name no Linux filesystem holds.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    b.append_data(&mut h, "n".repeat(256), &b"x"[..]).unwrap();
+    let bad = d.path().join("bad");
+    common::rawtar::write_layout(&bad, "t", &[b.into_inner().unwrap()]);
+    let err = o.fail(&[
+        "materialize",
+        "--fs",
+        "xfs",
+        &format!("oci:{}:t", bad.display()),
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("the limit is 255"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "layout" && n != "bad")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
