@@ -80,6 +80,20 @@ fn small_layers() -> Vec<imagegen::LayerSpec> {
     ]
 }
 
+/// [`small_layers`] pushed as `REPO:v1`.
+fn setup_small(repo: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = small_layers();
+    imagegen::write_image(
+        dir.path(),
+        "v1",
+        &layers,
+        Compression::Gzip,
+        &imagegen::Platform::linux_amd64(),
+    );
+    setup_in(repo, dir, imagegen::oracle(&layers))
+}
+
 fn setup_in(repo: &str, dir: tempfile::TempDir, oracle: imagegen::Oracle) -> Setup {
     let reg = Registry::start();
     reg.push(
@@ -143,16 +157,7 @@ fn a_vm_mounts_an_ext3_disk_and_sees_every_file() {
 
 #[test]
 fn a_vm_mounts_an_xfs_disk_and_sees_every_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let layers = small_layers();
-    imagegen::write_image(
-        dir.path(),
-        "v1",
-        &layers,
-        Compression::Gzip,
-        &imagegen::Platform::linux_amd64(),
-    );
-    let s = setup_in("vmxfs", dir, imagegen::oracle(&layers));
+    let s = setup_small("vmxfs");
     let _served = Served::start(&s.o, &s.image, &s.sock, &["--read-only", "--fs", "xfs"]);
     let mut vm = Vm::new("tree");
     vm.fs = "xfs";
@@ -190,16 +195,7 @@ fn guest_writes_survive_a_vm_restart_on_the_same_socket() {
 
 #[test]
 fn a_writable_xfs_disk_keeps_guest_writes_and_stays_repair_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let layers = small_layers();
-    imagegen::write_image(
-        dir.path(),
-        "v1",
-        &layers,
-        Compression::Gzip,
-        &imagegen::Platform::linux_amd64(),
-    );
-    let s = setup_in("vmxfsrw", dir, imagegen::oracle(&layers));
+    let s = setup_small("vmxfsrw");
     let overlay = s.work.join("guest.overlay");
     // The whole disk, lower image and guest writes, kept in one file.
     let full = s.work.join("full.xfs");
