@@ -51,8 +51,13 @@ pub struct Inode<'a> {
     pub nextents: u32,
     /// The data fork's bytes.
     pub fork: &'a [u8],
-    /// The attribute fork (shortform), empty for none.
+    /// The attribute fork's bytes (shortform, or extent records), empty
+    /// for none.
     pub attr: &'a [u8],
+    /// `di_aformat` when there is an attribute fork.
+    pub aformat: u8,
+    /// Extent records in the attribute fork.
+    pub anextents: u16,
     /// Where the attribute fork starts, in 8-byte units after the core.
     pub forkoff: u8,
 }
@@ -85,8 +90,9 @@ pub fn encode(i: &Inode<'_>, uuid: &[u8; 16]) -> Vec<u8> {
         if i.attr.is_empty() {
             b[83] = format::EXTENTS; // as mkfs leaves it with no attribute fork
         } else {
+            be16(&mut b, 80, i.anextents);
             b[82] = i.forkoff;
-            b[83] = format::LOCAL;
+            b[83] = i.aformat;
             let at = CORE + 8 * usize::from(i.forkoff);
             b[at..at + i.attr.len()].copy_from_slice(i.attr);
         }

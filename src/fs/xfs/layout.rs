@@ -415,26 +415,46 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
         } else {
             node.meta.mode & 0o7777
         };
-        let (forkoff, attr_fork) = if attrs.is_empty() {
-            (0, Vec::new())
+        // The data fork keeps what it holds, 8 bytes at least (a device
+        // exactly that); the attributes take the rest: shortform if they
+        // fit, else a leaf block (and remote value blocks) mapped by
+        // extents.
+        let data = fork.len().next_multiple_of(8).max(8);
+        let mut attr_blocks = 0;
+        let (forkoff, aformat, anextents, attr_fork) = if attrs.is_empty() {
+            (0, 0, 0, Vec::new())
+        } else if let Some(sf) = attr::shortform(&attrs).filter(|sf| data + sf.len() <= LITINO) {
+            ((data / 8) as u8, format::LOCAL, 0, sf)
         } else {
-            let Some(sf) = attr::shortform(&attrs) else {
+            let Some(n) = attr::leaf_form_blocks(&attrs) else {
                 return Err(XfsError::NotYet {
-                    what: "extended attribute values of 256 bytes or more",
+                    what: "more extended attributes than one attribute leaf block holds",
                     path: path(),
                 });
             };
-            // The data fork keeps what it holds, 8 bytes at least (a
-            // device exactly that); the attributes take the rest.
-            let data = fork.len().next_multiple_of(8).max(8);
-            if data + sf.len() > LITINO {
+            let Some(runs) = space.take(n as u64) else {
+                return Ok(None);
+            };
+            let devs: Vec<u64> = runs.iter().flat_map(|&(s, l)| s..s + l).collect();
+            for (dev, b) in devs.iter().zip(attr::leaf_form(&attrs, ino, &devs, &uuid)) {
+                img.put_block(*dev, b);
+            }
+            let mut recs = Vec::new();
+            let mut logical = 0;
+            for (start, len) in &runs {
+                extent_rec(&mut recs, logical, fsblock(*start), *len);
+                logical += len;
+            }
+            if data + recs.len() > LITINO {
                 return Err(XfsError::NotYet {
-                    what: "more extended attributes than the inode holds",
+                    what: "more extended attribute extents than the inode holds",
                     path: path(),
                 });
             }
-            ((data / 8) as u8, sf)
+            attr_blocks = n as u64;
+            ((data / 8) as u8, format::EXTENTS, runs.len() as u16, recs)
         };
+        let nblocks = nblocks + attr_blocks;
         let mtime = times.clamp(node.meta.mtime, node.meta.mtime_nsec, &path);
         let i = Inode {
             ino,
@@ -449,6 +469,8 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
             nextents,
             fork: &fork,
             attr: &attr_fork,
+            aformat,
+            anextents,
             forkoff,
         };
         inodes.push((slot_of(pos), inode::encode(&i, &uuid)));
@@ -479,6 +501,8 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
             nextents: 0,
             fork: &[],
             attr: &[],
+            aformat: 0,
+            anextents: 0,
             forkoff: 0,
         };
         inodes.push((slot, inode::encode(&i, &uuid)));
