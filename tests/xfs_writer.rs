@@ -570,3 +570,49 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn twenty_thousand_files_get_a_two_level_inode_tree() {
+    let mut b = tar::Builder::new(Vec::new());
+    for d in 0..100 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        b.append_data(&mut h, format!("d{d:03}"), &[][..]).unwrap();
+        for f in 0..200 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(2);
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000);
+            b.append_data(&mut h, format!("d{d:03}/f{f:03}"), &b"ok"[..])
+                .unwrap();
+        }
+    }
+    let tar = b.into_inner().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("many.xfs");
+    materialize_xfs(&tar, &path, *b"ocidisk-xfs-many");
+    assert_xfs_repair_clean(&path);
+    let agi = xfs_db(&path, &["agi 0", "print level count"]);
+    assert!(agi.contains("level = 2"), "{agi}");
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "xfs", "-o", "loop,ro"])
+            .arg(&path)
+            .arg(&mnt),
+        Duration::from_secs(60),
+    );
+    let mut files = 0;
+    for dir in std::fs::read_dir(&mnt).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            assert_eq!(std::fs::read(f.unwrap().path()).unwrap(), b"ok");
+            files += 1;
+        }
+    }
+    run_ok(Command::new("umount").arg(&mnt), Duration::from_secs(60));
+    assert_eq!(files, 20_000);
+}

@@ -2,7 +2,8 @@
 //! B+tree. The inode's data fork holds its root (`xfs_bmdr_block`: level,
 //! count, then as many keys as the fork could hold and the pointers after
 //! them); each leaf is a long-form v5 block (`BMA3`, 72-byte header) of up
-//! to 251 extent records, chained to its siblings.
+//! to 251 extent records, the records spread evenly, chained to its
+//! siblings.
 
 use super::disk::{be16, be32, be64, set_crc};
 use super::geometry::{BLOCK, SECTOR};
@@ -29,7 +30,7 @@ pub fn leaves(
     owner: u64,
     uuid: &[u8; 16],
 ) -> Vec<Vec<u8>> {
-    let chunks: Vec<&[[u8; 16]]> = records.chunks(LEAF_RECORDS).collect();
+    let chunks = super::btree::split(records, LEAF_RECORDS);
     let mut out = Vec::with_capacity(chunks.len());
     for (i, recs) in chunks.iter().enumerate() {
         let mut b = vec![0u8; BLOCK as usize];

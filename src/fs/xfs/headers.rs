@@ -122,6 +122,8 @@ pub struct AgiInfo {
     pub free: u64,
     /// The AG inode number of the most recently allocated chunk.
     pub newino: Option<u32>,
+    /// Levels of the inode tree.
+    pub level: u32,
 }
 
 /// The AGI sector of AG `ag`.
@@ -133,7 +135,7 @@ pub fn agi(g: &Geometry, ag: u64, uuid: &[u8; 16], a: &AgiInfo) -> Vec<u8> {
     be32(&mut b, 12, g.ag_len(ag) as u32);
     be32(&mut b, 16, a.count as u32);
     be32(&mut b, 20, 3); // inobt root
-    be32(&mut b, 24, 1); // level
+    be32(&mut b, 24, a.level);
     be32(&mut b, 28, a.free as u32);
     be32(&mut b, 32, a.newino.unwrap_or(NULL32));
     be32(&mut b, 36, NULL32); // dirino

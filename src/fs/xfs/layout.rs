@@ -122,7 +122,19 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
     let n_slots = slots(order);
     let chunks = n_slots.div_ceil(CHUNK_INODES);
     let base = chunk_base();
-    let chunk_end = base + chunks * CHUNK_BLOCKS;
+    // The inode tree's leaves, when more than the root block holds, sit
+    // right after the chunks.
+    let inobt_leaves = match (chunks as usize).div_ceil(btree::leaf_capacity(16)) {
+        n if n <= 1 => 0,
+        n => n as u64,
+    };
+    if inobt_leaves > btree::INODE_NODE_CAPACITY as u64 {
+        return Err(XfsError::NotYet {
+            what: "more inodes than a two-level inode tree indexes",
+            path: "/".into(),
+        });
+    }
+    let chunk_end = base + chunks * CHUNK_BLOCKS + inobt_leaves;
     if chunk_end > g.ag_len(0) {
         return Ok(None);
     }
@@ -341,8 +353,8 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
                     {
                         img.put_block(*dev, b);
                     }
-                    let firsts: Vec<u64> = runs
-                        .chunks(bmbt::LEAF_RECORDS)
+                    let firsts: Vec<u64> = btree::split(&runs, bmbt::LEAF_RECORDS)
+                        .iter()
                         .map(|c| c[0].logical)
                         .collect();
                     let capacity = if attrs.is_empty() {
@@ -563,16 +575,11 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
                 });
             }
         }
-        if recs.len() > btree::leaf_capacity(16) {
-            return Err(XfsError::NotYet {
-                what: "more inodes than one inode-tree leaf indexes",
-                path: "/".into(),
-            });
-        }
         let agi = AgiInfo {
             count: recs.len() as u64 * CHUNK_INODES,
             free: recs.iter().map(|r| u64::from(r.free.count_ones())).sum(),
             newino: recs.last().map(|r| r.start),
+            level: if ag == 0 && inobt_leaves > 0 { 2 } else { 1 },
         };
         img.put_bytes(first, &sb_bytes);
         img.put_bytes(first + SECTOR, &headers::agf(&g, ag, &uuid, &agf));
@@ -586,7 +593,25 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
             img.put_block(dev, btree::free_space_leaf(t, ag, dev, &uuid, free));
         }
         let dev = g.device_block(ag, 3);
-        img.put_block(dev, btree::inode_leaf(ag, dev, &uuid, &recs));
+        if ag == 0 && inobt_leaves > 0 {
+            let first_leaf = base + chunks * CHUNK_BLOCKS;
+            let mut children = Vec::new();
+            let parts = btree::split(&recs, btree::leaf_capacity(16));
+            for (i, part) in parts.iter().enumerate() {
+                let agbno = first_leaf + i as u64;
+                let sib = btree::Siblings {
+                    left: (i > 0).then(|| (agbno - 1) as u32),
+                    right: (i + 1 < parts.len()).then(|| (agbno + 1) as u32),
+                };
+                let leaf_dev = g.device_block(0, agbno);
+                img.put_block(leaf_dev, btree::inode_leaf(0, leaf_dev, &uuid, part, sib));
+                children.push((part[0].start, agbno as u32));
+            }
+            img.put_block(dev, btree::inode_node(0, dev, &uuid, &children));
+        } else {
+            let sib = btree::Siblings::default();
+            img.put_block(dev, btree::inode_leaf(ag, dev, &uuid, &recs, sib));
+        }
     }
     let log_at = g.device_block(g.log_ag, g.log_agbno()) * BLOCK;
     img.put_bytes(log_at, &log::unmount_record(&uuid));
