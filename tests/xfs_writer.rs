@@ -292,15 +292,8 @@ fn a_tree_of_every_inode_type_mounts_equal_to_gnu_tar() {
         Duration::from_secs(60),
     );
     let mut want = common::imagegen::scan_tree(&root);
-    let mnt = d.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        Command::new("mount")
-            .args(["-t", "xfs", "-o", "loop,ro"])
-            .arg(&path)
-            .arg(&mnt),
-        Duration::from_secs(60),
-    );
+    let m = common::fscheck::LoopMount::typed(&path, "xfs");
+    let mnt = m.path().to_path_buf();
     let mut got = common::imagegen::scan_tree(&mnt);
     let huge = common::imagegen::read_xattrs(&mnt.join("etc/huge-attr"));
     let want_hex: String = (0..10_000).map(|i| format!("{:02x}", i % 239)).collect();
@@ -315,7 +308,7 @@ fn a_tree_of_every_inode_type_mounts_equal_to_gnu_tar() {
         let m = std::fs::metadata(mnt.join(&d[1..])).unwrap();
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_700_000_000, 0), "{d}");
     }
-    run_ok(Command::new("umount").arg(&mnt), Duration::from_secs(60));
+    drop(m);
     want.entries.remove("/");
     got.entries.remove("/");
     // XFS lists its ACL attributes in the trusted namespace too (to root),
@@ -469,15 +462,8 @@ fn a_file_of_1500_extents_gets_a_block_map_tree() {
     materialize_xfs(&tar, &path, *b"ocidisk-xfs-bmbt");
     assert!(std::fs::metadata(&path).unwrap().blocks() < (64 << 20) / 512 + 40_000);
     assert_xfs_repair_clean(&path);
-    let mnt = d.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        Command::new("mount")
-            .args(["-t", "xfs", "-o", "loop,ro"])
-            .arg(&path)
-            .arg(&mnt),
-        Duration::from_secs(60),
-    );
+    let m = common::fscheck::LoopMount::typed(&path, "xfs");
+    let mnt = m.path().to_path_buf();
     let f = std::fs::File::open(mnt.join("many-extents")).unwrap();
     let md = f.metadata().unwrap();
     assert_eq!(md.len(), SEGS * 8192);
@@ -496,7 +482,7 @@ fn a_file_of_1500_extents_gets_a_block_map_tree() {
     h.read_exact_at(&mut head, 1 << 30).unwrap();
     assert!(head.iter().all(|b| *b == 0xab));
     drop((f, h));
-    run_ok(Command::new("umount").arg(&mnt), Duration::from_secs(60));
+    drop(m);
     let out = run_ok(
         Command::new("xfs_db")
             .args([
@@ -597,15 +583,8 @@ fn twenty_thousand_files_get_a_two_level_inode_tree() {
     assert_xfs_repair_clean(&path);
     let agi = xfs_db(&path, &["agi 0", "print level count"]);
     assert!(agi.contains("level = 2"), "{agi}");
-    let mnt = d.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        Command::new("mount")
-            .args(["-t", "xfs", "-o", "loop,ro"])
-            .arg(&path)
-            .arg(&mnt),
-        Duration::from_secs(60),
-    );
+    let m = common::fscheck::LoopMount::typed(&path, "xfs");
+    let mnt = m.path().to_path_buf();
     let mut files = 0;
     for dir in std::fs::read_dir(&mnt).unwrap() {
         for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
@@ -613,6 +592,6 @@ fn twenty_thousand_files_get_a_two_level_inode_tree() {
             files += 1;
         }
     }
-    run_ok(Command::new("umount").arg(&mnt), Duration::from_secs(60));
+    drop(m);
     assert_eq!(files, 20_000);
 }
