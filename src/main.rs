@@ -79,7 +79,8 @@ enum Command {
 
 Without --size the image fits the content plus headroom: read-only images get 10% + 16 MiB,
 writable ones 50% + 256 MiB (the file is sparse, so unused space costs nothing on the host).
---size goes up to 4 TiB; grow an ext4 image beyond that afterwards with truncate -s and resize2fs.
+--size goes up to 4 TiB (XFS: from 300 MiB, as mkfs.xfs); grow an image beyond that afterwards
+with truncate -s and resize2fs (ext4) or xfs_growfs once mounted (XFS).
 What an image may hold, and what is refused or clamped: docs/input-rules.md.")]
     Materialize {
         #[command(flatten)]

@@ -533,6 +533,21 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
     );
     let err = o.fail(&[&args[..], &["--size", "5T"]].concat());
     assert!(err.contains("beyond the largest xfs filesystem"), "{err}");
+    // What the message advises works: grow a smaller image with xfs_growfs.
+    o.ok(&[&args[..], &["--size", "1G"]].concat());
+    run_ok(
+        Command::new("truncate").args(["-s", "6G"]).arg(&out),
+        Duration::from_secs(10),
+    );
+    {
+        let m = common::fscheck::LoopMount::writable(&out);
+        run_ok(
+            Command::new("xfs_growfs").arg(m.path()),
+            Duration::from_secs(60),
+        );
+    }
+    assert_xfs_repair_clean(&out);
+    std::fs::remove_file(&out).unwrap();
     // A name no Linux filesystem holds.
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
