@@ -48,7 +48,8 @@ pub fn tar_indexer(data: &[u8]) {
 }
 
 /// Fuzz target `tar_tree_fs`: an accepted tar becomes a one-layer image,
-/// its merged tree and then each filesystem, read-only and writable; every
+/// its merged tree and then each filesystem (ext4, ext3, xfs), read-only
+/// and writable; every
 /// image the writers produce must pass `FsImage::validate`.
 pub fn tar_tree_fs(data: &[u8]) {
     let Some(entries) = index(data) else {
@@ -66,7 +67,7 @@ pub fn tar_tree_fs(data: &[u8]) {
     let Ok(tree) = Tree::flatten(&[layer]) else {
         return;
     };
-    for filesystem in [Filesystem::Ext4, Filesystem::Ext3] {
+    for filesystem in Filesystem::ALL {
         for read_only in [true, false] {
             let opts = FsOptions {
                 filesystem,
