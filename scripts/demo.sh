@@ -2,7 +2,8 @@
 # The main job, end to end on this machine: install what is needed, build a
 # real Debian image, start a local registry holding it, and show ocidisk
 # inspecting and pulling it (a second pull downloads nothing), writing it as
-# an ext4 disk image that e2fsck accepts, and finally booting a VM (QEMU,
+# ext4, ext3 and XFS disk images that e2fsck and xfs_repair accept, and
+# finally booting a VM (QEMU,
 # TCG) whose root disk is `ocidisk serve` fetching lazily from the registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,10 @@ set -x
 "$bin" materialize "$ref" "$work/debian.img"
 e2fsck -fn "$work/debian.img"
 ls -ls "$work/debian.img"
+"$bin" materialize --fs ext3 "$ref" "$work/debian-ext3.img"
+e2fsck -fn "$work/debian-ext3.img"
+"$bin" materialize --fs xfs "$ref" "$work/debian.xfs"
+xfs_repair -n "$work/debian.xfs"
 { set +x; } 2>/dev/null
 
 echo "demo: serving the image over vhost-user (lazy) and booting a VM from it" >&2
