@@ -62,6 +62,7 @@ pub mod pull;
 pub mod serve;
 
 pub mod source;
+pub mod sync;
 pub mod tar;
 pub mod tree;
 pub mod units;

@@ -32,7 +32,7 @@ impl StderrProgress {
 
     fn bar(&self, layer: &Layer) -> Option<ProgressBar> {
         let (multi, bars) = self.bars.as_ref()?;
-        let mut bars = bars.lock().expect("progress lock");
+        let mut bars = crate::sync::lock(bars);
         let d = &layer.descriptor;
         Some(
             bars.entry(d.digest.clone())

@@ -63,7 +63,7 @@ impl ChunkStore {
             return store;
         }
         if let Ok(rd) = std::fs::read_dir(dir) {
-            let mut entries = store.entries.lock().expect("chunk lock");
+            let mut entries = crate::sync::lock(&store.entries);
             for e in rd.flatten() {
                 let n = e.file_name();
                 let Some(hex) = n.to_str().and_then(|n| n.strip_suffix(".zst")) else {
@@ -100,7 +100,7 @@ impl ChunkStore {
 
     /// The chunk with this content hash, if stored and intact.
     pub fn get(&self, hash: &[u8; 32]) -> Option<Vec<u8>> {
-        if !self.entries.lock().expect("chunk lock").contains_key(hash) {
+        if !crate::sync::lock(&self.entries).contains_key(hash) {
             return None;
         }
         let path = self.dir.join(name(hash));
@@ -110,7 +110,7 @@ impl ChunkStore {
         match data {
             Some(d) if <[u8; 32]>::from(sha2::Sha256::digest(&d)) == *hash => {
                 let now = SystemTime::now();
-                if let Some(e) = self.entries.lock().expect("chunk lock").get_mut(hash) {
+                if let Some(e) = crate::sync::lock(&self.entries).get_mut(hash) {
                     e.last_used = now;
                 }
                 if let Ok(f) = std::fs::File::options().append(true).open(&path) {
@@ -127,7 +127,7 @@ impl ChunkStore {
     }
 
     fn remove(&self, hash: &[u8; 32]) {
-        if let Some(e) = self.entries.lock().expect("chunk lock").remove(hash) {
+        if let Some(e) = crate::sync::lock(&self.entries).remove(hash) {
             self.bytes.fetch_sub(e.size, Ordering::Relaxed);
         }
         let _ = std::fs::remove_file(self.dir.join(name(hash)));
@@ -135,7 +135,7 @@ impl ChunkStore {
 
     /// Store a chunk whose content hash is `hash` (the caller verified it).
     pub fn put(&self, hash: &[u8; 32], data: &[u8]) {
-        if self.cap == 0 || self.entries.lock().expect("chunk lock").contains_key(hash) {
+        if self.cap == 0 || crate::sync::lock(&self.entries).contains_key(hash) {
             return;
         }
         let z = match zstd::bulk::compress(data, 1) {
@@ -158,7 +158,7 @@ impl ChunkStore {
         };
         match write() {
             Ok(()) => {
-                self.entries.lock().expect("chunk lock").insert(
+                crate::sync::lock(&self.entries).insert(
                     *hash,
                     Entry {
                         size: z.len() as u64,
@@ -181,7 +181,7 @@ impl ChunkStore {
     fn make_room(&self, incoming: u64) {
         while self.bytes() + incoming > self.cap {
             let oldest = {
-                let entries = self.entries.lock().expect("chunk lock");
+                let entries = crate::sync::lock(&self.entries);
                 entries
                     .iter()
                     .min_by_key(|(h, e)| (e.last_used, **h))

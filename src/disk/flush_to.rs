@@ -83,10 +83,7 @@ impl FlushTo {
 
     /// Whether every span has arrived and the file has its final name.
     pub fn complete(&self) -> bool {
-        matches!(
-            self.progress.lock().expect("flush-to lock").out,
-            Out::Complete(_)
-        )
+        matches!(crate::sync::lock(&self.progress).out, Out::Complete(_))
     }
 
     /// A verified span of `layer` covering tar bytes `[start, start+len)`
@@ -99,7 +96,7 @@ impl FlushTo {
         data: &[u8],
         guest_has: &dyn Fn(u64) -> bool,
     ) -> Result<(), DiskError> {
-        let mut p = self.progress.lock().expect("flush-to lock");
+        let mut p = crate::sync::lock(&self.progress);
         if !p.arrived.insert((layer, span)) {
             return Ok(());
         }
@@ -142,7 +139,7 @@ impl FlushTo {
     /// The guest wrote: `merged` is the device's bytes at `offset` (whole
     /// blocks, overlay included).
     pub fn guest_wrote(&self, offset: u64, merged: &[u8]) -> Result<(), DiskError> {
-        let p = self.progress.lock().expect("flush-to lock");
+        let p = crate::sync::lock(&self.progress);
         match p.out.file() {
             Some(f) => f
                 .write_all_at(merged, offset)
@@ -153,7 +150,7 @@ impl FlushTo {
 
     /// Make what was written durable.
     pub fn flush(&self) -> Result<(), DiskError> {
-        let p = self.progress.lock().expect("flush-to lock");
+        let p = crate::sync::lock(&self.progress);
         match p.out.file() {
             Some(f) => f.sync_data().map_err(write_err(&self.path)),
             None => Ok(()),

@@ -420,7 +420,7 @@ impl Disk {
     pub fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Disk, DiskError> {
         let inner = Inner::open(opts, cache)?;
         let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
-        *inner.readahead.lock().expect("readahead lock") = Some(tx);
+        *crate::sync::lock(&inner.readahead) = Some(tx);
         let weak = Arc::downgrade(&inner);
         let ra = std::thread::Builder::new()
             .name("ocidisk-readahead".into())
@@ -465,13 +465,13 @@ impl Disk {
                 tracing::info!("prefetch done");
             })
             .map_err(DiskError::Runtime)?;
-        self.workers.lock().expect("workers lock").push(h);
+        crate::sync::lock(&self.workers).push(h);
         Ok(())
     }
 
     /// Wait for a running prefetch to finish.
     pub fn wait_prefetch(&self) {
-        let mut w = self.workers.lock().expect("workers lock");
+        let mut w = crate::sync::lock(&self.workers);
         // The read-ahead worker (first) runs until the disk closes.
         while w.len() > 1 {
             let h = w.pop().expect("a worker");
@@ -542,8 +542,8 @@ impl Drop for Disk {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Closing the channel ends the read-ahead worker.
-        self.inner.readahead.lock().expect("readahead lock").take();
-        for h in self.workers.lock().expect("workers lock").drain(..) {
+        crate::sync::lock(&self.inner.readahead).take();
+        for h in crate::sync::lock(&self.workers).drain(..) {
             let _ = h.join();
         }
     }

@@ -138,7 +138,7 @@ impl Overlay {
 
     /// Whether the overlay holds block `block`.
     pub fn has(&self, block: u64) -> bool {
-        let s = self.state.lock().expect("overlay lock");
+        let s = crate::sync::lock(&self.state);
         s.bits[(block / 64) as usize] & (1 << (block % 64)) != 0
     }
 
@@ -150,7 +150,7 @@ impl Overlay {
         }
         let first = offset / BS;
         let last = (offset + len as u64 - 1) / BS;
-        let s = self.state.lock().expect("overlay lock");
+        let s = crate::sync::lock(&self.state);
         (first..=last)
             .map(|b| s.bits[(b / 64) as usize] & (1 << (b % 64)) != 0)
             .collect()
@@ -183,7 +183,7 @@ impl Overlay {
         data: &[u8],
         lower: &dyn Fn(u64, &mut [u8]) -> io::Result<()>,
     ) -> Result<(), OverlayError> {
-        let _guard = self.write_lock.lock().expect("overlay write lock");
+        let _guard = crate::sync::lock(&self.write_lock);
         let end = offset + data.len() as u64;
         let mut at = offset;
         while at < end {
@@ -204,7 +204,7 @@ impl Overlay {
                     .write_all_at(piece, at)
                     .map_err(io_err(&self.data_path))?;
             }
-            let mut s = self.state.lock().expect("overlay lock");
+            let mut s = crate::sync::lock(&self.state);
             s.bits[(b / 64) as usize] |= 1 << (b % 64);
             s.dirty = true;
             at = bend;
@@ -231,9 +231,9 @@ impl Overlay {
             self.write(offset, &vec![0u8; (first_whole - offset) as usize], lower)?;
         }
         {
-            let _guard = self.write_lock.lock().expect("overlay write lock");
+            let _guard = crate::sync::lock(&self.write_lock);
             self.punch(first_whole, end_whole - first_whole)?;
-            let mut s = self.state.lock().expect("overlay lock");
+            let mut s = crate::sync::lock(&self.state);
             for b in first_whole / BS..end_whole / BS {
                 s.bits[(b / 64) as usize] |= 1 << (b % 64);
             }
@@ -281,10 +281,10 @@ impl Overlay {
 
     /// Make every write so far durable.
     pub fn flush(&self) -> Result<(), OverlayError> {
-        let _guard = self.write_lock.lock().expect("overlay write lock");
+        let _guard = crate::sync::lock(&self.write_lock);
         self.data.sync_data().map_err(io_err(&self.data_path))?;
         let bytes = {
-            let mut s = self.state.lock().expect("overlay lock");
+            let mut s = crate::sync::lock(&self.state);
             if !s.dirty {
                 return Ok(());
             }
@@ -303,14 +303,14 @@ impl Overlay {
             Ok(())
         };
         write().map_err(|e| {
-            self.state.lock().expect("overlay lock").dirty = true;
+            crate::sync::lock(&self.state).dirty = true;
             OverlayError::Bitmap(e)
         })
     }
 
     /// Blocks held in the overlay.
     pub fn blocks_written(&self) -> u64 {
-        let s = self.state.lock().expect("overlay lock");
+        let s = crate::sync::lock(&self.state);
         s.bits
             .iter()
             .map(|w| u64::from(w.count_ones()))
@@ -395,6 +395,31 @@ mod tests {
         let o = Overlay::open(&path, &id, 1 << 20).unwrap();
         assert_eq!(read(&o, 4096, 3 * 4096), want);
         assert_eq!(o.blocks_written(), 3);
+    }
+
+    #[test]
+    fn a_panic_while_a_lock_is_held_does_not_fail_later_requests() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Digest::sha256_of(b"img");
+        let o = Overlay::open(&d.path().join("ov"), &id, 1 << 20).unwrap();
+        o.write(0, &[3u8; 4096], &lower).unwrap();
+        // A request handler that panics while it holds both locks.
+        std::thread::scope(|s| {
+            let r = s
+                .spawn(|| {
+                    let _w = o.write_lock.lock().unwrap();
+                    let _s = o.state.lock().unwrap();
+                    panic!("a bug in a request handler");
+                })
+                .join();
+            assert!(r.is_err());
+        });
+        assert!(o.state.is_poisoned() && o.write_lock.is_poisoned());
+        o.write(4096, &[4u8; 4096], &lower).unwrap();
+        assert_eq!(read(&o, 0, 8192)[..4096], [3u8; 4096]);
+        assert_eq!(read(&o, 0, 8192)[4096..], [4u8; 4096]);
+        o.flush().unwrap();
+        assert_eq!(o.blocks_written(), 2);
     }
 
     #[test]

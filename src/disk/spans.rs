@@ -69,7 +69,7 @@ impl Inner {
         // fetched in the background. Short reads never trigger it, so they
         // cost no more than what they read.
         if let Some(k) = last {
-            let mut runs = self.last_span.lock().expect("readahead lock");
+            let mut runs = crate::sync::lock(&self.last_span);
             let (run, advanced) = match runs.get(&layer) {
                 Some(&(p, n)) if p == k => (n, false),
                 Some(&(p, n)) if p + 1 == k => (n + 1, true),
@@ -82,7 +82,7 @@ impl Inner {
             if advanced
                 && run >= READAHEAD_AFTER
                 && k + 1 < index.spans.len()
-                && let Some(tx) = self.readahead.lock().expect("readahead lock").as_ref()
+                && let Some(tx) = crate::sync::lock(&self.readahead).as_ref()
             {
                 let _ = tx.send((layer, k + 1));
             }
@@ -93,7 +93,7 @@ impl Inner {
     /// A verified span, from memory or fetched (one fetch per span at a time).
     pub(super) fn span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
         let key = (layer, span);
-        if let Some(d) = self.cache.lock().expect("cache lock").lru.get(&key) {
+        if let Some(d) = crate::sync::lock(&self.cache).lru.get(&key) {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d.clone());
         }
@@ -108,7 +108,7 @@ impl Inner {
             pending.get_or_init(|| self.fetch_span(layer, span).map_err(|e| e.to_string()));
         let result = result.clone();
         {
-            let mut inflight = self.inflight.lock().expect("inflight lock");
+            let mut inflight = crate::sync::lock(&self.inflight);
             if inflight.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pending)) {
                 inflight.remove(&key);
             }
@@ -191,7 +191,7 @@ impl Inner {
     }
 
     fn remember(&self, key: (usize, usize), data: Arc<Vec<u8>>) {
-        let mut c = self.cache.lock().expect("cache lock");
+        let mut c = crate::sync::lock(&self.cache);
         if c.lru.put(key, data.clone()).is_none() {
             c.bytes += data.len() as u64;
         }

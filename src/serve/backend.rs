@@ -205,7 +205,7 @@ impl BlkBackend {
     /// Close the exit-event descriptors the library leaked. Call only once
     /// the daemon (its epoll handlers and worker threads) is gone.
     pub fn close_leaked_fds(&self) {
-        for fd in self.exit_fds.lock().expect("exit fds lock").drain(..) {
+        for fd in crate::sync::lock(&self.exit_fds).drain(..) {
             // SAFETY: `fd` came from an EventConsumer we created in
             // `exit_event`; the library took it with `into_raw_fd` for its
             // epoll set and never closes it. The daemon that used it has

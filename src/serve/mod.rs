@@ -119,7 +119,7 @@ impl Stopper {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
-        if let Some(h) = self.conn.lock().expect("conn lock").as_ref() {
+        if let Some(h) = crate::sync::lock(&self.conn).as_ref() {
             h.shutdown();
         }
     }
@@ -290,7 +290,7 @@ impl Server {
             std::thread::sleep(std::time::Duration::from_millis(100));
             return Ok(());
         }
-        *self.stopper.conn.lock().expect("conn lock") = daemon.shutdown_handle();
+        *crate::sync::lock(&self.stopper.conn) = daemon.shutdown_handle();
         tracing::info!("frontend connected (connection {n})");
         if self.stopper.stop.load(Ordering::SeqCst) {
             daemon.request_shutdown();
@@ -302,7 +302,7 @@ impl Server {
             )) => tracing::info!("frontend disconnected (connection {n})"),
             Err(e) => tracing::warn!("connection {n} ended: {e}"),
         }
-        *self.stopper.conn.lock().expect("conn lock") = None;
+        *crate::sync::lock(&self.stopper.conn) = None;
         // Workers leave after their current batch; dropping the daemon
         // joins them.
         backend.stop();
