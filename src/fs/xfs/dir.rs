@@ -61,6 +61,45 @@ fn entsize(len: usize) -> usize {
     (8 + 1 + len + 1 + 2).next_multiple_of(8)
 }
 
+/// `.` and `..` of directory `owner` in `parent`.
+fn dots(owner: u64, parent: u64) -> [Entry<'static>; 2] {
+    [
+        Entry {
+            name: b".",
+            ino: owner,
+            ftype: 2,
+        },
+        Entry {
+            name: b"..",
+            ino: parent,
+            ftype: 2,
+        },
+    ]
+}
+
+/// Write data entry `e` at `at` of a directory data block; its size.
+fn put_entry(b: &mut [u8], at: usize, e: &Entry<'_>) -> usize {
+    let size = entsize(e.name.len());
+    be64(b, at, e.ino);
+    b[at + 8] = e.name.len() as u8;
+    b[at + 9..at + 9 + e.name.len()].copy_from_slice(e.name);
+    b[at + 9 + e.name.len()] = e.ftype;
+    be16(b, at + size - 2, at as u16);
+    size
+}
+
+/// Mark `len` bytes at `at` of a data block as its one free region: an
+/// unused entry, named by `bestfree[0]`.
+fn put_free(b: &mut [u8], at: usize, len: usize) {
+    if len > 0 {
+        be16(b, at, 0xffff);
+        be16(b, at + 2, len as u16);
+        be16(b, at + len - 2, at as u16);
+        be16(b, 48, at as u16);
+        be16(b, 50, len as u16);
+    }
+}
+
 /// The shortform fork, if the entries fit in the inode.
 pub fn shortform(parent: u64, entries: &[Entry<'_>]) -> Option<Vec<u8>> {
     let wide = parent > u64::from(u32::MAX) || entries.iter().any(|e| e.ino > u64::from(u32::MAX));
@@ -126,36 +165,13 @@ pub fn block_form(
     be64(&mut b, 40, owner);
     let mut hashes: Vec<(u32, u32)> = Vec::with_capacity(leaves);
     let mut at = DATA_HDR;
-    let dot = Entry {
-        name: b".",
-        ino: owner,
-        ftype: 2,
-    };
-    let dotdot = Entry {
-        name: b"..",
-        ino: parent,
-        ftype: 2,
-    };
-    for e in [dot, dotdot].iter().chain(entries) {
-        let size = entsize(e.name.len());
-        be64(&mut b, at, e.ino);
-        b[at + 8] = e.name.len() as u8;
-        b[at + 9..at + 9 + e.name.len()].copy_from_slice(e.name);
-        b[at + 9 + e.name.len()] = e.ftype;
-        be16(&mut b, at + size - 2, at as u16);
+    for e in dots(owner, parent).iter().chain(entries) {
         hashes.push((hash(e.name), (at / 8) as u32));
-        at += size;
+        at += put_entry(&mut b, at, e);
     }
     // The free space between the entries and the leaf array, as one
     // unused entry; bestfree[0] names it.
-    let free = leaf_at - at;
-    if free > 0 {
-        be16(&mut b, at, 0xffff);
-        be16(&mut b, at + 2, free as u16);
-        be16(&mut b, at + free - 2, at as u16);
-        be16(&mut b, 48, at as u16);
-        be16(&mut b, 50, free as u16);
-    }
+    put_free(&mut b, at, leaf_at - at);
     hashes.sort();
     for (i, (h, addr)) in hashes.iter().enumerate() {
         be32(&mut b, leaf_at + 8 * i, *h);
@@ -234,39 +250,16 @@ fn data_blocks(
             b
         })
         .collect();
-    let dot = Entry {
-        name: b".",
-        ino: owner,
-        ftype: 2,
-    };
-    let dotdot = Entry {
-        name: b"..",
-        ino: parent,
-        ftype: 2,
-    };
     let mut hashes = Vec::with_capacity(places.len());
     let mut ends = vec![DATA_HDR; data_devs.len()];
-    for (e, &(db, at)) in [dot, dotdot].iter().chain(entries).zip(&places) {
-        let b = &mut blocks[db];
-        let size = entsize(e.name.len());
-        be64(b, at, e.ino);
-        b[at + 8] = e.name.len() as u8;
-        b[at + 9..at + 9 + e.name.len()].copy_from_slice(e.name);
-        b[at + 9 + e.name.len()] = e.ftype;
-        be16(b, at + size - 2, at as u16);
+    for (e, &(db, at)) in dots(owner, parent).iter().chain(entries).zip(&places) {
         hashes.push((hash(e.name), ((db as u64 * BLOCK + at as u64) / 8) as u32));
-        ends[db] = at + size;
+        ends[db] = at + put_entry(&mut blocks[db], at, e);
     }
     let mut bests = Vec::with_capacity(data_devs.len());
     for (b, &end) in blocks.iter_mut().zip(&ends) {
         let free = BLOCK as usize - end;
-        if free > 0 {
-            be16(b, end, 0xffff);
-            be16(b, end + 2, free as u16);
-            be16(b, end + free - 2, end as u16);
-            be16(b, 48, end as u16);
-            be16(b, 50, free as u16);
-        }
+        put_free(b, end, free);
         bests.push(free as u16);
         set_crc(b, 4);
     }
