@@ -27,6 +27,7 @@ fn options(r: &str) -> DiskOptions {
         cache_disk: 0,
         overlay: None,
         flush_to: None,
+        flush_format: Default::default(),
         prefetch: false,
     }
 }

@@ -9,7 +9,7 @@
 //!   → layer index (tar entries, access points, span hashes)   src/layer_index/
 //!   → merged tree (whiteouts applied)                 src/tree.rs
 //!   → filesystem plan: metadata blocks + data extents   src/fs/ (writers: src/fs/extfs/)
-//!   → materialize (a raw image file)                  src/materialize.rs
+//!   → materialize (a raw or qcow2 image file)         src/materialize.rs, src/qcow2/
 //!   → Disk (read_at / write_at: metadata, lazy data, overlay)   src/disk/
 //!   → frontends: vhost-user `serve`, FUSE `mount`     src/serve/, src/mount.rs
 //! ```
@@ -51,6 +51,7 @@ pub mod cache;
 pub mod digest;
 pub mod disk;
 pub mod fs;
+pub mod image_format;
 pub mod inspect;
 pub mod layer_index;
 pub mod materialize;
@@ -59,6 +60,7 @@ pub mod partial;
 pub mod platform;
 pub mod progress;
 pub mod pull;
+pub mod qcow2;
 pub mod serve;
 
 pub mod source;

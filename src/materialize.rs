@@ -1,11 +1,15 @@
-//! `materialize`: write an image's complete filesystem to a raw disk file.
+//! `materialize`: write an image's complete filesystem to a disk file, raw
+//! or qcow2.
 //!
 //! Pull (verify, index) → flatten → plan the filesystem → write the metadata
 //! blocks → stream each layer once, copying every file's bytes from the
-//! decompressed stream straight to its planned place. The output is a sparse
-//! raw file (all-zero chunks are not written), built as a [`PartialFile`]
-//! next to OUTPUT, fsynced and renamed: an interrupted run leaves nothing
-//! at OUTPUT, and a symlink planted at any name it uses is never followed. File data is never held in memory.
+//! decompressed stream straight to its planned place. A raw output is a
+//! sparse file (all-zero chunks are not written); a qcow2 output gets each
+//! cluster the moment it is whole ([`crate::qcow2::Assembler`]), compressed
+//! on every core. Either is built as a [`PartialFile`] next to OUTPUT,
+//! fsynced and renamed: an interrupted run leaves nothing at OUTPUT, and a
+//! symlink planted at any name it uses is never followed. File data is
+//! never held in memory.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -17,9 +21,11 @@ use serde::Serialize;
 
 use crate::cache::BlobCache;
 use crate::digest::Digest;
-use crate::fs::{self, FsError, FsImage, FsOptions};
+use crate::fs::{self, FsError, FsImage, FsOptions, Region};
+use crate::image_format::ImageFormat;
 use crate::partial::{self, PartialError, PartialFile};
 use crate::pull::{PullError, PullOptions, PullProgress, pull_image};
+use crate::qcow2::{Assembler, Qcow2Error, Qcow2Writer};
 use crate::source::manifest::Compression;
 
 /// Errors materializing an image.
@@ -56,6 +62,9 @@ pub enum MaterializeError {
     /// The output path is not usable.
     #[error("output {0}: {1}")]
     Output(PathBuf, &'static str),
+    /// Writing the qcow2 file failed.
+    #[error(transparent)]
+    Qcow2(#[from] Qcow2Error),
 }
 
 /// What to materialize and how.
@@ -67,6 +76,8 @@ pub struct MaterializeOptions {
     pub output: PathBuf,
     /// The filesystem to write.
     pub fs: FsOptions,
+    /// The file format of the output.
+    pub format: ImageFormat,
 }
 
 /// What was written.
@@ -80,6 +91,10 @@ pub struct MaterializeReport {
     pub output: PathBuf,
     /// Device size.
     pub size: u64,
+    /// Output file format (`raw`, `qcow2`).
+    pub format: &'static str,
+    /// Bytes the output file takes on disk (allocated, not apparent).
+    pub file_bytes: u64,
     /// File bytes copied from layers.
     pub data_bytes: u64,
     /// Metadata blocks written.
@@ -115,14 +130,18 @@ pub async fn materialize(
     let data_bytes = fs.data_bytes();
     let metadata_blocks = fs.metadata.len();
     let size = fs.size;
-    tokio::task::spawn_blocking(move || write_image(&fs, &layers, &output))
-        .await
-        .map_err(|e| MaterializeError::Internal("writing the image", e.to_string()))??;
+    let format = opts.format;
+    let file_bytes =
+        tokio::task::spawn_blocking(move || write_image(&fs, &layers, &output, format))
+            .await
+            .map_err(|e| MaterializeError::Internal("writing the image", e.to_string()))??;
     Ok(MaterializeReport {
         reference: report.reference,
         image_id: report.image_id,
         output: opts.output.clone(),
         size,
+        format: opts.format.name(),
+        file_bytes,
         data_bytes,
         metadata_blocks,
     })
@@ -149,11 +168,38 @@ fn check_output(output: &Path) -> Result<(), MaterializeError> {
     Err(MaterializeError::Output(output.to_path_buf(), what))
 }
 
+/// Where the device's bytes go: a sparse raw file, or qcow2 clusters.
+enum Sink<'a> {
+    Raw(&'a File),
+    Qcow2(Box<Assembler>),
+}
+
+impl Sink<'_> {
+    fn write_at(
+        &mut self,
+        data: &[u8],
+        offset: u64,
+        output: &Path,
+    ) -> Result<(), MaterializeError> {
+        match self {
+            Sink::Raw(f) => {
+                write_nonzero(f, data, offset).map_err(|source| MaterializeError::Write {
+                    path: output.to_path_buf(),
+                    source,
+                })
+            }
+            Sink::Qcow2(a) => Ok(a.write_at(data, offset)?),
+        }
+    }
+}
+
+/// Write the image; returns the bytes the file takes on disk.
 fn write_image(
     fs: &FsImage,
     layers: &[(Digest, PathBuf, Compression)],
     output: &Path,
-) -> Result<(), MaterializeError> {
+    format: ImageFormat,
+) -> Result<u64, MaterializeError> {
     let werr = |source| MaterializeError::Write {
         path: output.to_path_buf(),
         source,
@@ -161,8 +207,27 @@ fn write_image(
     partial::clean_stale(output);
     let partial = PartialFile::create(output)?;
     let file = partial.file();
-    file.set_len(fs.size).map_err(werr)?;
-    fs.write_metadata(file).map_err(werr)?;
+    let mut sink = match format {
+        ImageFormat::Raw => {
+            file.set_len(fs.size).map_err(werr)?;
+            Sink::Raw(file)
+        }
+        ImageFormat::Qcow2(opts) => {
+            let tmp = partial.temp_path();
+            let writer = Qcow2Writer::new(file.try_clone().map_err(werr)?, tmp, fs.size, opts)?;
+            let dir = tmp.parent().unwrap_or(Path::new("."));
+            let promised = fs
+                .regions(0, fs.size)
+                .filter(|(_, r)| !matches!(r, Region::Zeros(_)))
+                .map(|(off, r)| (off, r.len()));
+            Sink::Qcow2(Box::new(Assembler::new(writer, dir, promised)?))
+        }
+    };
+    for (offset, region) in fs.regions(0, fs.size) {
+        if let Region::Metadata(bytes) = region {
+            sink.write_at(bytes, offset, output)?;
+        }
+    }
     let mut buf = vec![0u8; 1 << 20];
     for (i, (digest, path, compression)) in layers.iter().enumerate() {
         let extents = fs.extents_of_layer(i);
@@ -193,14 +258,18 @@ fn write_image(
             while done < e.len {
                 let n = (e.len - done).min(buf.len() as u64) as usize;
                 reader.read_exact(&mut buf[..n]).map_err(rerr)?;
-                write_nonzero(file, &buf[..n], e.device_offset + done).map_err(werr)?;
+                sink.write_at(&buf[..n], e.device_offset + done, output)?;
                 done += n as u64;
             }
             pos = e.tar_offset + e.len;
         }
     }
-    partial.commit()?;
-    Ok(())
+    if let Sink::Qcow2(a) = sink {
+        a.finish()?;
+    }
+    let file = partial.commit()?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata().map_err(werr)?.blocks() * 512)
 }
 
 /// Write `data` at `offset`, skipping 4 KiB-aligned all-zero pieces (the file

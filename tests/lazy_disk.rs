@@ -33,6 +33,7 @@ fn options(location: &str) -> DiskOptions {
         cache_disk: 1 << 30,
         overlay: None,
         flush_to: None,
+        flush_format: Default::default(),
         prefetch: false,
     }
 }
@@ -559,6 +560,7 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
         &DiskOptions {
             prefetch: false,
             flush_to: None,
+            flush_format: Default::default(),
             ..opts.clone()
         },
         &cache,
@@ -691,4 +693,63 @@ fn assert_from_chunk_store(f: &Served, disk: &Disk, n: usize, what: &str) {
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
     );
+}
+
+#[test]
+fn a_qcow2_flush_to_completes_and_takes_later_guest_writes() {
+    let f = served(Compression::Zstd, "preq", false);
+    let (dir, cache) = (&f.dir, &f.cache);
+    let mut want = f.want.clone();
+    let flushed = dir.path().join("flushed.qcow2");
+    let mut opts = options(&f.r);
+    opts.fs.read_only = false;
+    opts.prefetch = true;
+    opts.flush_to = Some(flushed.clone());
+    opts.flush_format = ocidisk::image_format::ImageFormat::Qcow2(ocidisk::qcow2::Qcow2Options {
+        cluster_bits: 16,
+        compression: Some(ocidisk::qcow2::Codec::Zlib),
+    });
+    opts.overlay = Some(dir.path().join("overlay"));
+    let disk = Disk::open(&opts, cache).unwrap();
+    disk.wait_prefetch();
+    assert!(disk.flush_to_complete());
+    let raw = dir.path().join("want.img");
+    let check = |want: &[u8], what: &str| {
+        std::fs::write(&raw, want).unwrap();
+        let out = Command::new("qemu-img")
+            .args(["check", flushed.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: qemu-img check: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let out = Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2"])
+            .arg(&raw)
+            .arg(&flushed)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    check(&want, "complete");
+    // Guest writes after completion: into compressed clusters, across a
+    // cluster boundary, into a never-allocated one, zeros over data.
+    let size = want.len();
+    for (at, bytes) in [
+        (7usize, vec![0x5a; 100]),
+        (65536 * 3 - 50, vec![0xa5; 200]),
+        (size - (3 << 20) + 7, b"guest was here".to_vec()),
+        (1024 * 1024, vec![0u8; 8192]),
+    ] {
+        disk.write_at(at as u64, &bytes).unwrap();
+        want[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
+    disk.flush().unwrap();
+    check(&want, "after guest writes");
 }

@@ -87,6 +87,9 @@ pub enum DiskError {
     /// Creating or completing the --flush-to image failed.
     #[error("--flush-to: {0}")]
     FlushToCreate(crate::partial::PartialError),
+    /// Writing or updating the --flush-to qcow2 failed.
+    #[error("--flush-to: {0}")]
+    FlushToQcow2(crate::qcow2::Qcow2Error),
     /// The overlay failed.
     #[error(transparent)]
     Overlay(#[from] OverlayError),
@@ -110,8 +113,10 @@ pub struct DiskOptions {
     /// Where guest writes go (writable disks); `None`: a temporary file in
     /// the cache dir, removed when the disk closes.
     pub overlay: Option<std::path::PathBuf>,
-    /// Keep a complete raw image here, filled as data arrives.
+    /// Keep a complete image here, filled as data arrives.
     pub flush_to: Option<std::path::PathBuf>,
+    /// The file format of `flush_to`.
+    pub flush_format: crate::image_format::ImageFormat,
     /// Fetch the whole image in the background after opening.
     pub prefetch: bool,
 }
@@ -202,7 +207,12 @@ impl Inner {
             (Some(Overlay::open(&path, image.id(), fs.size)?), temp)
         };
         let flush_to = match &opts.flush_to {
-            Some(p) => Some(flush_to::FlushTo::create(p, &fs, &layers)?),
+            Some(p) => Some(flush_to::FlushTo::create(
+                p,
+                &fs,
+                &layers,
+                opts.flush_format,
+            )?),
             None => None,
         };
         Ok(Arc::new(Inner {

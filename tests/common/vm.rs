@@ -44,6 +44,9 @@ pub struct Vm {
     pub fs: &'static str,
     /// The init's action: `tree`, `write:TEXT`, `cat`, `boot`.
     pub action: String,
+    /// Boot from this image file (`-drive format=FORMAT`, read-only,
+    /// virtio-blk-pci) instead of the vhost-user socket.
+    pub drive: Option<(PathBuf, &'static str)>,
 }
 
 impl Vm {
@@ -55,6 +58,7 @@ impl Vm {
             mount: "ro",
             fs: "ext4",
             action: action.to_string(),
+            drive: None,
         }
     }
 
@@ -70,12 +74,24 @@ impl Vm {
             .args(["-smp", &self.cpus.to_string()])
             .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-serial", "stdio", "-no-reboot"])
-            .args([
+            .args(["-serial", "stdio", "-no-reboot"]);
+        if let Some((file, format)) = &self.drive {
+            c.args([
+                "-drive",
+                &format!(
+                    "file={},format={format},if=none,id=d0,readonly=on",
+                    file.display()
+                ),
+            ])
+            .args(["-device", "virtio-blk-pci,drive=d0"]);
+        } else {
+            c.args([
                 "-chardev",
                 &format!("socket,id=c0,path={}", socket.display()),
             ]);
+        }
         match self.machine {
+            _ if self.drive.is_some() => {}
             Machine::Q35 => {
                 c.args([
                     "-device",
