@@ -35,6 +35,10 @@ ls -ls "$work/debian.img"
 e2fsck -fn "$work/debian-ext3.img"
 "$bin" materialize --fs xfs "$ref" "$work/debian.xfs"
 xfs_repair -n "$work/debian.xfs"
+"$bin" materialize --compress "$ref" "$work/debian.qcow2"
+qemu-img check "$work/debian.qcow2"
+qemu-img compare -f raw -F qcow2 "$work/debian.img" "$work/debian.qcow2"
+ls -ls "$work/debian.img" "$work/debian.qcow2"
 { set +x; } 2>/dev/null
 
 echo "demo: serving the image over vhost-user (lazy) and booting a VM from it" >&2
