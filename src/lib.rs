@@ -28,6 +28,7 @@
 //! | `FilesystemType` | `fs.filesystem` ([`fs::Filesystem`]: ext4, ext3) |
 //! | `Size` | `fs.size` (`None`: fit the content) |
 //! | `ReadOnly` | `fs.read_only` |
+//! | (new) | `format` ([`image_format::ImageFormat`]: raw, or qcow2 with compression) |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
