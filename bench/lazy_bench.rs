@@ -29,6 +29,7 @@ fn options(r: &str) -> DiskOptions {
         flush_to: None,
         flush_format: Default::default(),
         prefetch: false,
+        init: false,
     }
 }
 

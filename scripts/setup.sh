@@ -22,6 +22,7 @@ packages=(
   time              # GNU time: peak RSS in bench/ and in tests/hostile.rs
   linux-image-amd64 # the guest kernel the VM tests boot (virtio and ext4 as modules)
   busybox-static    # the guest's userland, in a small initramfs
+  musl-tools        # musl-gcc: builds the static --init binary small (gcc -static is the fallback)
   cpio              # packs that initramfs
   fio               # in-guest and host benchmarks
 )

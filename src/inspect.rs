@@ -175,6 +175,11 @@ impl ImageInfo {
                 l.media_type
             );
         }
+        let _ = writeln!(
+            s,
+            "Boot (--init): {} (add ro for a --read-only disk; NAME=VALUE words set env, -- ARGS replace Cmd)",
+            crate::init_layer::BOOT_ARGS
+        );
         s
     }
 }

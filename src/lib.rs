@@ -28,6 +28,7 @@
 //! | `FilesystemType` | `fs.filesystem` ([`fs::Filesystem`]: ext4, ext3) |
 //! | `Size` | `fs.size` (`None`: fit the content) |
 //! | `ReadOnly` | `fs.read_only` |
+//! | (new) | `init` (`--init`: [`init_layer`], boot the image's own process) |
 //! | (new) | `format` ([`image_format::ImageFormat`]: raw, or qcow2 with compression) |
 //!
 //! ```no_run
@@ -53,6 +54,7 @@ pub mod digest;
 pub mod disk;
 pub mod fs;
 pub mod image_format;
+pub mod init_layer;
 pub mod inspect;
 pub mod layer_index;
 pub mod materialize;

@@ -110,6 +110,9 @@ What an image may hold, and what is refused or clamped: docs/input-rules.md.")]
         /// Filesystem UUID [default: derived from the image digest, so output is reproducible]
         #[arg(long, value_parser = parse_uuid)]
         uuid: Option<[u8; 16]>,
+        /// Add /.ocidisk/init: boot with init=/.ocidisk/init to run the image's own command (see ocidisk inspect)
+        #[arg(long)]
+        init: bool,
     },
 
     /// Show the image's disk as one regular file through FUSE (lazy: data is fetched when read)
@@ -223,6 +226,9 @@ struct DiskArgs {
     /// Fetch the whole image in the background, so the disk ends up independent of the registry
     #[arg(long)]
     prefetch: bool,
+    /// Add /.ocidisk/init: boot with init=/.ocidisk/init to run the image's own command
+    #[arg(long)]
+    init: bool,
     /// Keep a complete image here, filled as data arrives and writes land (raw, or qcow2 for a .qcow2 name)
     #[arg(long, value_name = "IMG")]
     flush_to: Option<PathBuf>,
@@ -265,6 +271,7 @@ impl DiskArgs {
             flush_to: self.flush_to.clone(),
             flush_format,
             prefetch: self.prefetch,
+            init: self.init,
         })
     }
 }
@@ -527,11 +534,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             size,
             read_only,
             uuid,
+            init,
         } => {
             let format = format.request().resolve(&output)?;
             let opts = MaterializeOptions {
                 pull: image.options()?,
                 format,
+                init,
                 output,
                 fs: FsOptions {
                     filesystem: fs.into(),

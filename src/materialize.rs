@@ -65,6 +65,9 @@ pub enum MaterializeError {
     /// Writing the qcow2 file failed.
     #[error(transparent)]
     Qcow2(#[from] Qcow2Error),
+    /// Adding the `--init` layer failed.
+    #[error(transparent)]
+    Init(#[from] crate::init_layer::InitError),
 }
 
 /// What to materialize and how.
@@ -78,6 +81,8 @@ pub struct MaterializeOptions {
     pub fs: FsOptions,
     /// The file format of the output.
     pub format: ImageFormat,
+    /// Add `/.ocidisk/init` and its config ([`crate::init_layer`]).
+    pub init: bool,
 }
 
 /// What was written.
@@ -108,9 +113,12 @@ pub async fn materialize(
     progress: Arc<dyn PullProgress>,
 ) -> Result<MaterializeReport, MaterializeError> {
     check_output(&opts.output)?;
-    let (report, image, indexes) = pull_image(&opts.pull, cache, progress)
+    let (report, mut image, mut indexes) = pull_image(&opts.pull, cache, progress)
         .await
         .map_err(Box::new)?;
+    if opts.init {
+        crate::init_layer::append(&mut image, &mut indexes, cache)?;
+    }
     let (id, fs_opts) = (image.id().clone(), opts.fs.clone());
     let fs = tokio::task::spawn_blocking(move || fs::plan_layers(&id, &indexes, &fs_opts))
         .await

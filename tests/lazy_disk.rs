@@ -35,6 +35,7 @@ fn options(location: &str) -> DiskOptions {
         flush_to: None,
         flush_format: Default::default(),
         prefetch: false,
+        init: false,
     }
 }
 
@@ -559,6 +560,7 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
     let fresh = Disk::open(
         &DiskOptions {
             prefetch: false,
+            init: false,
             flush_to: None,
             flush_format: Default::default(),
             ..opts.clone()

@@ -87,6 +87,9 @@ pub enum DiskError {
     /// Creating or completing the --flush-to image failed.
     #[error("--flush-to: {0}")]
     FlushToCreate(crate::partial::PartialError),
+    /// Adding the `--init` layer failed.
+    #[error(transparent)]
+    Init(#[from] crate::init_layer::InitError),
     /// Writing or updating the --flush-to qcow2 failed.
     #[error("--flush-to: {0}")]
     FlushToQcow2(crate::qcow2::Qcow2Error),
@@ -119,6 +122,8 @@ pub struct DiskOptions {
     pub flush_format: crate::image_format::ImageFormat,
     /// Fetch the whole image in the background after opening.
     pub prefetch: bool,
+    /// Add `/.ocidisk/init` and its config ([`crate::init_layer`]).
+    pub init: bool,
 }
 
 /// Counters, for tests and benchmarks.
@@ -181,9 +186,12 @@ impl Inner {
             &cache.root().join("tmp"),
             opts.cache_disk,
         ));
-        let (source, image, indexes) = rt
+        let (source, mut image, mut indexes) = rt
             .block_on(index_image(&opts.pull, cache, chunks.clone()))
             .map_err(Box::new)?;
+        if opts.init {
+            crate::init_layer::append(&mut image, &mut indexes, cache)?;
+        }
         let fs = fs::plan_layers(image.id(), &indexes, &opts.fs).map_err(Box::new)?;
         let layers: Vec<(Arc<LayerIndex>, Descriptor)> = indexes
             .into_iter()

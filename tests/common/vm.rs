@@ -138,43 +138,8 @@ impl Vm {
     /// Boot, wait for the init to finish (at most `timeout`), return the
     /// serial console output.
     pub fn run(&self, socket: &Path, timeout: Duration) -> String {
-        // One VM at a time: TCG guests are CPU-bound and the machine has two
-        // cores; a starved guest makes timing-sensitive boots flaky.
-        static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-        let mut child = self
-            .command(socket, "initramfs.cpio")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qemu-system-x86_64");
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let t_out = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = out.read_to_end(&mut v);
-            v
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = err.read_to_end(&mut v);
-            v
-        });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = String::from_utf8_lossy(&t_out.join().unwrap()).replace('\r', "");
-        let err = String::from_utf8_lossy(&t_err.join().unwrap()).to_string();
+        let (status, out, err) =
+            run_qemu(&mut self.command(socket, "initramfs.cpio"), timeout, None);
         assert!(
             status.is_some(),
             "the VM did not power off within {timeout:?}; console:\n{out}\nqemu stderr:\n{err}"
@@ -185,6 +150,70 @@ impl Vm {
         );
         out
     }
+}
+
+/// Something to do once the console shows a line containing a text.
+pub type Trigger = (&'static str, Box<dyn FnOnce() + Send>);
+
+/// Run QEMU (`cmd`, its serial console on stdout) until it exits, at most
+/// `timeout`: (exit status or `None` when killed at the timeout, console,
+/// stderr). One VM at a time: TCG guests are CPU-bound and the machine
+/// has two cores; a starved guest makes timing-sensitive boots flaky.
+pub fn run_qemu(
+    cmd: &mut Command,
+    timeout: Duration,
+    trigger: Option<Trigger>,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut trigger = trigger;
+        let mut v = Vec::new();
+        let mut r = std::io::BufReader::new(out);
+        loop {
+            let start = v.len();
+            match r.read_until(b'\n', &mut v) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let hit = trigger
+                .as_ref()
+                .is_some_and(|(text, _)| String::from_utf8_lossy(&v[start..]).contains(text));
+            if let Some((_, action)) = trigger.take_if(|_| hit) {
+                action();
+            }
+        }
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = String::from_utf8_lossy(&t_out.join().unwrap()).replace('\r', "");
+    let err = String::from_utf8_lossy(&t_err.join().unwrap()).to_string();
+    (status, out, err)
 }
 
 /// The lines between `OCIDISK-<what>-BEGIN` and `-END`.
