@@ -57,3 +57,19 @@ qemu-system-x86_64 -machine q35,accel=tcg,memory-backend=mem -cpu max -m 512 \
 { set +x; } 2>/dev/null
 grep -q "OCIDISK-DONE rc=0" "$work/console.log" || { echo "demo: the VM did not boot from the served disk" >&2; exit 1; }
 echo "demo: the VM ran programs from the image, served lazily by ocidisk from $ref" >&2
+kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; serve_pid=
+
+echo "demo: --init: the same image as a VM that runs the image's own command (Debian's kernel and initrd)" >&2
+kver=$(ls /boot | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
+set -x
+"$bin" materialize --init --read-only "$ref" "$work/debian-init.img"
+"$bin" inspect "$ref" | grep 'Boot (--init)'
+qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m 512 \
+  -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+  -drive file="$work/debian-init.img",format=raw,if=virtio,readonly=on \
+  -kernel "/boot/vmlinuz-$kver" -initrd "/boot/initrd.img-$kver" \
+  -append 'root=/dev/vda ro init=/.ocidisk/init console=ttyS0 quiet panic=-1 GREETING=hello -- /bin/bash -c "echo $GREETING from $(. /etc/os-release; echo $PRETTY_NAME): $(dpkg-query -W | wc -l) packages; exit 5"' \
+  | tr -d '\r' | tee "$work/init-console.log"
+{ set +x; } 2>/dev/null
+grep -q "ocidisk-init: exit status 5" "$work/init-console.log" || { echo "demo: the --init VM did not run the image's command" >&2; exit 1; }
+echo "demo: the VM booted into the image's own command and powered off with its exit status" >&2
