@@ -242,8 +242,9 @@ impl Qcow2File {
             let (off, len) = self.header.geometry.compressed_range(entry);
             let cs = self.cs();
             for c in off / cs..=(off + len - 1) / cs {
-                let r = self.refs[c as usize].saturating_sub(1);
-                self.put_ref(c, r)?;
+                if let Some(&r) = self.refs.get(c as usize) {
+                    self.put_ref(c, r.saturating_sub(1))?;
+                }
             }
         }
         Ok(())
@@ -317,6 +318,26 @@ impl Qcow2File {
         }
         if (refs.len() as u64) < end / cs {
             return Err(not_ours("its refcount blocks do not cover the file".into()));
+        }
+        // Every entry must point inside the file, where a later read or
+        // update can follow it.
+        for (i, (_, entries)) in &l2 {
+            for (j, &e) in entries.iter().enumerate() {
+                let inside = if e & COMPRESSED != 0 {
+                    let (off, len) = g.compressed_range(e);
+                    off >= cs && off.checked_add(len).is_some_and(|x| x <= end)
+                } else {
+                    let off = e & OFFSET_MASK;
+                    off == 0
+                        || (off.is_multiple_of(cs) && off.checked_add(cs).is_some_and(|x| x <= end))
+                };
+                if !inside {
+                    return Err(not_ours(format!(
+                        "the entry of guest cluster {} points outside the file",
+                        i * g.l2_entries() + j as u64
+                    )));
+                }
+            }
         }
         Ok(Qcow2File {
             file,
