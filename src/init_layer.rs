@@ -139,7 +139,7 @@ fn init_for(arch: &str) -> Result<&'static [u8], InitError> {
 /// Whether any layer has an entry at `path` (relative, no slashes at
 /// either end) or below it.
 fn mentioned(indexes: &[LayerIndex], path: &str) -> bool {
-    indexes.iter().flat_map(|ix| &ix.entries).any(|e| {
+    indexes.iter().flat_map(|ix| ix.entries()).any(|e| {
         let mut p: &[u8] = &e.path;
         while let Some(rest) = p.strip_prefix(b"./").or_else(|| p.strip_prefix(b"/")) {
             p = rest;

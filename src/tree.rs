@@ -387,8 +387,8 @@ impl Tree {
             Some(n) if n.starts_with(b".wh.") => Action::Whiteout,
             _ => Action::Add,
         };
-        for e in &layer.entries {
-            let mut comps = normalize(&e.path, &layer.layer)?;
+        for e in layer.entries() {
+            let mut comps = normalize(&e.path, layer.layer())?;
             match action(&comps) {
                 Action::Whiteout => {
                     if let Some(name) = comps.pop() {
@@ -404,8 +404,8 @@ impl Tree {
                 Action::Skip | Action::Add => {}
             }
         }
-        for e in &layer.entries {
-            let comps = normalize(&e.path, &layer.layer)?;
+        for e in layer.entries() {
+            let comps = normalize(&e.path, layer.layer())?;
             if matches!(action(&comps), Action::Add) {
                 self.add(layer_no, layer, e, &comps)?;
             }
@@ -425,7 +425,7 @@ impl Tree {
             // The root itself.
             if e.kind != EntryKind::Dir {
                 return Err(TreeError::ReplacesRoot {
-                    layer: layer.layer.clone(),
+                    layer: layer.layer().clone(),
                     path: show(&e.path),
                 });
             }
@@ -435,17 +435,17 @@ impl Tree {
         };
         let node = match e.kind {
             EntryKind::Hardlink => {
-                let target = normalize(&e.link, &layer.layer)?;
+                let target = normalize(&e.link, layer.layer())?;
                 let id = self
                     .lookup(&target)
                     .ok_or_else(|| TreeError::LinkTargetMissing {
-                        layer: layer.layer.clone(),
+                        layer: layer.layer().clone(),
                         path: show(&e.path),
                         target: show(&e.link),
                     })?;
                 if self.is_dir(id) {
                     return Err(TreeError::LinkToDirectory {
-                        layer: layer.layer.clone(),
+                        layer: layer.layer().clone(),
                         path: show(&e.path),
                         target: show(&e.link),
                     });
@@ -479,13 +479,13 @@ impl Tree {
                     if let Some(segs) = &e.sparse {
                         let total =
                             check_map(segs, e.size).map_err(|detail| TreeError::BadSparseMap {
-                                layer: layer.layer.clone(),
+                                layer: layer.layer().clone(),
                                 path: show(&e.path),
                                 detail,
                             })?;
                         if total != e.data_len {
                             return Err(TreeError::BadSparseMap {
-                                layer: layer.layer.clone(),
+                                layer: layer.layer().clone(),
                                 path: show(&e.path),
                                 detail: format!(
                                     "its segments hold {total} bytes, the entry {}",
@@ -508,7 +508,7 @@ impl Tree {
             EntryKind::Symlink => Node {
                 meta: {
                     check_symlink(&e.link).map_err(|problem| TreeError::BadSymlink {
-                        layer: layer.layer.clone(),
+                        layer: layer.layer().clone(),
                         path: show(&e.path),
                         problem,
                     })?;
@@ -521,7 +521,7 @@ impl Tree {
                 if e.dev_major > MAX_MAJOR || e.dev_minor > MAX_MINOR =>
             {
                 return Err(TreeError::DeviceNumber {
-                    layer: layer.layer.clone(),
+                    layer: layer.layer().clone(),
                     path: show(&e.path),
                     major: e.dev_major,
                     minor: e.dev_minor,
@@ -650,15 +650,28 @@ mod tests {
         e
     }
 
+    /// A layer of `entries` (planning reads only the entries; the span
+    /// covers their data so the index is consistent).
     fn layer(n: u8, entries: Vec<TarEntry>) -> LayerIndex {
-        LayerIndex {
-            layer: Digest::sha256_of(&[n]),
-            diff_id: Digest::sha256_of(&[n, n]),
-            tar_size: 0,
+        let end = entries
+            .iter()
+            .map(|e| e.data_offset + e.data_len)
+            .max()
+            .unwrap_or(0);
+        let span = crate::layer_index::Span {
+            start: 0,
+            sha256: [0; 32],
+            cend: end + 1,
+        };
+        LayerIndex::new(
+            Digest::sha256_of(&[n]),
+            Digest::sha256_of(&[n, n]),
+            end + 1,
             entries,
-            access: crate::layer_index::Access::Tar,
-            spans: Vec::new(),
-        }
+            crate::layer_index::Access::Tar,
+            vec![span],
+        )
+        .unwrap()
     }
 
     fn paths(t: &Tree) -> Vec<String> {

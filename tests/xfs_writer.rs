@@ -100,18 +100,14 @@ fn geometry_and_counters_equal_what_mkfs_makes() {
 
 /// The merged tree of `tar` as the only layer.
 fn tree_of(tar: &[u8]) -> ocidisk::tree::Tree {
-    use std::io::Write as _;
-    let mut ix = ocidisk::tar::TarIndexer::new();
-    ix.write_all(tar).unwrap();
     let digest = ocidisk::digest::Digest::sha256_of(tar);
-    let layer = ocidisk::layer_index::LayerIndex {
-        layer: digest.clone(),
-        diff_id: digest,
-        tar_size: tar.len() as u64,
-        entries: ix.finish().unwrap(),
-        access: ocidisk::layer_index::Access::Tar,
-        spans: Vec::new(),
-    };
+    let mut ix = ocidisk::layer_index::LayerIndexer::new(
+        ocidisk::source::manifest::Compression::None,
+        digest.algorithm(),
+    )
+    .unwrap();
+    ix.push(tar).unwrap();
+    let layer = ix.finish(&digest, &digest).unwrap();
     ocidisk::tree::Tree::flatten(&[layer]).unwrap()
 }
 

@@ -91,7 +91,7 @@ impl FlushTo {
         Ok(FlushTo {
             path: path.to_path_buf(),
             by_layer: (0..layers.len()).map(|i| fs.extents_of_layer(i)).collect(),
-            total_spans: layers.iter().map(|(ix, _)| ix.spans.len()).sum(),
+            total_spans: layers.iter().map(|(ix, _)| ix.spans().len()).sum(),
             qcow2: match format {
                 ImageFormat::Qcow2(o) => Some(o),
                 ImageFormat::Raw => None,

@@ -345,7 +345,7 @@ impl Inner {
     /// Tell `--flush-to` that span `span` of `layer` arrived.
     fn arrived(&self, layer: usize, span: usize, data: &[u8]) -> Result<(), DiskError> {
         if let Some(f) = &self.flush_to {
-            let start = self.layers[layer].0.spans[span].start;
+            let start = self.layers[layer].0.spans()[span].start;
             let guest_has = |block: u64| self.overlay.as_ref().is_some_and(|o| o.has(block));
             f.span_arrived(layer, span, start, data, &guest_has)?;
         }
@@ -471,7 +471,7 @@ impl Disk {
             .name("ocidisk-prefetch".into())
             .spawn(move || {
                 for (layer, (index, _)) in inner.layers.iter().enumerate() {
-                    for span in 0..index.spans.len() {
+                    for span in 0..index.spans().len() {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }

@@ -54,7 +54,7 @@ impl Inner {
             let (span, start, end) = index.span_at(at).ok_or(DiskError::OutOfRange {
                 offset: at,
                 len,
-                size: index.tar_size,
+                size: index.tar_size(),
             })?;
             let data = self.span(layer, span)?;
             let n = ((end - at) as usize).min(len);
@@ -81,7 +81,7 @@ impl Inner {
             // queue the same read-ahead again and again.
             if advanced
                 && run >= READAHEAD_AFTER
-                && k + 1 < index.spans.len()
+                && k + 1 < index.spans().len()
                 && let Some(tx) = crate::sync::lock(&self.readahead).as_ref()
             {
                 let _ = tx.send((layer, k + 1));
@@ -120,7 +120,7 @@ impl Inner {
 
     fn fetch_span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
         let (index, desc) = &self.layers[layer];
-        if let Some(d) = self.chunks.get(&index.spans[span].sha256) {
+        if let Some(d) = self.chunks.get(&index.spans()[span].sha256) {
             self.stats.chunk_hits.fetch_add(1, Ordering::Relaxed);
             self.arrived(layer, span, &d)?;
             return Ok(Arc::new(d));
@@ -160,7 +160,7 @@ impl Inner {
         // keep them, a neighbouring read is likely.
         let mut wanted = None;
         for (k, data) in decoded {
-            self.chunks.put(&index.spans[k].sha256, &data);
+            self.chunks.put(&index.spans()[k].sha256, &data);
             self.arrived(layer, k, &data)?;
             let data = Arc::new(data);
             if k == span {

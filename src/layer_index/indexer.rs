@@ -282,7 +282,7 @@ impl LayerIndexer {
             access,
             spans,
         };
-        if !ix.is_consistent() {
+        if ix.inconsistency().is_some() {
             return Err(trunc("the stream has no usable access points".into()));
         }
         Ok(ix)

@@ -12,7 +12,7 @@ pub use indexer::{
     IndexSink, LayerIndexer, PushError, SpanOut, SpanSink, index_blob, push_to_index_error,
 };
 pub use span::SpanError;
-pub use store::{IndexStore, decode, encode};
+pub use store::{IndexStore, decode, decode_body, encode, encode_body};
 
 use std::io;
 use std::path::PathBuf;
@@ -63,6 +63,16 @@ pub enum IndexError {
         /// The OS error.
         source: io::Error,
     },
+    /// Parts that do not make an index readers can rely on.
+    #[error("index of layer {layer} is inconsistent: {what}")]
+    Inconsistent {
+        /// The layer.
+        layer: Digest,
+        /// The rule broken: access points must start at offset 0 and
+        /// increase; spans start at 0, increase and end inside the tar;
+        /// every entry's data lies inside the tar.
+        what: &'static str,
+    },
     /// The cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -103,21 +113,23 @@ pub struct Span {
     pub cend: u64,
 }
 
-/// The index of one layer.
+/// The index of one layer. Its fields are private: every index in hand
+/// has passed the consistency check readers rely on (built by the
+/// indexer, decoded from the cache, or made with [`LayerIndex::new`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerIndex {
     /// The layer blob's digest.
-    pub layer: Digest,
+    layer: Digest,
     /// sha256 of the uncompressed tar.
-    pub diff_id: Digest,
+    diff_id: Digest,
     /// Length of the uncompressed tar.
-    pub tar_size: u64,
+    tar_size: u64,
     /// The entries in stream order.
-    pub entries: Vec<TarEntry>,
+    entries: Vec<TarEntry>,
     /// Random-access points.
-    pub access: Access,
+    access: Access,
     /// The spans, in order, covering the whole tar.
-    pub spans: Vec<Span>,
+    spans: Vec<Span>,
 }
 
 /// What to fetch to read one span, and where it sits in the decoded bytes.
@@ -130,6 +142,63 @@ pub struct SpanFetch {
 }
 
 impl LayerIndex {
+    /// An index from its parts, if they are consistent (see
+    /// [`IndexError::Inconsistent`] for what is checked).
+    pub fn new(
+        layer: Digest,
+        diff_id: Digest,
+        tar_size: u64,
+        entries: Vec<TarEntry>,
+        access: Access,
+        spans: Vec<Span>,
+    ) -> Result<LayerIndex, IndexError> {
+        let ix = LayerIndex {
+            layer,
+            diff_id,
+            tar_size,
+            entries,
+            access,
+            spans,
+        };
+        match ix.inconsistency() {
+            None => Ok(ix),
+            Some(what) => Err(IndexError::Inconsistent {
+                layer: ix.layer,
+                what,
+            }),
+        }
+    }
+
+    /// The layer blob's digest.
+    pub fn layer(&self) -> &Digest {
+        &self.layer
+    }
+
+    /// The digest of the uncompressed tar.
+    pub fn diff_id(&self) -> &Digest {
+        &self.diff_id
+    }
+
+    /// Length of the uncompressed tar.
+    pub fn tar_size(&self) -> u64 {
+        self.tar_size
+    }
+
+    /// The entries in stream order.
+    pub fn entries(&self) -> &[TarEntry] {
+        &self.entries
+    }
+
+    /// Where reads can start in the compressed blob.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// The hashed spans, in order, covering the whole tar.
+    pub fn spans(&self) -> &[Span] {
+        &self.spans
+    }
+
     /// The uncompressed range of span `i`.
     pub fn span_range(&self, i: usize) -> (u64, u64) {
         let start = self.spans[i].start;
@@ -161,8 +230,8 @@ impl LayerIndex {
             // A little slack: inflate may look ahead a few bytes, and zstd
             // releases a frame's last block only with the frame's end in view
             // (block header and checksum: a few bytes).
-            Access::Gzip(_) => self.spans[i].cend + 16,
-            Access::Zstd(_) => self.spans[i].cend + 64,
+            Access::Gzip(_) => self.spans[i].cend.saturating_add(16),
+            Access::Zstd(_) => self.spans[i].cend.saturating_add(64),
         };
         SpanFetch {
             start: c,

@@ -4,6 +4,7 @@
 //! the zstd-compressed body. A file with another version or a wrong checksum
 //! is ignored and rebuilt, never trusted.
 
+use std::io::Read;
 use std::path::PathBuf;
 
 use super::{Access, LayerIndex, Span, gzip};
@@ -91,6 +92,21 @@ fn kind_code(k: EntryKind) -> u8 {
 
 /// Serialise an index (see the module docs for the layout).
 pub fn encode(ix: &LayerIndex) -> Vec<u8> {
+    let body = encode_body(ix);
+    let compressed = zstd::bulk::compress(&body, 3).expect("in-memory zstd");
+    let mut out = Vec::with_capacity(compressed.len() + 52);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let sum = Digest::sha256_of(&compressed);
+    out.extend_from_slice(&hex::decode(sum.hex()).expect("hex"));
+    out.extend_from_slice(&compressed);
+    out
+}
+
+/// The body of an index file before compression: what [`decode_body`]
+/// reads.
+pub fn encode_body(ix: &LayerIndex) -> Vec<u8> {
     let mut body = Vec::new();
     put_bytes(&mut body, ix.layer.to_string().as_bytes());
     put_bytes(&mut body, ix.diff_id.to_string().as_bytes());
@@ -153,16 +169,11 @@ pub fn encode(ix: &LayerIndex) -> Vec<u8> {
         put_var(&mut body, sp.cend);
         body.extend_from_slice(&sp.sha256);
     }
-    let compressed = zstd::bulk::compress(&body, 3).expect("in-memory zstd");
-    let mut out = Vec::with_capacity(compressed.len() + 52);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let sum = Digest::sha256_of(&compressed);
-    out.extend_from_slice(&hex::decode(sum.hex()).expect("hex"));
-    out.extend_from_slice(&compressed);
-    out
+    body
 }
+
+/// The fewest bytes one encoded entry takes (15 one-byte fields).
+const MIN_ENTRY: usize = 15;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -194,6 +205,12 @@ impl Reader<'_> {
         Some(b.to_vec())
     }
 
+    /// How many of `n` records of at least `min` bytes each the rest of
+    /// the body can hold: a capacity no stated count can inflate.
+    fn room(&self, n: usize, min: usize) -> usize {
+        n.min(self.0.len() / min)
+    }
+
     fn byte(&mut self) -> Option<u8> {
         let (&b, rest) = self.0.split_first()?;
         self.0 = rest;
@@ -215,13 +232,33 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
     if hex::decode(Digest::sha256_of(compressed).hex()).ok()? != sum {
         return None;
     }
-    let body = zstd::bulk::decompress(compressed, usize::try_from(body_len).ok()?).ok()?;
-    let mut r = Reader(&body);
+    // The stated length is outside the checksum: never allocate by it.
+    // The body grows only as the frame really decodes, up to that length.
+    let mut body = Vec::new();
+    let decoder = zstd::stream::read::Decoder::with_buffer(compressed).ok()?;
+    decoder
+        .single_frame()
+        .take(body_len.saturating_add(1))
+        .read_to_end(&mut body)
+        .ok()?;
+    if body.len() as u64 != body_len {
+        return None;
+    }
+    decode_body(&body)
+}
+
+/// Decode the body of an index file (what follows the header and the
+/// checksum, decompressed): `None` unless it is a whole, consistent index.
+/// [`decode`] calls it after checking the file; the fuzz target feeds it
+/// directly, past the checksum a random input never matches.
+pub fn decode_body(body: &[u8]) -> Option<LayerIndex> {
+    let mut r = Reader(body);
     let layer: Digest = String::from_utf8(r.bytes()?).ok()?.parse().ok()?;
     let diff_id: Digest = String::from_utf8(r.bytes()?).ok()?.parse().ok()?;
     let tar_size = r.var()?;
     let n = usize::try_from(r.var()?).ok()?;
-    let mut entries = Vec::with_capacity(n.min(1 << 20));
+    // Capacities are bounded by what the remaining bytes can hold.
+    let mut entries = Vec::with_capacity(r.room(n, MIN_ENTRY));
     for _ in 0..n {
         let path = r.bytes()?;
         let kind = match r.byte()? {
@@ -244,7 +281,7 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
         let dev_major = r.var32()?;
         let dev_minor = r.var32()?;
         let nx = usize::try_from(r.var()?).ok()?;
-        let mut xattrs = Vec::with_capacity(nx.min(64));
+        let mut xattrs = Vec::with_capacity(r.room(nx, 2));
         for _ in 0..nx {
             xattrs.push((r.bytes()?, r.bytes()?));
         }
@@ -254,7 +291,7 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
             0 => None,
             k => {
                 let k = usize::try_from(k - 1).ok()?;
-                let mut v = Vec::with_capacity(k.min(1 << 16));
+                let mut v = Vec::with_capacity(r.room(k, 2));
                 for _ in 0..k {
                     v.push(SparseSegment {
                         offset: r.var()?,
@@ -290,7 +327,7 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
         0 => Access::Tar,
         1 => {
             let n = usize::try_from(r.var()?).ok()?;
-            let mut cps = Vec::with_capacity(n.min(1 << 16));
+            let mut cps = Vec::with_capacity(r.room(n, 4));
             for _ in 0..n {
                 let (compressed, bits, uncompressed) = (r.var()?, r.byte()?, r.var()?);
                 cps.push(gzip::Checkpoint::from_stored(
@@ -304,7 +341,7 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
         }
         2 => {
             let n = usize::try_from(r.var()?).ok()?;
-            let mut frames = Vec::with_capacity(n.min(1 << 16));
+            let mut frames = Vec::with_capacity(r.room(n, 2));
             for _ in 0..n {
                 frames.push((r.var()?, r.var()?));
             }
@@ -313,7 +350,7 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
         _ => return None,
     };
     let n = usize::try_from(r.var()?).ok()?;
-    let mut spans = Vec::with_capacity(n.min(1 << 20));
+    let mut spans = Vec::with_capacity(r.room(n, 34));
     for _ in 0..n {
         let start = r.var()?;
         let cend = r.var()?;
@@ -339,14 +376,14 @@ pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
         access,
         spans,
     };
-    ix.is_consistent().then_some(ix)
+    ix.inconsistency().is_none().then_some(ix)
 }
 
 impl LayerIndex {
-    /// The invariants readers rely on: access points start at offset 0 and
-    /// increase; spans start at 0, increase and end inside the tar; every
-    /// entry's data lies inside the tar.
-    pub fn is_consistent(&self) -> bool {
+    /// The rule readers rely on that this index breaks, if any: access
+    /// points start at offset 0 and increase; spans start at 0, increase
+    /// and end inside the tar; every entry's data lies inside the tar.
+    pub(super) fn inconsistency(&self) -> Option<&'static str> {
         fn increasing(v: impl Iterator<Item = u64>) -> bool {
             let mut last = None;
             for x in v {
@@ -362,21 +399,31 @@ impl LayerIndex {
             Access::Gzip(cps) => {
                 cps.first().is_some_and(|c| c.uncompressed == 0)
                     && increasing(cps.iter().map(|c| c.uncompressed))
+                    && cps.iter().all(|c| c.compressed >= u64::from(c.bits > 0))
             }
             Access::Zstd(frames) => {
                 frames.first() == Some(&(0, 0)) && increasing(frames.iter().map(|f| f.1))
             }
         };
+        if !access_ok {
+            return Some("access points must start at offset 0 and increase");
+        }
         let spans_ok = self.spans.is_empty() && self.tar_size == 0
             || self.spans.first().is_some_and(|s| s.start == 0)
                 && increasing(self.spans.iter().map(|s| s.start))
                 && self.spans.last().is_some_and(|s| s.start < self.tar_size);
+        if !spans_ok {
+            return Some("spans must start at 0, increase and end inside the tar");
+        }
         let entries_ok = self.entries.iter().all(|e| {
             e.data_offset
                 .checked_add(e.data_len)
                 .is_some_and(|end| end <= self.tar_size)
         });
-        access_ok && spans_ok && entries_ok
+        if !entries_ok {
+            return Some("an entry's data lies outside the tar");
+        }
+        None
     }
 }
 
@@ -399,10 +446,42 @@ mod tests {
     }
 
     #[test]
+    fn a_stated_length_outside_the_checksum_allocates_nothing() {
+        // Found by the fuzzer: bytes 12..20 (the body length) are not
+        // covered by the checksum; a huge value made decode allocate it
+        // up front and abort the process.
+        let mut bytes = encode(&sample());
+        bytes[12..20].copy_from_slice(&0x001f_0100_0000_269c_u64.to_le_bytes());
+        assert!(decode(&bytes).is_none());
+        let real = encode_body(&sample()).len() as u64;
+        for wrong in [0, real - 1, real + 1, u64::MAX] {
+            bytes[12..20].copy_from_slice(&wrong.to_le_bytes());
+            assert!(decode(&bytes).is_none(), "body length {wrong} accepted");
+        }
+    }
+
+    #[test]
+    fn body_counts_cannot_inflate_capacities() {
+        let mut body = encode_body(&sample());
+        assert_eq!(decode_body(&body), Some(sample()));
+        // An entry count of 2^40 with no entries behind it.
+        let layer = sample().layer.to_string();
+        let diff = sample().diff_id.to_string();
+        let mut b = Vec::new();
+        put_bytes(&mut b, layer.as_bytes());
+        put_bytes(&mut b, diff.as_bytes());
+        put_var(&mut b, 0);
+        put_var(&mut b, 1 << 40);
+        assert!(decode_body(&b).is_none());
+        body.push(0);
+        assert!(decode_body(&body).is_none(), "trailing bytes accepted");
+    }
+
+    #[test]
     fn inconsistent_indexes_are_not_trusted() {
         let mut ix = sample();
         ix.tar_size = 5_000_000_000 + 4096;
-        assert!(ix.is_consistent());
+        assert_eq!(ix.inconsistency(), None);
         let mut bad = ix.clone();
         bad.access = Access::Gzip(vec![gzip::Checkpoint::new(10, 0, 7, &[])]);
         assert!(decode(&encode(&bad)).is_none(), "no checkpoint at offset 0");
@@ -415,6 +494,40 @@ mod tests {
         let mut bad = ix;
         bad.access = Access::Zstd(vec![(5, 5)]);
         assert!(decode(&encode(&bad)).is_none(), "zstd frames start at 0");
+    }
+
+    #[test]
+    fn new_refuses_what_readers_cannot_rely_on() {
+        // A known defect: the fields were public, so a caller could build
+        // an index that makes span lookups index out of bounds or wrap.
+        let ix = sample();
+        let parts = |ix: &LayerIndex| {
+            (
+                ix.layer.clone(),
+                ix.diff_id.clone(),
+                ix.tar_size,
+                ix.entries.clone(),
+                ix.access.clone(),
+                ix.spans.clone(),
+            )
+        };
+        let make = |(l, d, t, e, a, s): (_, _, _, _, _, _)| LayerIndex::new(l, d, t, e, a, s);
+        assert_eq!(make(parts(&ix)).unwrap(), ix);
+        let mut p = parts(&ix);
+        p.4 = Access::Gzip(vec![gzip::Checkpoint::new(0, 3, 0, &[])]);
+        let err = make(p).unwrap_err().to_string();
+        assert!(err.contains("access points"), "{err}");
+        let mut p = parts(&ix);
+        p.5.clear();
+        let err = make(p).unwrap_err().to_string();
+        assert!(err.contains("spans must start at 0"), "{err}");
+        let mut p = parts(&ix);
+        p.2 = 100;
+        assert!(make(p).is_err(), "spans and entries past a shrunk tar");
+        let mut p = parts(&ix);
+        p.3[0].data_len = u64::MAX;
+        let err = make(p).unwrap_err().to_string();
+        assert!(err.contains("outside the tar"), "{err}");
     }
 
     #[test]
