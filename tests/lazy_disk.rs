@@ -294,6 +294,7 @@ fn registry_outage_gives_io_errors_then_recovers() {
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(100),
         max_total: Duration::from_secs(5),
+        ..RetryPolicy::default()
     };
     let disk = Disk::open(&opts, &f.cache).unwrap();
     f.reg.stop();
@@ -533,6 +534,7 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(100),
         max_total: Duration::from_secs(5),
+        ..RetryPolicy::default()
     };
     let disk = Disk::open(&opts, &cache).unwrap();
     disk.wait_prefetch();

@@ -97,10 +97,7 @@ impl Inner {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d.clone());
         }
-        let pending = self
-            .inflight
-            .lock()
-            .expect("inflight lock")
+        let pending = crate::sync::lock(&self.inflight)
             .entry(key)
             .or_default()
             .clone();
@@ -127,12 +124,7 @@ impl Inner {
         }
         let f = index.span_fetch(span, desc.size);
         let key = (layer, f.start);
-        let have = self
-            .prefixes
-            .lock()
-            .expect("prefix lock")
-            .get(&key)
-            .cloned();
+        let have = crate::sync::lock(&self.prefixes).get(&key).cloned();
         let bytes = match have {
             Some(p) if p.len() as u64 >= f.end - f.start => p,
             have => {
@@ -145,17 +137,17 @@ impl Inner {
                 let mut all = have.map(|p| p.to_vec()).unwrap_or_default();
                 all.extend_from_slice(&more);
                 let all = Arc::new(all);
-                self.prefixes
-                    .lock()
-                    .expect("prefix lock")
-                    .put(key, all.clone());
+                crate::sync::lock(&self.prefixes).put(key, all.clone());
                 all
             }
         };
         let bytes = &bytes[..(f.end - f.start) as usize];
-        let decoded = index
-            .decode_spans(span, bytes)
-            .inspect_err(|e| tracing::error!("{e}"))?;
+        let decoded = index.decode_spans(span, bytes).inspect_err(|e| {
+            tracing::error!("{e}");
+            // The prefix is unverified: bytes damaged on the way must not be
+            // reused once the network is healthy again.
+            crate::sync::lock(&self.prefixes).pop(&key);
+        })?;
         // Spans decoded on the way (from the access point) are verified too:
         // keep them, a neighbouring read is likely.
         let mut wanted = None;

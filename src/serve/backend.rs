@@ -120,7 +120,12 @@ impl BlkBackend {
     /// so the frontend's control messages for this ring (stop, reset) get
     /// through even while a guest keeps the queue full.
     fn process(&self, queue_index: usize, vring: &VringRwLock) {
-        let Some(atomic) = self.mem.read().expect("mem lock").clone() else {
+        let Some(atomic) = self
+            .mem
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        else {
             return;
         };
         let mut handler = RequestHandler::new(&*self.device, &self.serial);
@@ -277,7 +282,10 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        *self.mem.write().expect("mem lock") = Some(mem);
+        *self
+            .mem
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mem);
         Ok(())
     }
 
@@ -292,10 +300,7 @@ impl VhostUserBackend for BlkBackend {
         // epoll and never closes it; remember it so the connection's end
         // can (see `close_leaked_fds`).
         use std::os::fd::AsRawFd;
-        self.exit_fds
-            .lock()
-            .expect("exit fds lock")
-            .push(consumer.as_raw_fd());
+        crate::sync::lock(&self.exit_fds).push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 

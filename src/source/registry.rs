@@ -149,6 +149,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// No retry starts after this much time in total.
     pub max_total: Duration,
+    /// A response that sends nothing for this long is abandoned (and
+    /// retried like a dropped connection).
+    pub read_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -158,6 +161,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(4),
             max_total: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -318,7 +322,7 @@ impl RegistrySource {
                     extra_root_certificates: self.certs.clone(),
                     platform_resolver: None,
                     connect_timeout: Some(Duration::from_secs(15)),
-                    read_timeout: Some(Duration::from_secs(60)),
+                    read_timeout: Some(self.retry.read_timeout),
                     user_agent: concat!("ocidisk/", env!("CARGO_PKG_VERSION")),
                     ..ClientConfig::default()
                 };
@@ -761,6 +765,7 @@ mod tests {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(250),
             max_total: Duration::from_secs(10),
+            ..RetryPolicy::default()
         };
         let t = Instant::now();
         assert_eq!(p.backoff(1, t), Some(Duration::from_millis(100)));
