@@ -203,14 +203,22 @@ async fn pull_inner(
     if let Some(d) = &image.manifest_digest {
         size += std::fs::metadata(cache.blob_path(d)).map_or(0, |m| m.len());
     }
-    cache.record_image(&ImageRecord {
+    let recorded = cache.record_image(&ImageRecord {
         reference: image.location.clone(),
         platform: image.platform.clone(),
         image_id: image.id().clone(),
         blobs: image.blobs(),
         size,
         pulled_at: now_secs(),
-    })?;
+    });
+    if let Err(e) = recorded {
+        // The record only feeds `images` and `prune`; a lazy disk serves
+        // without it.
+        if opts.keep_blobs {
+            return Err(e.into());
+        }
+        tracing::warn!("{e}; the image is not listed in the cache");
+    }
     let indexes = results.into_iter().map(|(_, _, ix)| ix).collect();
     Ok((report, source, image, indexes))
 }
@@ -457,7 +465,17 @@ async fn fetch_layer(
     if let Some(w) = received.writer {
         w.commit(&desc.digest)?;
     }
-    indexes.save(&index)?;
+    if let Err(e) = indexes.save(&index) {
+        // `pull` fills the cache: failing to is its error. A lazy disk
+        // (no blobs kept) has the index in memory and serves on.
+        if keep_blobs {
+            return Err(e.into());
+        }
+        tracing::warn!(
+            layer = %desc.digest,
+            "{e}; the index stays in memory (the next start indexes this layer again)"
+        );
+    }
     progress.finish(layer, true);
     Ok((true, transferred, index))
 }

@@ -56,11 +56,19 @@ pub enum OverlayError {
     /// The bitmap file is damaged.
     #[error("overlay bitmap {0} is damaged; refusing to guess which blocks were written")]
     Corrupt(PathBuf),
+    /// A write since the last flush failed (and was reported then).
+    #[error(
+        "a write since the last flush failed ({0}); blocks it did not reach keep their earlier contents"
+    )]
+    WriteFailed(String),
 }
 
 struct State {
     bits: Vec<u64>,
     dirty: bool,
+    /// A write or zeroing that failed since the last flush: the next flush
+    /// reports it, as fsync reports a lost write.
+    failed: Option<String>,
 }
 
 /// A block overlay for a device of a given size.
@@ -131,7 +139,11 @@ impl Overlay {
             bitmap_path,
             identity,
             blocks,
-            state: Mutex::new(State { bits, dirty: false }),
+            state: Mutex::new(State {
+                bits,
+                dirty: false,
+                failed: None,
+            }),
             write_lock: Mutex::new(()),
         })
     }
@@ -183,6 +195,26 @@ impl Overlay {
         data: &[u8],
         lower: &dyn Fn(u64, &mut [u8]) -> io::Result<()>,
     ) -> Result<(), OverlayError> {
+        let r = self.write_blocks(offset, data, lower);
+        self.note_failure(&r);
+        r
+    }
+
+    /// Remember a failed write for the next flush.
+    fn note_failure(&self, r: &Result<(), OverlayError>) {
+        if let Err(e) = r {
+            crate::sync::lock(&self.state)
+                .failed
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    fn write_blocks(
+        &self,
+        offset: u64,
+        data: &[u8],
+        lower: &dyn Fn(u64, &mut [u8]) -> io::Result<()>,
+    ) -> Result<(), OverlayError> {
         let _guard = crate::sync::lock(&self.write_lock);
         let end = offset + data.len() as u64;
         let mut at = offset;
@@ -216,6 +248,17 @@ impl Overlay {
     /// in the data file (no space used); partial blocks at the ends are
     /// written as usual.
     pub fn zero(
+        &self,
+        offset: u64,
+        len: u64,
+        lower: &dyn Fn(u64, &mut [u8]) -> io::Result<()>,
+    ) -> Result<(), OverlayError> {
+        let r = self.zero_blocks(offset, len, lower);
+        self.note_failure(&r);
+        r
+    }
+
+    fn zero_blocks(
         &self,
         offset: u64,
         len: u64,
@@ -279,8 +322,20 @@ impl Overlay {
         Ok(())
     }
 
-    /// Make every write so far durable.
+    /// Make every write so far durable. Fails if that cannot be done, or
+    /// if a write since the last flush failed (once per failure, as fsync
+    /// reports a lost write); what did succeed is made durable either way.
     pub fn flush(&self) -> Result<(), OverlayError> {
+        let r = self.flush_bitmap();
+        let failed = crate::sync::lock(&self.state).failed.take();
+        r?;
+        match failed {
+            Some(what) => Err(OverlayError::WriteFailed(what)),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_bitmap(&self) -> Result<(), OverlayError> {
         let _guard = crate::sync::lock(&self.write_lock);
         self.data.sync_data().map_err(io_err(&self.data_path))?;
         let bytes = {

@@ -406,7 +406,7 @@ impl Source {
                     return Ok((bytes, Some(d.clone()), None));
                 }
                 let (bytes, d) = r.manifest(digest, MAX_MANIFEST_SIZE).await?;
-                cache.put_bytes(&d, &bytes)?;
+                keep_small(cache, &d, &bytes);
                 Ok((bytes, Some(d), None))
             }
             Source::Layout(l) => {
@@ -421,7 +421,7 @@ impl Source {
                     Some(b) => b,
                     None => {
                         let b = l.read_small(&d, MAX_MANIFEST_SIZE)?;
-                        cache.put_bytes(&d, &b)?;
+                        keep_small(cache, &d, &b);
                         b
                     }
                 };
@@ -489,7 +489,7 @@ impl Source {
                 actual: Digest::sha256_of(&bytes),
             });
         }
-        cache.put_bytes(&desc.digest, &bytes)?;
+        keep_small(cache, &desc.digest, &bytes);
         Ok(bytes)
     }
 
@@ -768,6 +768,15 @@ pub async fn resolve(
         platform: have,
         layers,
     })
+}
+
+/// Cache a verified manifest or config. The bytes are in hand, so a cache
+/// that cannot take them (a full disk) costs a fetch next time, not this
+/// run: say so and go on.
+fn keep_small(cache: &BlobCache, digest: &Digest, bytes: &[u8]) {
+    if let Err(e) = cache.put_bytes(digest, bytes) {
+        tracing::warn!(%digest, "{e}; not cached, used from memory");
+    }
 }
 
 #[cfg(test)]
