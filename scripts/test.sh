@@ -7,3 +7,5 @@ bash scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
+# Each fuzz target briefly (the corpora are replayed above by cargo test).
+bash scripts/fuzz-smoke.sh 20

@@ -65,20 +65,26 @@ pub fn tar_tree_fs(data: &[u8]) {
     let Some(entries) = index(data) else {
         return;
     };
-    let digest = Digest::sha256_of(data);
-    // One span over the whole (uncompressed) stream, hashed.
-    let whole = Span {
-        start: 0,
-        sha256: sha256(data),
-        cend: data.len() as u64,
+    // The stream `index` read (after the chunk-size byte), as one
+    // uncompressed layer with one hashed span (none when it is empty).
+    let tar = data.get(1..).unwrap_or_default();
+    let digest = Digest::sha256_of(tar);
+    let spans = if tar.is_empty() {
+        Vec::new()
+    } else {
+        vec![Span {
+            start: 0,
+            sha256: sha256(tar),
+            cend: tar.len() as u64,
+        }]
     };
     let Ok(layer) = LayerIndex::new(
         digest.clone(),
         digest.clone(),
-        data.len() as u64,
+        tar.len() as u64,
         entries,
         Access::Tar,
-        vec![whole],
+        spans,
     ) else {
         panic!("an accepted tar makes a consistent index");
     };
