@@ -13,37 +13,22 @@ use std::time::{Duration, Instant};
 
 use common::cli::Ocidisk;
 use common::imagegen::{self, Compression};
+use common::lazy::disk_options;
 use common::proxy::{Fault, FaultProxy};
 use common::registry::Registry;
+use ocidisk::BlobCache;
 use ocidisk::disk::{Disk, DiskOptions};
-use ocidisk::pull::PullOptions;
 use ocidisk::source::registry::RetryPolicy;
-use ocidisk::{BlobCache, SourceOptions};
 
 /// Longest one read may take under any fault.
 const READ_BOUND: Duration = Duration::from_secs(20);
 
 fn options(location: &str) -> DiskOptions {
+    // Nothing kept: every read goes to the network.
     DiskOptions {
-        pull: PullOptions {
-            location: location.parse().unwrap(),
-            platform: None,
-            source: SourceOptions::default(),
-            concurrency: 2,
-            keep_blobs: false,
-        },
-        fs: ocidisk::fs::FsOptions {
-            read_only: true,
-            ..Default::default()
-        },
-        // Nothing kept: every read goes to the network.
         cache_mem: 0,
         cache_disk: 0,
-        overlay: None,
-        flush_to: None,
-        flush_format: Default::default(),
-        prefetch: false,
-        init: false,
+        ..disk_options(location, true)
     }
 }
 

@@ -10,33 +10,14 @@ use std::time::Duration;
 
 use common::cli::{Ocidisk, corrupt_file};
 use common::imagegen::{self, Compression};
+use common::lazy::disk_options;
 use common::registry::{Registry, run_ok};
+use ocidisk::BlobCache;
 use ocidisk::disk::{Disk, DiskOptions};
-use ocidisk::pull::PullOptions;
 use ocidisk::source::registry::RetryPolicy;
-use ocidisk::{BlobCache, SourceOptions};
 
 fn options(location: &str) -> DiskOptions {
-    DiskOptions {
-        pull: PullOptions {
-            location: location.parse().unwrap(),
-            platform: None,
-            source: SourceOptions::default(),
-            concurrency: 2,
-            keep_blobs: false,
-        },
-        fs: ocidisk::fs::FsOptions {
-            read_only: true,
-            ..Default::default()
-        },
-        cache_mem: 64 << 20,
-        cache_disk: 1 << 30,
-        overlay: None,
-        flush_to: None,
-        flush_format: Default::default(),
-        prefetch: false,
-        init: false,
-    }
+    disk_options(location, true)
 }
 
 struct Rng(u64);

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use common::cli::Ocidisk;
 use common::imagegen::{self, Compression};
+use common::lazy::disk_options;
 use common::registry::Registry;
+use ocidisk::BlobCache;
 use ocidisk::disk::{Disk, DiskOptions};
-use ocidisk::pull::PullOptions;
-use ocidisk::{BlobCache, SourceOptions};
 
 /// Every log line of this test binary (all threads), for the checks on
 /// what ocidisk says.
@@ -79,24 +79,8 @@ impl Drop for Tmpfs {
 
 fn options(location: &str, read_only: bool) -> DiskOptions {
     DiskOptions {
-        pull: PullOptions {
-            location: location.parse().unwrap(),
-            platform: None,
-            source: SourceOptions::default(),
-            concurrency: 2,
-            keep_blobs: false,
-        },
-        fs: ocidisk::fs::FsOptions {
-            read_only,
-            ..Default::default()
-        },
         cache_mem: 8 << 20,
-        cache_disk: 1 << 30,
-        overlay: None,
-        flush_to: None,
-        flush_format: Default::default(),
-        prefetch: false,
-        init: false,
+        ..disk_options(location, read_only)
     }
 }
 

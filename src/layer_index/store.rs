@@ -368,15 +368,7 @@ pub fn decode_body(body: &[u8]) -> Option<LayerIndex> {
     if !r.0.is_empty() {
         return None;
     }
-    let ix = LayerIndex {
-        layer,
-        diff_id,
-        tar_size,
-        entries,
-        access,
-        spans,
-    };
-    ix.inconsistency().is_none().then_some(ix)
+    LayerIndex::new(layer, diff_id, tar_size, entries, access, spans).ok()
 }
 
 impl LayerIndex {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod debian;
 pub mod fscheck;
 pub mod imagegen;
+pub mod lazy;
 pub mod mount;
 pub mod proxy;
 pub mod rawtar;
