@@ -4,7 +4,9 @@
 # 4 KiB random reads and writes, half each, at QD32, a flush after every
 # 1000 completions, reads of written blocks checked. For MINUTES (default
 # 30) the server's RSS and open descriptors are sampled every minute;
-# prints first, max and last of each, and the load's IOPS.
+# prints first, max and last of each, and the load's IOPS. Then the server
+# is killed (SIGKILL) and started again on the same socket and caches five
+# times: the median time to its ready line is the restart time.
 # Usage: bench/soak.sh [MINUTES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +19,8 @@ work=$(mktemp -d /var/tmp/ocidisk-soak.XXXXXX)
 serve_pid=
 load_pid=
 cleanup() {
-  [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null || true
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
+  # Wait for these two only: a bare `wait` would wait for the registry.
+  for p in $load_pid $serve_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   stop_registry
   rm -rf "$work"
 }
@@ -55,3 +56,14 @@ awk 'NR == 1 {fr = $2; ff = $3} {if ($2 > mr) mr = $2; if ($3 > mf) mf = $3; lr 
   END {printf "RSS KiB: first %d, max %d, last %d\nfds: first %d, max %d, last %d\n", fr, mr, lr, ff, mf, lf}' "$work/samples"
 echo "load (IOPS MiB/s): $(cat "$work/load.out")"
 cat "$work/load.err"
+restarts=()
+for _ in 1 2 3 4 5; do
+  kill -9 "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
+  t0=$(date +%s.%N)
+  "$bin" serve "$ref" --socket "$sock" --overlay "$work/overlay" > "$work/serve.log" 2>&1 &
+  serve_pid=$!
+  for _ in $(seq 2000); do grep -q "^serving" "$work/serve.log" && break; sleep 0.005; done
+  grep -q "^serving" "$work/serve.log" || { cat "$work/serve.log" >&2; exit 1; }
+  restarts+=("$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')")
+done
+printf '%s\n' "${restarts[@]}" | sort -n | awk '{a[NR] = $1} END {printf "restart to ready (SIGKILL, same socket and caches): median %.3f s of %d\n", a[int((NR + 1) / 2)], NR}'
