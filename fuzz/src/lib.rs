@@ -47,9 +47,9 @@ pub fn index(data: &[u8]) -> Option<Vec<TarEntry>> {
 
 /// The sha256 of `data` as bytes.
 fn sha256(data: &[u8]) -> [u8; 32] {
-    let hex = Digest::sha256_of(data).hex().as_bytes().to_vec();
-    let nibble = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-    std::array::from_fn(|i| nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]))
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(Digest::sha256_of(data).hex(), &mut out).unwrap_or_default();
+    out
 }
 
 /// Fuzz target `tar_indexer`: arbitrary bytes into the tar indexer.

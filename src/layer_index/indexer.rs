@@ -274,18 +274,15 @@ impl LayerIndexer {
             layer: layer.clone(),
             source,
         })?;
-        let ix = LayerIndex {
-            layer: layer.clone(),
-            diff_id: diff_id.clone(),
+        LayerIndex::new(
+            layer.clone(),
+            diff_id.clone(),
             tar_size,
             entries,
             access,
             spans,
-        };
-        if ix.inconsistency().is_some() {
-            return Err(trunc("the stream has no usable access points".into()));
-        }
-        Ok(ix)
+        )
+        .map_err(|_| trunc("the stream has no usable access points".into()))
     }
 }
 

@@ -371,54 +371,6 @@ pub fn decode_body(body: &[u8]) -> Option<LayerIndex> {
     LayerIndex::new(layer, diff_id, tar_size, entries, access, spans).ok()
 }
 
-impl LayerIndex {
-    /// The rule readers rely on that this index breaks, if any: access
-    /// points start at offset 0 and increase; spans start at 0, increase
-    /// and end inside the tar; every entry's data lies inside the tar.
-    pub(super) fn inconsistency(&self) -> Option<&'static str> {
-        fn increasing(v: impl Iterator<Item = u64>) -> bool {
-            let mut last = None;
-            for x in v {
-                if last.is_some_and(|l| x <= l) {
-                    return false;
-                }
-                last = Some(x);
-            }
-            true
-        }
-        let access_ok = match &self.access {
-            Access::Tar => true,
-            Access::Gzip(cps) => {
-                cps.first().is_some_and(|c| c.uncompressed == 0)
-                    && increasing(cps.iter().map(|c| c.uncompressed))
-                    && cps.iter().all(|c| c.compressed >= u64::from(c.bits > 0))
-            }
-            Access::Zstd(frames) => {
-                frames.first() == Some(&(0, 0)) && increasing(frames.iter().map(|f| f.1))
-            }
-        };
-        if !access_ok {
-            return Some("access points must start at offset 0 and increase");
-        }
-        let spans_ok = self.spans.is_empty() && self.tar_size == 0
-            || self.spans.first().is_some_and(|s| s.start == 0)
-                && increasing(self.spans.iter().map(|s| s.start))
-                && self.spans.last().is_some_and(|s| s.start < self.tar_size);
-        if !spans_ok {
-            return Some("spans must start at 0, increase and end inside the tar");
-        }
-        let entries_ok = self.entries.iter().all(|e| {
-            e.data_offset
-                .checked_add(e.data_len)
-                .is_some_and(|end| end <= self.tar_size)
-        });
-        if !entries_ok {
-            return Some("an entry's data lies outside the tar");
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::sample;
