@@ -135,8 +135,11 @@ impl PartialFile {
             path: tmp.clone(),
             source,
         };
-        let file = open_new(&tmp).map_err(err)?;
+        // Created and listed under one lock: a signal that comes in between
+        // would otherwise find the file on disk but not on the list, and
+        // leave it behind.
         let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let file = open_new(&tmp).map_err(err)?;
         live.push(tmp.clone());
         drop(live);
         let partial = PartialFile {
