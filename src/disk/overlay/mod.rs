@@ -5,9 +5,12 @@
 //! write first copies the lower block in. [`Overlay::flush`] makes every
 //! write so far durable: it fsyncs the data file, then replaces the bitmap
 //! file atomically (temp file, fsync, rename, fsync of the directory). After
-//! a crash, the overlay reopens with the last flushed bitmap: unflushed
+//! a host crash, the overlay reopens with the last flushed bitmap: unflushed
 //! writes may be lost, flushed ones never are, and no half-written bitmap is
-//! ever trusted (it carries a checksum).
+//! ever trusted (it carries a checksum). When only ocidisk dies (killed,
+//! crashed, upgraded) and starts again on the same boot, no completed write
+//! is lost, flushed or not: the [`live`] bitmap in the page cache says which
+//! blocks they were.
 //!
 //! The bitmap header names the image and the device size, so an overlay is
 //! never applied to another disk.
@@ -20,6 +23,9 @@ use std::sync::Mutex;
 
 use crate::digest::Digest;
 use crate::partial::{self, PartialError, PartialFile};
+
+mod live;
+use live::Live;
 
 const BS: u64 = 4096;
 const MAGIC: &[u8; 8] = b"OCIDOVL1";
@@ -53,6 +59,9 @@ pub enum OverlayError {
     /// Saving the bitmap failed.
     #[error("overlay bitmap: {0}")]
     Bitmap(PartialError),
+    /// Opening or starting the live bitmap failed.
+    #[error("overlay live bitmap: {0}")]
+    Live(PartialError),
     /// The bitmap file is damaged.
     #[error("overlay bitmap {0} is damaged; refusing to guess which blocks were written")]
     Corrupt(PathBuf),
@@ -78,6 +87,8 @@ pub struct Overlay {
     bitmap_path: PathBuf,
     identity: String,
     blocks: u64,
+    /// Which blocks are held, as of the last completed write (same boot).
+    live: Option<Live>,
     state: Mutex<State>,
     /// Serialises read-modify-write of partial blocks.
     write_lock: Mutex<()>,
@@ -94,6 +105,17 @@ impl Overlay {
     /// Open (or create) the overlay at `path` (data) and `path.bitmap`, for
     /// the disk of `image_id` with `size` bytes.
     pub fn open(path: &Path, image_id: &Digest, size: u64) -> Result<Overlay, OverlayError> {
+        Self::open_in_boot(path, image_id, size, live::boot_id().as_deref())
+    }
+
+    /// [`Overlay::open`] as if running in `boot` (None: no boot id known,
+    /// so nothing unflushed is ever trusted).
+    fn open_in_boot(
+        path: &Path,
+        image_id: &Digest,
+        size: u64,
+        boot: Option<&str>,
+    ) -> Result<Overlay, OverlayError> {
         let data_path = path.to_path_buf();
         let bitmap_path = PathBuf::from(format!("{}.bitmap", path.display()));
         let identity = format!("{image_id} size {size}");
@@ -133,12 +155,30 @@ impl Overlay {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&bitmap_path)(e)),
         }
+        let live = match boot {
+            Some(boot) => {
+                let live_path = PathBuf::from(format!("{}.live", path.display()));
+                partial::clean_stale(&live_path);
+                let (live, added) = Live::open(&live_path, &identity, boot, &mut bits)
+                    .map_err(OverlayError::Live)?;
+                if added > 0 {
+                    tracing::info!(
+                        "overlay {}: {added} block(s) written after the last flush kept \
+                         (ocidisk restarted, the host did not)",
+                        data_path.display()
+                    );
+                }
+                Some(live)
+            }
+            None => None,
+        };
         Ok(Overlay {
             data,
             data_path,
             bitmap_path,
             identity,
             blocks,
+            live,
             state: Mutex::new(State {
                 bits,
                 dirty: false,
@@ -200,6 +240,15 @@ impl Overlay {
         r
     }
 
+    /// Put bitmap word `index` in the live bitmap (before the write that
+    /// set it completes).
+    fn record(&self, index: usize, word: u64) -> Result<(), OverlayError> {
+        match &self.live {
+            Some(l) => l.put(index, word).map_err(io_err(l.path())),
+            None => Ok(()),
+        }
+    }
+
     /// Remember a failed write for the next flush.
     fn note_failure(&self, r: &Result<(), OverlayError>) {
         if let Err(e) = r {
@@ -237,8 +286,12 @@ impl Overlay {
                     .map_err(io_err(&self.data_path))?;
             }
             let mut s = crate::sync::lock(&self.state);
-            s.bits[(b / 64) as usize] |= 1 << (b % 64);
-            s.dirty = true;
+            let w = (b / 64) as usize;
+            if s.bits[w] & (1 << (b % 64)) == 0 {
+                s.bits[w] |= 1 << (b % 64);
+                s.dirty = true;
+                self.record(w, s.bits[w])?;
+            }
             at = bend;
         }
         Ok(())
@@ -277,10 +330,14 @@ impl Overlay {
             let _guard = crate::sync::lock(&self.write_lock);
             self.punch(first_whole, end_whole - first_whole)?;
             let mut s = crate::sync::lock(&self.state);
-            for b in first_whole / BS..end_whole / BS {
+            let (first, last) = (first_whole / BS, end_whole / BS);
+            for b in first..last {
                 s.bits[(b / 64) as usize] |= 1 << (b % 64);
             }
             s.dirty = true;
+            for w in (first / 64) as usize..=((last - 1) / 64) as usize {
+                self.record(w, s.bits[w])?;
+            }
         }
         if end_whole < end {
             self.write(end_whole, &vec![0u8; (end - end_whole) as usize], lower)?;
@@ -478,15 +535,38 @@ mod tests {
     }
 
     #[test]
-    fn unflushed_writes_are_not_trusted_and_mismatches_are_refused() {
+    fn unflushed_writes_survive_a_restart_but_not_a_reboot() {
+        const BOOT: Option<&str> = Some("0f7c2a44-1e0b-4c7e-9a55-3b7d5c1e2f90");
+        const NEXT: Option<&str> = Some("7d1e0c55-2f1c-4d8f-8b66-4c8e6d2f3a01");
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ov");
+        let id = Digest::sha256_of(b"img");
+        let o = Overlay::open_in_boot(&path, &id, 1 << 20, BOOT).unwrap();
+        o.write(0, &[1u8; 4096], &lower).unwrap();
+        o.zero(64 * 4096, 70 * 4096, &lower).unwrap();
+        drop(o); // no flush: ocidisk killed
+        // Started again in the same boot: the page cache kept the writes.
+        let o = Overlay::open_in_boot(&path, &id, 1 << 20, BOOT).unwrap();
+        assert_eq!(o.blocks_written(), 71);
+        assert_eq!(read(&o, 0, 4096), vec![1u8; 4096]);
+        assert_eq!(read(&o, 64 * 4096, 70 * 4096), vec![0u8; 70 * 4096]);
+        drop(o);
+        // After a reboot only flushed writes count (none here).
+        let o = Overlay::open_in_boot(&path, &id, 1 << 20, NEXT).unwrap();
+        assert_eq!(o.blocks_written(), 0);
+        drop(o);
+        // Without a boot id nothing unflushed is trusted either.
+        let o = Overlay::open_in_boot(&path, &id, 1 << 20, None).unwrap();
+        assert_eq!(o.blocks_written(), 0);
+        drop(o);
+    }
+
+    #[test]
+    fn mismatched_and_damaged_bitmaps_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("ov");
         let id = Digest::sha256_of(b"img");
         let o = Overlay::open(&path, &id, 1 << 20).unwrap();
-        o.write(0, &[1u8; 4096], &lower).unwrap();
-        drop(o); // no flush: like a crash
-        let o = Overlay::open(&path, &id, 1 << 20).unwrap();
-        assert_eq!(o.blocks_written(), 0);
         o.write(0, &[1u8; 4096], &lower).unwrap();
         o.flush().unwrap();
         drop(o);
