@@ -21,6 +21,14 @@
 #                          reads of /dev/vda, if fio is in the initramfs
 #   ocidisk.action=boot    run dpkg and ls from the image in a chroot (the
 #                          boot-time benchmark; needs a Debian image)
+#   ocidisk.action=survive[:TEXT]   ocidisk.rounds=N (default 3): N rounds of
+#                          "OCIDISK-ROUND i", dropping the page cache, then the
+#                          tree as above (so every block is read from the
+#                          device again); with TEXT (rw mounts), first write
+#                          TEXT to /mnt/ocidisk-guest-file and fsync it, and
+#                          print the file between CAT markers in every round;
+#                          at the end "OCIDISK-IOERRORS n" from the kernel log.
+#                          The host restarts the server while this runs.
 # and ends with "OCIDISK-DONE rc=N" and a power-off.
 set -euo pipefail
 
@@ -79,6 +87,24 @@ arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
 mode=$(arg ocidisk.mount); mode=${mode:-ro}
 fs=$(arg ocidisk.fs); fs=${fs:-ext4}
 action=$(arg ocidisk.action); action=${action:-tree}
+tree() {
+  echo "OCIDISK-TREE-BEGIN"
+  cd /mnt
+  find . | sort | while read -r p; do
+    if [ -L "$p" ]; then
+      echo "$p l $(stat -c '%a %u %g' "$p") -> $(readlink "$p")"
+    elif [ -f "$p" ]; then
+      echo "$p f $(stat -c '%a %u %g %s' "$p") $(sha256sum "$p" | cut -d' ' -f1)"
+    elif [ -d "$p" ]; then
+      echo "$p d $(stat -c '%a %u %g' "$p")"
+    else
+      t=o; [ -c "$p" ] && t=c; [ -b "$p" ] && t=b; [ -p "$p" ] && t=p
+      echo "$p $t $(stat -c '%a %u %g %t %T' "$p")"
+    fi
+  done
+  cd /
+  echo "OCIDISK-TREE-END"
+}
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "OCIDISK-QUEUES $(ls /sys/block/vda/mq 2>/dev/null | wc -l)"
@@ -87,22 +113,26 @@ if mount -t "$fs" -o "$mode" /dev/vda /mnt; then
   echo "OCIDISK-MOUNTED $mode $(awk '$2 == "/mnt" {print $3}' /proc/mounts)"
   case "$action" in
     tree)
-      echo "OCIDISK-TREE-BEGIN"
-      cd /mnt
-      find . | sort | while read -r p; do
-        if [ -L "$p" ]; then
-          echo "$p l $(stat -c '%a %u %g' "$p") -> $(readlink "$p")"
-        elif [ -f "$p" ]; then
-          echo "$p f $(stat -c '%a %u %g %s' "$p") $(sha256sum "$p" | cut -d' ' -f1)"
-        elif [ -d "$p" ]; then
-          echo "$p d $(stat -c '%a %u %g' "$p")"
-        else
-          t=o; [ -c "$p" ] && t=c; [ -b "$p" ] && t=b; [ -p "$p" ] && t=p
-          echo "$p $t $(stat -c '%a %u %g %t %T' "$p")"
+      tree
+      ;;
+    survive*)
+      text=${action#survive}; text=${text#:}
+      if [ -n "$text" ]; then
+        echo "$text" | dd of=/mnt/ocidisk-guest-file conv=fsync 2>/dev/null || rc=1
+        echo "OCIDISK-WROTE"
+      fi
+      rounds=$(arg ocidisk.rounds); rounds=${rounds:-3}
+      r=1
+      while [ $r -le $rounds ]; do
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        echo "OCIDISK-ROUND $r"
+        tree
+        if [ -n "$text" ]; then
+          echo "OCIDISK-CAT-BEGIN"; cat /mnt/ocidisk-guest-file || rc=1; echo "OCIDISK-CAT-END"
         fi
+        r=$((r+1))
       done
-      cd /
-      echo "OCIDISK-TREE-END"
+      echo "OCIDISK-IOERRORS $(dmesg | grep -ci 'i/o error')"
       ;;
     write:*)
       echo "${action#write:}" > /mnt/ocidisk-guest-file && sync || rc=1

@@ -8,8 +8,11 @@
 //! for the next on the same socket. SIGINT and SIGTERM end the current
 //! connection, flush the device and remove the socket.
 //!
-//! The device model is in [`backend`], requests in [`request`]; neither
-//! knows what filesystem the device holds.
+//! A connection is a [`session::Session`] over the `vhost` crate's message
+//! parser: the device model is in [`device`], each queue and its worker in
+//! [`vring`], guest memory in [`memory`], in-flight tracking (which lets a
+//! running VM survive a restart of the server) in [`inflight`], requests in
+//! [`request`]. None of them knows what filesystem the device holds.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
@@ -17,17 +20,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost::vhost_user::{BackendReqHandler, Listener};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-pub mod backend;
+pub mod device;
+pub mod inflight;
+pub mod memory;
 pub mod request;
+pub mod session;
+pub mod vring;
 
 use crate::partial::PartialFile;
-use backend::BlkBackend;
 use request::BlockDevice;
+use session::Session;
 
 /// Errors of the serve frontend.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +116,8 @@ pub fn check_queues(queues: usize) -> Result<(), ServeError> {
 pub struct Stopper {
     stop: Arc<AtomicBool>,
     wake: Arc<EventFd>,
-    conn: Arc<Mutex<Option<ShutdownHandle>>>,
+    /// The current connection, to shut down.
+    conn: Arc<Mutex<Option<std::os::unix::net::UnixStream>>>,
 }
 
 impl Stopper {
@@ -119,8 +125,8 @@ impl Stopper {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
-        if let Some(h) = crate::sync::lock(&self.conn).as_ref() {
-            h.shutdown();
+        if let Some(c) = crate::sync::lock(&self.conn).as_ref() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -272,42 +278,64 @@ impl Server {
 
     /// Serve one frontend connection to its end.
     fn serve_one(&mut self, n: u64) -> Result<(), ServeError> {
-        let backend = Arc::new(BlkBackend::new(
-            self.device.clone(),
-            &self.opts.serial,
-            self.opts.queues,
-        ));
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("ocidisk-vhost".into(), backend.clone(), mem)
-            .map_err(|e| ServeError::VhostUser(e.to_string()))?;
-        // `start` accepts the pending connection; poll said one is waiting.
-        if let Err(e) = daemon.start(&mut self.listener) {
-            tracing::warn!("accepting connection {n}: {e}");
-            backend.stop();
-            drop(daemon);
-            backend.close_leaked_fds();
-            // An error that persists (EMFILE) must not spin the loop.
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            return Ok(());
-        }
-        *crate::sync::lock(&self.stopper.conn) = daemon.shutdown_handle();
+        let stream = match self.listener.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!("accepting connection {n}: {e}");
+                // An error that persists (EMFILE) must not spin the loop.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                return Ok(());
+            }
+        };
+        let session = match Session::new(self.device.clone(), &self.opts.serial, self.opts.queues) {
+            Ok(s) => Arc::new(Mutex::new(s)),
+            Err(e) => {
+                tracing::warn!("connection {n}: starting its queues: {e}");
+                return Ok(());
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let control = stream.try_clone().map_err(|e| ServeError::Socket {
+            path: self.opts.socket.clone(),
+            source: e,
+        })?;
+        *crate::sync::lock(&self.stopper.conn) = Some(control);
         tracing::info!("frontend connected (connection {n})");
         if self.stopper.stop.load(Ordering::SeqCst) {
-            daemon.request_shutdown();
+            self.stopper.stop();
         }
-        match daemon.wait() {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => tracing::info!("frontend disconnected (connection {n})"),
-            Err(e) => tracing::warn!("connection {n} ended: {e}"),
+        let mut handler = BackendReqHandler::from_stream(stream, session.clone());
+        let ended = loop {
+            // A panic in a message handler ends this connection, not the
+            // server.
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle_request()));
+            match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break Some(e),
+                Err(_) => {
+                    tracing::error!("connection {n}: a message handler panicked; closing it");
+                    break None;
+                }
+            }
+        };
+        match ended {
+            Some(
+                vhost::vhost_user::Error::Disconnected
+                | vhost::vhost_user::Error::PartialMessage
+                | vhost::vhost_user::Error::SocketBroken(_),
+            )
+            | None => tracing::info!("frontend disconnected (connection {n})"),
+            Some(e) if self.stopper.stop.load(Ordering::SeqCst) => {
+                tracing::info!("connection {n} closed on stop ({e})")
+            }
+            Some(e) => tracing::warn!("connection {n} ended: {e}"),
         }
         *crate::sync::lock(&self.stopper.conn) = None;
-        // Workers leave after their current batch; dropping the daemon
-        // joins them.
-        backend.stop();
-        drop(daemon);
-        backend.close_leaked_fds();
+        drop(handler);
+        // Workers leave after their current batch.
+        crate::sync::lock(&session).shut_down();
         Ok(())
     }
 }

@@ -172,6 +172,11 @@ fn read_head(from: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
             Ok(0) | Err(_) => return None,
             Ok(n) => pending.extend_from_slice(&buf[..n]),
         }
+        // A TLS handshake (ocidisk probing for HTTPS) is not HTTP: close,
+        // as the plain-HTTP registry behind would, instead of waiting.
+        if pending.first() == Some(&0x16) {
+            return None;
+        }
     }
 }
 

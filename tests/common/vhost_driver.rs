@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::desc::RawDescriptor;
@@ -74,6 +76,8 @@ pub struct Driver {
     rings: Vec<Ring>,
     pub features: u64,
     pub protocol: VhostUserProtocolFeatures,
+    /// The in-flight buffer the first backend gave (as QEMU keeps it).
+    inflight: Option<(VhostUserInflight, File)>,
 }
 
 fn memfd(size: usize) -> File {
@@ -91,6 +95,18 @@ impl Driver {
     /// Connect and bring up `queues` queues with the device's features
     /// (minus `drop_features`).
     pub fn connect(socket: &Path, queues: usize, drop_features: u64) -> Driver {
+        Self::open(socket, queues, drop_features, false)
+    }
+
+    /// Connect like QEMU's vhost-user-blk does: ask the backend for an
+    /// in-flight buffer (GET_INFLIGHT_FD) and hand it back (SET_INFLIGHT_FD)
+    /// before the rings start, so a later [`Driver::reconnect`] can give it
+    /// to a restarted server.
+    pub fn connect_tracked(socket: &Path, queues: usize) -> Driver {
+        Self::open(socket, queues, 0, true)
+    }
+
+    fn open(socket: &Path, queues: usize, drop_features: u64, track: bool) -> Driver {
         let fe =
             Frontend::connect(socket, queues as u64).expect("connect to the vhost-user socket");
         let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
@@ -106,12 +122,87 @@ impl Driver {
             rings: Vec::new(),
             features: 0,
             protocol: VhostUserProtocolFeatures::empty(),
+            inflight: None,
         };
-        d.setup(queues, drop_features);
+        d.setup(queues, drop_features, track);
         d
     }
 
-    fn setup(&mut self, queues: usize, drop_features: u64) {
+    /// The backend died and a new one listens on `socket`: connect again
+    /// and bring the same rings up where they stand (as QEMU does on
+    /// reconnect: the avail base is the used index, the in-flight buffer
+    /// is the one from the first connection).
+    pub fn reconnect(&mut self, socket: &Path) {
+        let queues = self.rings.len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        self.fe = loop {
+            match Frontend::connect(socket, queues as u64) {
+                Ok(fe) => break fe,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("reconnecting: {e}"),
+            }
+        };
+        self.fe.set_owner().unwrap();
+        let offered = self.fe.get_features().unwrap();
+        assert_eq!(offered & self.features, self.features, "features changed");
+        self.fe.set_features(self.features).unwrap();
+        let proto = self.fe.get_protocol_features().unwrap();
+        self.fe.set_protocol_features(proto).unwrap();
+        let region = self.mem.find_region(GuestAddress(0)).unwrap();
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
+        self.fe.set_mem_table(&[info]).unwrap();
+        let (inflight, file) = self
+            .inflight
+            .as_ref()
+            .expect("connected with connect_tracked");
+        self.fe.set_inflight_fd(inflight, file.as_raw_fd()).unwrap();
+        for q in 0..queues {
+            let base = self.rings[q].base;
+            // Where the ring stands: QEMU restores the avail base to the
+            // used index when the backend died.
+            let used_idx: u16 = self
+                .mem
+                .read_obj(GuestAddress(base.0 + 0x2000 + 2))
+                .unwrap();
+            let (call, kick) = self.start_ring(q, base, used_idx);
+            let r = &mut self.rings[q];
+            (r.call, r.kick) = (call, kick);
+        }
+    }
+
+    /// Give the device queue `q` at `base` (descriptors, avail at +0x1000,
+    /// used at +0x2000) from avail index `next_avail`, with fresh call and
+    /// kick eventfds, and enable it.
+    fn start_ring(&mut self, q: usize, base: GuestAddress, next_avail: u16) -> (EventFd, EventFd) {
+        let host = |a: u64| self.mem.get_host_address(GuestAddress(a)).unwrap() as u64;
+        self.fe.set_vring_num(q, QUEUE_SIZE).unwrap();
+        self.fe
+            .set_vring_addr(
+                q,
+                &VringConfigData {
+                    queue_max_size: QUEUE_SIZE,
+                    queue_size: QUEUE_SIZE,
+                    flags: 0,
+                    desc_table_addr: host(base.0),
+                    used_ring_addr: host(base.0 + 0x2000),
+                    avail_ring_addr: host(base.0 + 0x1000),
+                    log_addr: None,
+                },
+            )
+            .unwrap();
+        self.fe.set_vring_base(q, next_avail).unwrap();
+        let call = EventFd::new(EFD_NONBLOCK).unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        self.fe.set_vring_call(q, &call).unwrap();
+        self.fe.set_vring_kick(q, &kick).unwrap();
+        self.fe.set_vring_enable(q, true).unwrap();
+        (call, kick)
+    }
+
+    fn setup(&mut self, queues: usize, drop_features: u64, track: bool) {
         self.fe.set_owner().unwrap();
         let offered = self.fe.get_features().unwrap();
         self.features = offered & !drop_features;
@@ -122,6 +213,16 @@ impl Driver {
         let region = self.mem.find_region(GuestAddress(0)).unwrap();
         let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
         self.fe.set_mem_table(&[info]).unwrap();
+        if track {
+            let ask = VhostUserInflight {
+                num_queues: queues as u16,
+                queue_size: QUEUE_SIZE,
+                ..Default::default()
+            };
+            let (info, file) = self.fe.get_inflight_fd(&ask).unwrap();
+            self.fe.set_inflight_fd(&info, file.as_raw_fd()).unwrap();
+            self.inflight = Some((info, file));
+        }
         self.rings.clear();
         for q in 0..queues {
             let base = GuestAddress(q as u64 * 0x1_0000);
@@ -133,28 +234,7 @@ impl Driver {
             let desc = DescriptorTable::new(self.mem, desc_addr, QUEUE_SIZE);
             let avail = AvailRing::new(self.mem, avail_addr, QUEUE_SIZE);
             let used = UsedRing::new(self.mem, used_addr, QUEUE_SIZE);
-            let host = |a: GuestAddress| self.mem.get_host_address(a).unwrap() as u64;
-            self.fe.set_vring_num(q, QUEUE_SIZE).unwrap();
-            self.fe
-                .set_vring_addr(
-                    q,
-                    &VringConfigData {
-                        queue_max_size: QUEUE_SIZE,
-                        queue_size: QUEUE_SIZE,
-                        flags: 0,
-                        desc_table_addr: host(desc_addr),
-                        used_ring_addr: host(used_addr),
-                        avail_ring_addr: host(avail_addr),
-                        log_addr: None,
-                    },
-                )
-                .unwrap();
-            self.fe.set_vring_base(q, 0).unwrap();
-            let call = EventFd::new(EFD_NONBLOCK).unwrap();
-            let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-            self.fe.set_vring_call(q, &call).unwrap();
-            self.fe.set_vring_kick(q, &kick).unwrap();
-            self.fe.set_vring_enable(q, true).unwrap();
+            let (call, kick) = self.start_ring(q, base, 0);
             self.rings.push(Ring {
                 base,
                 desc,
@@ -186,18 +266,8 @@ impl Driver {
     /// wait for the device to use it. Returns the used length, or None if
     /// nothing came back within `timeout`.
     pub fn submit(&mut self, q: usize, descs: &[Desc], timeout: Duration) -> Option<u32> {
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, w))| {
-                let mut flags = if w { F_WRITE } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= F_NEXT;
-                }
-                RawDescriptor::from(Descriptor::new(addr, len, flags, i as u16 + 1))
-            })
-            .collect();
-        self.submit_raw(q, &raw, 0, timeout)
+        self.post(q, descs, 0);
+        self.wait_used(q, timeout)
     }
 
     /// Offer `descs` through one INDIRECT descriptor.
@@ -230,6 +300,28 @@ impl Driver {
         at: u16,
         timeout: Duration,
     ) -> Option<u32> {
+        self.post_raw(q, raw, at);
+        self.wait_used(q, timeout)
+    }
+
+    /// Offer one chain of `descs` (at descriptor index `at`..) on queue
+    /// `q` and kick, without waiting for it.
+    pub fn post(&mut self, q: usize, descs: &[Desc], at: u16) {
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, w))| {
+                let mut flags = if w { F_WRITE } else { 0 };
+                if i + 1 < descs.len() {
+                    flags |= F_NEXT;
+                }
+                RawDescriptor::from(Descriptor::new(addr, len, flags, at + i as u16 + 1))
+            })
+            .collect();
+        self.post_raw(q, &raw, at);
+    }
+
+    fn post_raw(&mut self, q: usize, raw: &[RawDescriptor], at: u16) {
         let r = &mut self.rings[q];
         for (i, d) in raw.iter().enumerate() {
             r.desc.store(at + i as u16, *d).unwrap();
@@ -241,7 +333,6 @@ impl Driver {
             .store(at);
         r.avail_idx = r.avail_idx.wrapping_add(1);
         self.publish_avail(q);
-        self.wait_used(q, timeout)
     }
 
     /// Make the avail index visible and ask to be notified of the next
@@ -309,34 +400,64 @@ impl Driver {
         r.kick.write(1).unwrap();
     }
 
-    fn wait_used(&mut self, q: usize, timeout: Duration) -> Option<u32> {
+    /// Wait for the next used element of queue `q`: its (head, length).
+    pub fn wait_used_elem(&mut self, q: usize, timeout: Duration) -> Option<(u32, u32)> {
         let deadline = std::time::Instant::now() + timeout;
-        let r = &mut self.rings[q];
-        let mut signalled = false;
         loop {
-            let used = r.used.idx().load();
-            if used != r.used_seen {
-                let elem = r
-                    .used
-                    .ring()
-                    .ref_at((r.used_seen % QUEUE_SIZE) as usize)
-                    .unwrap()
-                    .load();
-                r.used_seen = r.used_seen.wrapping_add(1);
-                // The device must also have signalled the call eventfd.
-                signalled = signalled || wait_fd(&r.call, deadline);
-                assert!(
-                    signalled,
-                    "used element {} without a call notification (used idx {used})",
-                    r.used_seen.wrapping_sub(1)
-                );
-                return Some(elem.len());
+            if let Some(e) = self.next_used(q) {
+                return Some(e);
             }
             let now = std::time::Instant::now();
             if now >= deadline {
                 return None;
             }
-            signalled |= wait_fd(&r.call, deadline.min(now + Duration::from_millis(20)));
+            wait_fd(
+                &self.rings[q].call,
+                deadline.min(now + Duration::from_millis(20)),
+            );
+        }
+    }
+
+    /// The next used element of queue `q`, if the device published one.
+    fn next_used(&mut self, q: usize) -> Option<(u32, u32)> {
+        let r = &mut self.rings[q];
+        if r.used.idx().load() == r.used_seen {
+            return None;
+        }
+        let elem = r
+            .used
+            .ring()
+            .ref_at((r.used_seen % QUEUE_SIZE) as usize)
+            .unwrap()
+            .load();
+        r.used_seen = r.used_seen.wrapping_add(1);
+        Some((elem.id(), elem.len()))
+    }
+
+    /// Wait for the next used element of queue `q` and its call
+    /// notification; its length.
+    fn wait_used(&mut self, q: usize, timeout: Duration) -> Option<u32> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut signalled = false;
+        loop {
+            if let Some((_, len)) = self.next_used(q) {
+                // The device must also have signalled the call eventfd.
+                signalled = signalled || wait_fd(&self.rings[q].call, deadline);
+                assert!(
+                    signalled,
+                    "used element {} without a call notification",
+                    self.rings[q].used_seen.wrapping_sub(1)
+                );
+                return Some(len);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            signalled |= wait_fd(
+                &self.rings[q].call,
+                deadline.min(now + Duration::from_millis(20)),
+            );
         }
     }
 
@@ -346,11 +467,17 @@ impl Driver {
     }
 
     fn header(&self, kind: u32, sector: u64) {
+        self.header_at(HDR, STATUS, kind, sector);
+    }
+
+    /// A request header at `hdr` and a status byte (0xff: not yet set) at
+    /// `status`, for requests the test lays out itself.
+    pub fn header_at(&self, hdr: u64, status: u64, kind: u32, sector: u64) {
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&kind.to_le_bytes());
         h[8..16].copy_from_slice(&sector.to_le_bytes());
-        self.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
-        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        self.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+        self.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
     }
 
     /// A well-formed request: header, optional data, status.

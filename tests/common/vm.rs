@@ -47,6 +47,9 @@ pub struct Vm {
     /// Boot from this image file (`-drive format=FORMAT`, read-only,
     /// virtio-blk-pci) instead of the vhost-user socket.
     pub drive: Option<(PathBuf, &'static str)>,
+    /// Reconnect to the socket when the server goes away
+    /// (`reconnect-ms=1000`).
+    pub reconnect: bool,
 }
 
 impl Vm {
@@ -59,6 +62,7 @@ impl Vm {
             fs: "ext4",
             action: action.to_string(),
             drive: None,
+            reconnect: false,
         }
     }
 
@@ -87,7 +91,15 @@ impl Vm {
         } else {
             c.args([
                 "-chardev",
-                &format!("socket,id=c0,path={}", socket.display()),
+                &format!(
+                    "socket,id=c0,path={}{}",
+                    socket.display(),
+                    if self.reconnect {
+                        ",reconnect-ms=1000"
+                    } else {
+                        ""
+                    }
+                ),
             ]);
         }
         match self.machine {
@@ -153,16 +165,28 @@ impl Vm {
 }
 
 /// Something to do once the console shows a line containing a text.
-pub type Trigger = (&'static str, Box<dyn FnOnce() + Send>);
+pub type Trigger<'a> = (&'static str, Box<dyn FnOnce() + Send + 'a>);
 
 /// Run QEMU (`cmd`, its serial console on stdout) until it exits, at most
 /// `timeout`: (exit status or `None` when killed at the timeout, console,
 /// stderr). One VM at a time: TCG guests are CPU-bound and the machine
 /// has two cores; a starved guest makes timing-sensitive boots flaky.
-pub fn run_qemu(
+pub fn run_qemu<'a>(
     cmd: &mut Command,
     timeout: Duration,
-    trigger: Option<Trigger>,
+    trigger: Option<Trigger<'a>>,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    run_qemu_with(cmd, timeout, trigger.into_iter().collect())
+}
+
+/// [`run_qemu`] with several triggers, each fired once, in order: the
+/// second is looked for after the first has fired. Each runs on a thread of
+/// its own while the console is still read (a guest writing to a console
+/// nobody reads stops).
+pub fn run_qemu_with<'a>(
+    cmd: &mut Command,
+    timeout: Duration,
+    triggers: Vec<Trigger<'a>>,
 ) -> (Option<std::process::ExitStatus>, String, String) {
     static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,46 +198,50 @@ pub fn run_qemu(
         .expect("start qemu-system-x86_64");
     let out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut trigger = trigger;
-        let mut v = Vec::new();
-        let mut r = std::io::BufReader::new(out);
-        loop {
-            let start = v.len();
-            match r.read_until(b'\n', &mut v) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+    std::thread::scope(|scope| {
+        let t_out = scope.spawn(move || {
+            use std::io::BufRead;
+            let mut triggers = triggers.into_iter();
+            let mut next = triggers.next();
+            let mut v = Vec::new();
+            let mut r = std::io::BufReader::new(out);
+            loop {
+                let start = v.len();
+                match r.read_until(b'\n', &mut v) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let hit = next
+                    .as_ref()
+                    .is_some_and(|(text, _)| String::from_utf8_lossy(&v[start..]).contains(text));
+                if hit && let Some((_, action)) = next.take() {
+                    scope.spawn(action);
+                    next = triggers.next();
+                }
             }
-            let hit = trigger
-                .as_ref()
-                .is_some_and(|(text, _)| String::from_utf8_lossy(&v[start..]).contains(text));
-            if let Some((_, action)) = trigger.take_if(|_| hit) {
-                action();
+            v
+        });
+        let t_err = scope.spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
             }
-        }
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = String::from_utf8_lossy(&t_out.join().unwrap()).replace('\r', "");
-    let err = String::from_utf8_lossy(&t_err.join().unwrap()).to_string();
-    (status, out, err)
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = String::from_utf8_lossy(&t_out.join().unwrap()).replace('\r', "");
+        let err = String::from_utf8_lossy(&t_err.join().unwrap()).to_string();
+        (status, out, err)
+    })
 }
 
 /// The lines between `OCIDISK-<what>-BEGIN` and `-END`.
