@@ -36,6 +36,53 @@ fn tar_tree_fs_corpus() {
     replay("tar_tree_fs", targets::tar_tree_fs, 10);
 }
 
+/// The slow mode of `tar_tree_fs`: every image the writers plan for a
+/// corpus input is written out and checked by the real tools, `e2fsck -fn`
+/// (ext4, ext3) and `xfs_repair -n` (XFS). CI runs it over the committed
+/// corpus; after a long fuzz run, point `OCIDISK_FSCK_CORPUS` at the grown
+/// corpus directory to check every input the fuzzer kept.
+#[test]
+fn tar_tree_fs_images_pass_e2fsck_and_xfs_repair() {
+    let dir = std::env::var_os("OCIDISK_FSCK_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/tar_tree_fs"));
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("fs.img");
+    let (mut inputs, mut images) = (0, 0);
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        inputs += 1;
+        for (filesystem, read_only, image) in targets::planned_images(&data) {
+            images += 1;
+            targets::write_image(&image, data.get(1..).unwrap_or_default(), &img).unwrap();
+            let out = match filesystem {
+                ocidisk::fs::Filesystem::Xfs => std::process::Command::new("xfs_repair")
+                    .args(["-n", "-f"])
+                    .arg(&img)
+                    .output(),
+                _ => std::process::Command::new("e2fsck")
+                    .args(["-fn"])
+                    .arg(&img)
+                    .output(),
+            }
+            .expect("e2fsck and xfs_repair are installed (scripts/setup.sh)");
+            if !out.status.success() {
+                failures.push(format!(
+                    "{} as {filesystem:?} (read-only {read_only}): {}{}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    }
+    eprintln!("{inputs} inputs, {images} images checked");
+    assert!(images >= 20, "only {images} images from {inputs} inputs");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[test]
 fn layer_index_decode_corpus() {
     seeds("layer_index_decode", index_seeds());

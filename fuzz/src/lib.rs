@@ -59,11 +59,19 @@ pub fn tar_indexer(data: &[u8]) {
 
 /// Fuzz target `tar_tree_fs`: an accepted tar becomes a one-layer image,
 /// its merged tree and then each filesystem (ext4, ext3, xfs), read-only
-/// and writable; every
-/// image the writers produce must pass `FsImage::validate`.
+/// and writable; every image the writers produce must pass
+/// `FsImage::validate`.
 pub fn tar_tree_fs(data: &[u8]) {
+    let _ = planned_images(data);
+}
+
+/// What [`tar_tree_fs`] plans for `data`: each filesystem image that a
+/// writer accepted (validated), with its writer and mode. The layer's tar
+/// is `data[1..]`.
+pub fn planned_images(data: &[u8]) -> Vec<(Filesystem, bool, fs::FsImage)> {
+    let mut planned = Vec::new();
     let Some(entries) = index(data) else {
-        return;
+        return planned;
     };
     // The stream `index` read (after the chunk-size byte), as one
     // uncompressed layer with one hashed span (none when it is empty).
@@ -89,7 +97,7 @@ pub fn tar_tree_fs(data: &[u8]) {
         panic!("an accepted tar makes a consistent index");
     };
     let Ok(tree) = Tree::flatten(&[layer]) else {
-        return;
+        return planned;
     };
     for filesystem in Filesystem::ALL {
         for read_only in [true, false] {
@@ -105,9 +113,29 @@ pub fn tar_tree_fs(data: &[u8]) {
                 image
                     .validate()
                     .expect("a planned filesystem is consistent");
+                planned.push((filesystem, read_only, image));
             }
         }
     }
+    planned
+}
+
+/// Write `image`, whose one layer is the uncompressed `tar`, to `path` as
+/// a sparse raw disk (what `materialize` writes), for the real checkers.
+pub fn write_image(image: &fs::FsImage, tar: &[u8], path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path)?;
+    file.set_len(image.size)?;
+    image.write_metadata(&file)?;
+    for e in &image.data {
+        let bytes = usize::try_from(e.tar_offset)
+            .ok()
+            .zip(usize::try_from(e.tar_offset + e.len).ok())
+            .and_then(|(a, b)| tar.get(a..b))
+            .ok_or_else(|| std::io::Error::other("a data extent outside the layer"))?;
+        file.write_all_at(bytes, e.device_offset)?;
+    }
+    Ok(())
 }
 
 /// Fuzz target `layer_index_decode`: arbitrary bytes as a stored layer
