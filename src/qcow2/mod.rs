@@ -252,4 +252,37 @@ mod tests {
         // Header, 3 data clusters' worth at most, L2, L1, refcounts.
         assert!(a.len() <= 8 * 65536, "{} bytes", a.len());
     }
+
+    #[test]
+    fn tables_that_share_a_cluster_with_data_are_refused() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let data = sample(1 << 20);
+        let opts = Qcow2Options {
+            cluster_bits: 16,
+            compression: Some(Codec::Zlib),
+        };
+        let path = write(d.path(), &data, opts);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let be = |at: u64| {
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, at).unwrap();
+            u64::from_be_bytes(b)
+        };
+        let l1_offset = be(40);
+        let l2 = be(l1_offset) & layout::OFFSET_MASK;
+        // Guest cluster 0 (compressed) now claims the L2 table's own
+        // cluster as its data: a write to it would rewrite the table.
+        f.write_all_at(&(l2 | layout::COPIED).to_be_bytes(), l2)
+            .unwrap();
+        let e = Qcow2File::open(&path).err().expect("refused");
+        assert!(
+            e.to_string().contains("holds both L2Table and Data(0)"),
+            "{e}"
+        );
+    }
 }

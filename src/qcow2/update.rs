@@ -250,7 +250,9 @@ impl Qcow2File {
         Ok(())
     }
 
-    /// Open a qcow2 file this module wrote (for tests and tools).
+    /// Open a qcow2 file this module wrote (for tests and tools). Tables
+    /// that point outside the file or at each other's clusters are refused:
+    /// an update through them would overwrite other data.
     pub fn open(path: &Path) -> Result<Qcow2File, Qcow2Error> {
         let not_ours = |why: String| Qcow2Error::NotOurs {
             path: path.to_path_buf(),
@@ -339,6 +341,7 @@ impl Qcow2File {
                 }
             }
         }
+        check_disjoint(&header, &l2, &blocks).map_err(not_ours)?;
         Ok(Qcow2File {
             file,
             path: path.to_path_buf(),
@@ -350,4 +353,74 @@ impl Qcow2File {
             end,
         })
     }
+}
+
+/// What a host cluster holds, for [`check_disjoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Header,
+    L1,
+    RefcountTable,
+    RefcountBlock,
+    L2Table,
+    Data(u64),
+    Compressed(u64),
+}
+
+/// No host cluster may hold two things (compressed clusters excepted, which
+/// share host clusters with each other by design): the header, the L1 and
+/// refcount tables, refcount blocks, L2 tables, and each guest cluster's
+/// data. Otherwise a write through one would change another, as a
+/// hand-made file can arrange.
+fn check_disjoint(
+    header: &Header,
+    l2: &BTreeMap<u64, (u64, Vec<u64>)>,
+    blocks: &[u64],
+) -> Result<(), String> {
+    let g = header.geometry;
+    let cs = g.cluster_size();
+    let mut used: BTreeMap<u64, Use> = BTreeMap::new();
+    let mut claim = |first: u64, len: u64, what: Use| -> Result<(), String> {
+        let last = first
+            .checked_add(len.max(1) - 1)
+            .ok_or_else(|| format!("{what:?} ends past the address space"))?;
+        for c in first / cs..=last / cs {
+            match used.insert(c, what) {
+                None => {}
+                Some(Use::Compressed(_)) if matches!(what, Use::Compressed(_)) => {}
+                Some(before) => {
+                    return Err(format!(
+                        "host cluster {c} holds both {before:?} and {what:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    };
+    claim(0, cs, Use::Header)?;
+    claim(header.l1_offset, g.l1_entries() * 8, Use::L1)?;
+    claim(
+        header.refcount_table_offset,
+        u64::from(header.refcount_table_clusters) * cs,
+        Use::RefcountTable,
+    )?;
+    for &b in blocks {
+        claim(b, cs, Use::RefcountBlock)?;
+    }
+    let per = g.l2_entries();
+    for (off, _) in l2.values() {
+        claim(*off, cs, Use::L2Table)?;
+    }
+    for (&i, (_, entries)) in l2 {
+        for (j, &e) in entries.iter().enumerate() {
+            let guest = i * per + j as u64;
+            if e & COMPRESSED != 0 {
+                let (off, len) = g.compressed_range(e);
+                claim(off, len, Use::Compressed(guest))?;
+            } else if e & OFFSET_MASK != 0 {
+                claim(e & OFFSET_MASK, cs, Use::Data(guest))?;
+            }
+        }
+    }
+    Ok(())
 }
