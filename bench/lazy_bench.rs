@@ -18,6 +18,7 @@ fn options(r: &str) -> DiskOptions {
             source: SourceOptions::default(),
             concurrency: 3,
             keep_blobs: false,
+            trust: None,
         },
         fs: ocidisk::fs::FsOptions {
             read_only: true,

@@ -10,7 +10,7 @@ packages=(
   skopeo            # pushes test images into it
   umoci             # OCI layouts from directories (demo image, oracle cross-check)
   apache2-utils     # htpasswd -B for the basic-auth registry
-  openssl           # self-signed certificate for the TLS registry
+  openssl           # self-signed certificate for the TLS registry; P-256 keys and ECDSA signatures (trust tests)
   ca-certificates
   curl
   debootstrap       # the realistic Debian image
@@ -25,6 +25,7 @@ packages=(
   musl-tools        # musl-gcc: builds the static --init binary small (gcc -static is the fallback)
   cpio              # packs that initramfs
   fio               # in-guest and host benchmarks
+  gnupg             # trust tests: keys and signatures for skopeo copy --sign-by
 )
 # From bookworm-backports: bookworm's QEMU 7.2 does not work beside the
 # machine's qemu-utils 10, which also comes from backports.

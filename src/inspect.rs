@@ -89,7 +89,9 @@ impl From<&ResolvedImage> for ImageInfo {
 /// Resolve an image and describe it. Fetches manifests and config only.
 pub async fn inspect(opts: &PullOptions, cache: &BlobCache) -> Result<ImageInfo, SourceError> {
     let source = Source::open(&opts.location, &opts.source).await?;
-    let img = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
+    // Like skopeo inspect: reading metadata is not using the image, so no
+    // trust policy applies.
+    let img = resolve(&source, &opts.location, cache, opts.platform.as_ref(), None).await?;
     Ok(ImageInfo::from(&img))
 }
 

@@ -43,6 +43,7 @@
 //!     source: Default::default(),
 //!     concurrency: 3,
 //!     keep_blobs: true,
+//!     trust: None,
 //! };
 //! let report = ocidisk::pull::pull(&opts, &cache, Arc::new(NoProgress)).await?;
 //! println!("{} is {}", report.reference, report.image_id);
@@ -70,6 +71,7 @@ pub mod source;
 pub mod sync;
 pub mod tar;
 pub mod tree;
+pub mod trust;
 pub mod units;
 
 pub use cache::BlobCache;

@@ -54,7 +54,9 @@ enum Command {
   ocidisk pull --platform linux/arm64 docker.io/library/debian:bookworm
   ocidisk pull --username me --password-stdin registry.example.com/app:v1 < token.txt
   ocidisk pull oci:./layout:latest
-  ocidisk pull docker-archive:app.tar")]
+  ocidisk pull docker-archive:app.tar
+  ocidisk pull --policy /etc/containers/policy.json --registries.d /etc/containers/registries.d registry.example.com/app:v1
+      (only if the policy accepts its signatures, as skopeo copy would; see docs/trust.md)")]
     Pull(ImageArgs),
 
     /// Show an image's digest, platforms, config and layers (fetches no layers)
@@ -139,6 +141,7 @@ Mounting needs root (a plain mount(2)) or fusermount3 from the fuse3 package.")]
     #[command(after_help = "Examples:
   ocidisk serve --read-only debian:bookworm --socket /run/ocidisk/debian.sock
   ocidisk serve --overlay app.overlay --queues 2 registry.example.com/app:v1 --socket app.sock
+  ocidisk serve --policy signed-only.json --read-only registry.example.com/app:v1 --socket app.sock
 
 Then attach the socket to a VMM (guest RAM must be shared memory):
   qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \\
@@ -147,7 +150,9 @@ Then attach the socket to a VMM (guest RAM must be shared memory):
   cloud-hypervisor --memory size=1G,shared=on --disk vhost_user=true,socket=SOCK,num_queues=N ...
 
 The server prints a ready line once the socket accepts connections and keeps
-serving across VM reboots and restarts. Ctrl-C or SIGTERM flushes writes and exits.")]
+serving across VM reboots and restarts; with reconnect-ms=1000 on QEMU's -chardev,
+a running VM also survives a restart of serve itself. Ctrl-C or SIGTERM flushes
+writes and exits.")]
     Serve {
         #[command(flatten)]
         image: ImageArgs,
@@ -436,6 +441,14 @@ struct ImageArgs {
     /// Layers fetched at once
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
+
+    /// Trust policy (containers-policy.json(5)) the image must satisfy before any layer is fetched [default: $HOME/.config/containers/policy.json, then /etc/containers/policy.json; none: accept all]
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+
+    /// Where signatures live (containers-registries.d(5)) [default: $HOME/.config/containers/registries.d, then /etc/containers/registries.d]
+    #[arg(long = "registries.d", value_name = "DIR")]
+    registries_d: Option<PathBuf>,
 }
 
 /// A byte count: a bare number is bytes, else a size with a unit (64K, 2M).
@@ -488,6 +501,11 @@ impl ImageArgs {
             },
             concurrency: usize::from(self.jobs),
             keep_blobs: true,
+            trust: ocidisk::trust::Trust::load(&ocidisk::trust::TrustOptions {
+                policy: self.policy.clone(),
+                registries_d: self.registries_d.clone(),
+            })?
+            .map(std::sync::Arc::new),
         })
     }
 }

@@ -101,6 +101,9 @@ pub struct PullOptions {
     /// Keep the layer blobs in the cache (`pull`, `materialize`), or only
     /// build their indexes and let the bytes go (as [`index_image`] does).
     pub keep_blobs: bool,
+    /// The trust policy the image must satisfy before any layer is
+    /// fetched (`None`: accept every image).
+    pub trust: Option<std::sync::Arc<crate::trust::Trust>>,
 }
 
 /// What a pull did.
@@ -169,7 +172,14 @@ async fn pull_inner(
     spans: Option<Arc<dyn SpanSink>>,
 ) -> Result<(PullReport, Source, ResolvedImage, Vec<LayerIndex>), PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
-    let image = resolve(&source, &opts.location, cache, opts.platform.as_ref()).await?;
+    let image = resolve(
+        &source,
+        &opts.location,
+        cache,
+        opts.platform.as_ref(),
+        opts.trust.as_deref(),
+    )
+    .await?;
     let indexes = IndexStore::new(cache)?;
     let results: Vec<(bool, u64, LayerIndex)> = futures_util::stream::iter(image.layers.iter())
         .map(|layer| {

@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::cache::{BlobCache, CacheError};
 use crate::digest::Digest;
 use crate::platform::Platform;
+use crate::trust::{DockerRef, Subject, Trust};
 use archive::{ArchiveError, ArchiveSelector, ArchiveSource};
 use layout::{LayoutError, LayoutSource};
 use manifest::{
@@ -63,6 +64,9 @@ pub enum SourceError {
     /// Docker archive errors.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// The trust policy refused the image (or could not be applied).
+    #[error(transparent)]
+    Trust(#[from] Box<crate::trust::TrustError>),
     /// Cache errors.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -236,6 +240,30 @@ impl FromStr for ImageLocation {
         r.parse::<oci_client::Reference>()
             .map(ImageLocation::Registry)
             .map_err(|e| bad(&e.to_string()))
+    }
+}
+
+impl ImageLocation {
+    /// The image as a trust policy sees it: its transport and identity
+    /// (an OCI layout by its absolute, symlink-free directory).
+    pub fn subject(&self) -> Result<Subject, SourceError> {
+        Ok(match self {
+            ImageLocation::Registry(r) => {
+                Subject::Docker(DockerRef::parse(&r.whole()).ok_or_else(|| {
+                    SourceError::BadReference {
+                        input: r.whole(),
+                        reason: "not a docker reference a policy can match".into(),
+                    }
+                })?)
+            }
+            ImageLocation::Layout { dir, .. } => Subject::Oci(std::fs::canonicalize(dir).map_err(
+                |e| SourceError::BadReference {
+                    input: self.to_string(),
+                    reason: format!("resolving {}: {e}", dir.display()),
+                },
+            )?),
+            ImageLocation::Archive { .. } => Subject::DockerArchive,
+        })
     }
 }
 
@@ -683,11 +711,15 @@ pub(crate) fn is_digest_error(e: &SourceError) -> bool {
 /// `platform`: `Some` when the user asked for one explicitly; the host's
 /// platform otherwise. A single-platform image is accepted for the default
 /// but must match an explicit request.
+///
+/// With `trust`, the policy decides on the top-level manifest before
+/// anything else of the image (child manifest, config, layers) is fetched.
 pub async fn resolve(
     source: &Source,
     location: &ImageLocation,
     cache: &BlobCache,
     platform: Option<&Platform>,
+    trust: Option<&Trust>,
 ) -> Result<ResolvedImage, SourceError> {
     let image = location.to_string();
     let manifest_err = |source| SourceError::Manifest {
@@ -696,6 +728,18 @@ pub async fn resolve(
     };
     let want = platform.cloned().unwrap_or_else(Platform::host);
     let (bytes, digest, media_type) = source.manifest(None, cache).await?;
+    if let Some(trust) = trust {
+        let d = digest.clone().unwrap_or_else(|| Digest::sha256_of(&bytes));
+        let attachments = SourceAttachments {
+            source,
+            cache,
+            image: &image,
+        };
+        trust
+            .check(&image, &location.subject()?, &bytes, &d, &attachments)
+            .await
+            .map_err(Box::new)?;
+    }
     let (index, manifest_digest, manifest) =
         match Manifest::parse(&bytes, media_type.as_deref()).map_err(manifest_err)? {
             Manifest::Image(m) => (None, digest, m),
@@ -768,6 +812,46 @@ pub async fn resolve(
         platform: have,
         layers,
     })
+}
+
+/// What a trust check may read from the image's repository besides the
+/// image: sigstore attachments (registries only).
+struct SourceAttachments<'a> {
+    source: &'a Source,
+    cache: &'a BlobCache,
+    image: &'a str,
+}
+
+impl crate::trust::Attachments for SourceAttachments<'_> {
+    async fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.source {
+            Source::Registry(r) => r
+                .tagged_manifest(tag, MAX_MANIFEST_SIZE)
+                .await
+                .map_err(|e| e.to_string()),
+            Source::Layout(_) | Source::Archive(_) => Ok(None),
+        }
+    }
+
+    async fn small_blob(&self, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>, String> {
+        if size > limit {
+            return Err(format!(
+                "blob {digest} is {size} bytes, over the {limit}-byte limit"
+            ));
+        }
+        let desc = Descriptor {
+            media_type: String::new(),
+            digest: digest.clone(),
+            size,
+            platform: None,
+            annotations: None,
+            urls: None,
+        };
+        self.source
+            .config(&desc, self.cache, self.image)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Cache a verified manifest or config. The bytes are in hand, so a cache

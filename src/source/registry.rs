@@ -407,6 +407,39 @@ impl RegistrySource {
         Ok((bytes.to_vec(), actual))
     }
 
+    /// The manifest tagged `tag` in this repository (signature
+    /// attachments live there), or `None` if the registry has none.
+    pub async fn tagged_manifest(
+        &self,
+        tag: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let reference = Reference::with_tag(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            tag.to_string(),
+        );
+        let what = format!("manifest for tag {tag}");
+        let client = self.client().await?;
+        let fetched = self
+            .with_retry(&what, || async {
+                client
+                    .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFEST_TYPES)
+                    .await
+            })
+            .await;
+        match fetched {
+            Ok((bytes, _)) if bytes.len() as u64 > limit => Err(RegistryError::ManifestTooLarge {
+                registry: self.registry(),
+                what,
+                limit,
+            }),
+            Ok((bytes, _)) => Ok(Some(bytes.to_vec())),
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Start streaming a blob from byte `offset`. The registry may answer a
     /// range request with the whole blob; `BlobBody::start` says which.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobBody, RegistryError> {

@@ -18,6 +18,7 @@ pub fn disk_options(location: &str, read_only: bool) -> DiskOptions {
             source: SourceOptions::default(),
             concurrency: 2,
             keep_blobs: false,
+            trust: None,
         },
         fs: ocidisk::fs::FsOptions {
             read_only,
