@@ -680,3 +680,82 @@ fn image_layers(w: &World, repo: &str) -> Vec<String> {
         .map(|l| l["digest"].as_str().unwrap().to_string())
         .collect()
 }
+
+#[test]
+fn signatures_are_read_from_an_http_lookaside_too() {
+    let w = World::new();
+    w.push("signed-a", Some(&w.keys.a.clone()));
+    w.push("unsigned", None);
+    // Serve the signature directory over HTTP and point a second
+    // registries.d at it, per registry.
+    let port = common::registry::free_port();
+    let mut server = Command::new("/usr/bin/python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(&w.sigs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rd = w.dir.join("registries.d-http");
+    std::fs::create_dir_all(&rd).unwrap();
+    std::fs::write(
+        rd.join("http.yaml"),
+        format!(
+            "docker:\n  {}:\n    lookaside: http://127.0.0.1:{port}\n",
+            w.reg.host()
+        ),
+    )
+    .unwrap();
+    let p = w.policy(
+        "needs-a",
+        &format!(
+            r#"{{"default": [{{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "{}"}}]}}"#,
+            w.dir.join("a.gpg").display()
+        ),
+    );
+    let o = Ocidisk::new();
+    let pull = |repo: &str| {
+        o.run(&[
+            "pull",
+            "--policy",
+            p.to_str().unwrap(),
+            "--registries.d",
+            rd.to_str().unwrap(),
+            &w.image(repo),
+        ])
+    };
+    let ok = pull("signed-a");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let no = pull("unsigned");
+    assert!(!no.status.success());
+    assert!(String::from_utf8_lossy(&no.stderr).contains("none exists"));
+    // A lookaside that cannot be reached is an error reading signatures,
+    // never taken as "unsigned".
+    let _ = server.kill();
+    let _ = server.wait();
+    let gone = pull("signed-a");
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("reading signatures from http://127.0.0.1"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+}
