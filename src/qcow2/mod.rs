@@ -285,4 +285,26 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn flags_on_an_unallocated_entry_are_refused() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let path = write(d.path(), &sample(1 << 20), Qcow2Options::default());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, 40).unwrap();
+        let l1_offset = u64::from_be_bytes(b);
+        f.read_exact_at(&mut b, l1_offset).unwrap();
+        let l2 = u64::from_be_bytes(b) & layout::OFFSET_MASK;
+        // "Copied" with no cluster: an in-place write would land at host
+        // offset 0, the header (a fuzz find).
+        f.write_all_at(&layout::COPIED.to_be_bytes(), l2).unwrap();
+        let e = Qcow2File::open(&path).err().expect("refused");
+        assert!(e.to_string().contains("flags on no cluster"), "{e}");
+    }
 }

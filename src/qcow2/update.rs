@@ -194,7 +194,7 @@ impl Qcow2File {
 
     fn write_cluster(&mut self, guest: u64, within: usize, piece: &[u8]) -> Result<(), Qcow2Error> {
         let entry = self.entry(guest);
-        if entry & COPIED != 0 && entry & COMPRESSED == 0 {
+        if entry & COPIED != 0 && entry & COMPRESSED == 0 && entry & OFFSET_MASK != 0 {
             let at = (entry & OFFSET_MASK) + within as u64;
             return self
                 .file
@@ -329,13 +329,19 @@ impl Qcow2File {
                     let (off, len) = g.compressed_range(e);
                     off >= cs && off.checked_add(len).is_some_and(|x| x <= end)
                 } else {
+                    // An unallocated entry carries no flags: this module
+                    // never writes one, and "copied" on no cluster would
+                    // send an in-place write to the header.
                     let off = e & OFFSET_MASK;
-                    off == 0
-                        || (off.is_multiple_of(cs) && off.checked_add(cs).is_some_and(|x| x <= end))
+                    if off == 0 {
+                        e == 0
+                    } else {
+                        off.is_multiple_of(cs) && off.checked_add(cs).is_some_and(|x| x <= end)
+                    }
                 };
                 if !inside {
                     return Err(not_ours(format!(
-                        "the entry of guest cluster {} points outside the file",
+                        "the entry of guest cluster {} is not valid (outside the file, misaligned, or flags on no cluster)",
                         i * g.l2_entries() + j as u64
                     )));
                 }
