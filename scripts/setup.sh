@@ -26,6 +26,7 @@ packages=(
   cpio              # packs that initramfs
   fio               # in-guest and host benchmarks
   gnupg             # trust tests: keys and signatures for skopeo copy --sign-by
+  containerd        # containerd:NS/REF source tests (a private daemon per test, CRI off)
 )
 # From bookworm-backports: bookworm's QEMU 7.2 does not work beside the
 # machine's qemu-utils 10, which also comes from backports.

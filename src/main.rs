@@ -18,6 +18,7 @@ use ocidisk::materialize::{MaterializeOptions, materialize};
 use ocidisk::progress::StderrProgress;
 use ocidisk::pull::{PullOptions, pull};
 use ocidisk::source::auth::Credentials;
+use ocidisk::source::registries_conf::{RegistriesConf, is_short_name};
 use ocidisk::source::registry::{RegistryOptions, RetryPolicy};
 use ocidisk::{ImageLocation, Platform, SourceOptions};
 
@@ -28,7 +29,9 @@ Image references:
   host:5000/img@sha256:…          pinned by digest (works offline once cached)
   docker://REF                    same as REF
   oci:DIR[:TAG]                   an OCI image layout directory
-  docker-archive:FILE[:NAME:TAG]  a `docker save` archive (or :@N for the Nth image)";
+  docker-archive:FILE[:NAME:TAG]  a `docker save` archive (or :@N for the Nth image)
+  containerd:[NS/]NAME            an image in a running containerd (namespace default;
+                                  socket --containerd-address)";
 
 /// Turn OCI container images into virtio block devices for VMs.
 #[derive(Parser)]
@@ -449,6 +452,14 @@ struct ImageArgs {
     /// Where signatures live (containers-registries.d(5)) [default: $HOME/.config/containers/registries.d, then /etc/containers/registries.d]
     #[arg(long = "registries.d", value_name = "DIR")]
     registries_d: Option<PathBuf>,
+
+    /// Mirrors, blocked and insecure registries, short-name aliases and search registries (containers-registries.conf(5) v2, plus FILE.d/*.conf) [default: /etc/containers/registries.conf if present]
+    #[arg(long, value_name = "FILE")]
+    registries_conf: Option<PathBuf>,
+
+    /// containerd's socket, for containerd:[NS/]NAME images
+    #[arg(long, value_name = "SOCK", default_value = ocidisk::source::containerd::DEFAULT_ADDRESS)]
+    containerd_address: PathBuf,
 }
 
 /// A byte count: a bare number is bytes, else a size with a unit (64K, 2M).
@@ -465,7 +476,31 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 impl ImageArgs {
     fn options(&self) -> anyhow::Result<PullOptions> {
-        let location: ImageLocation = self.image.parse()?;
+        let mut location: ImageLocation = self.image.parse()?;
+        let registries_conf = RegistriesConf::load(self.registries_conf.as_deref())?;
+        let mut search = Vec::new();
+        // A short name (no registry host) goes through the file's aliases
+        // and search registries, as podman resolves it.
+        let typed = self.image.strip_prefix("docker://").unwrap_or(&self.image);
+        if let (ImageLocation::Registry(_), Some(conf)) = (&location, &registries_conf)
+            && is_short_name(typed)
+            && let Some(candidates) = conf.short_name(typed)?
+        {
+            let mut refs = candidates
+                .iter()
+                .map(|c| c.parse::<ImageLocation>())
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter_map(|l| match l {
+                    ImageLocation::Registry(r) => Some(r),
+                    _ => None,
+                });
+            if let Some(first) = refs.next() {
+                tracing::info!(short = typed, resolved = %first.whole(), "short name");
+                location = ImageLocation::Registry(first);
+                search = refs.collect();
+            }
+        }
         let credentials = match &self.username {
             Some(username) => {
                 let mut password = String::new();
@@ -498,6 +533,9 @@ impl ImageArgs {
                         ..RetryPolicy::default()
                     },
                 },
+                containerd_address: Some(self.containerd_address.clone()),
+                registries_conf,
+                search,
             },
             concurrency: usize::from(self.jobs),
             keep_blobs: true,

@@ -5,7 +5,8 @@
 //! - a bare reference or `docker://REF`: a registry (`alpine` →
 //!   `docker.io/library/alpine:latest`, `host:5000/img@sha256:…`);
 //! - `oci:DIR[:TAG]`: an OCI image layout;
-//! - `docker-archive:FILE[:NAME:TAG|:@N]`: a `docker save` archive.
+//! - `docker-archive:FILE[:NAME:TAG|:@N]`: a `docker save` archive;
+//! - `containerd:[NS/]NAME`: an image in a running containerd.
 //!
 //! Every manifest and config is verified against its digest and stored in
 //! the [`BlobCache`]; a reference pinned by digest whose blobs are cached is
@@ -13,8 +14,12 @@
 
 pub mod archive;
 pub mod auth;
+pub mod containerd;
+pub mod grpc;
 pub mod layout;
 pub mod manifest;
+pub mod mirrors;
+pub mod registries_conf;
 
 pub mod registry;
 
@@ -32,12 +37,15 @@ use crate::digest::Digest;
 use crate::platform::Platform;
 use crate::trust::{DockerRef, Subject, Trust};
 use archive::{ArchiveError, ArchiveSelector, ArchiveSource};
+use containerd::{ContainerdError, ContainerdSource};
 use layout::{LayoutError, LayoutSource};
 use manifest::{
     Compression, Descriptor, ImageConfig, ImageIndex, ImageManifest, MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE, Manifest, ManifestError,
 };
-use registry::{RegistryError, RegistryOptions, RegistrySource, RetryPolicy};
+use mirrors::{MirroredRegistry, MirrorsError};
+use registries_conf::RegistriesConf;
+use registry::{RegistryError, RegistryOptions, RetryPolicy};
 
 /// Errors finding and resolving an image.
 #[derive(Debug, thiserror::Error)]
@@ -52,18 +60,24 @@ pub enum SourceError {
     },
     /// A transport ocidisk does not read.
     #[error(
-        "unsupported transport {0:?}: use a registry reference, oci:DIR[:TAG] or docker-archive:FILE"
+        "unsupported transport {0:?}: use a registry reference, oci:DIR[:TAG], docker-archive:FILE or containerd:[NS/]NAME"
     )]
     UnsupportedTransport(String),
     /// Registry errors.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// registries.conf refused the reference or a mirror could not be set up.
+    #[error(transparent)]
+    Mirrors(#[from] MirrorsError),
     /// OCI layout errors.
     #[error(transparent)]
     Layout(#[from] LayoutError),
     /// Docker archive errors.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// containerd errors.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
     /// The trust policy refused the image (or could not be applied).
     #[error(transparent)]
     Trust(#[from] Box<crate::trust::TrustError>),
@@ -172,6 +186,8 @@ pub enum ImageLocation {
         /// Which image in it.
         selector: Option<ArchiveSelector>,
     },
+    /// An image in containerd: `[NAMESPACE/]NAME`.
+    Containerd(String),
 }
 
 impl FromStr for ImageLocation {
@@ -219,6 +235,14 @@ impl FromStr for ImageLocation {
                 selector,
             });
         }
+        if let Some(rest) = s.strip_prefix("containerd:") {
+            if rest.is_empty() || rest.ends_with('/') {
+                return Err(bad(
+                    "containerd: needs an image name, as containerd:[NS/]NAME",
+                ));
+            }
+            return Ok(ImageLocation::Containerd(rest.to_string()));
+        }
         for t in [
             "dir:",
             "oci-archive:",
@@ -263,6 +287,16 @@ impl ImageLocation {
                 },
             )?),
             ImageLocation::Archive { .. } => Subject::DockerArchive,
+            // What a policy sees is the name inside containerd, known once
+            // the source is open: see `resolve`.
+            ImageLocation::Containerd(name) => {
+                Subject::Docker(DockerRef::parse(name).ok_or_else(|| {
+                    SourceError::BadReference {
+                        input: self.to_string(),
+                        reason: "not a docker reference a policy can match".into(),
+                    }
+                })?)
+            }
         })
     }
 }
@@ -286,6 +320,7 @@ impl fmt::Display for ImageLocation {
                     None => Ok(()),
                 }
             }
+            ImageLocation::Containerd(r) => write!(f, "containerd:{r}"),
         }
     }
 }
@@ -295,16 +330,26 @@ impl fmt::Display for ImageLocation {
 pub struct SourceOptions {
     /// Registry connection options.
     pub registry: RegistryOptions,
+    /// containerd's socket (`--containerd-address`); default
+    /// [`containerd::DEFAULT_ADDRESS`].
+    pub containerd_address: Option<PathBuf>,
+    /// Mirrors, blocked and insecure registries (`--registries-conf`).
+    pub registries_conf: Option<RegistriesConf>,
+    /// Further references to try, in order, when a registry reference's
+    /// places do not have the image (a short name's other candidates).
+    pub search: Vec<oci_client::Reference>,
 }
 
 /// An opened image source.
 pub enum Source {
-    /// A registry repository.
-    Registry(Box<RegistrySource>),
+    /// A registry repository, behind its mirrors.
+    Registry(Box<MirroredRegistry>),
     /// An OCI layout.
     Layout(LayoutSource),
     /// A docker archive.
     Archive(Box<ArchiveSource>),
+    /// An image in containerd.
+    Containerd(Box<ContainerdSource>),
 }
 
 /// A layer of a resolved image.
@@ -388,7 +433,13 @@ impl Source {
     ) -> Result<Source, SourceError> {
         Ok(match location {
             ImageLocation::Registry(r) => Source::Registry(Box::new(
-                RegistrySource::connect(r.clone(), &opts.registry).await?,
+                MirroredRegistry::connect(
+                    r.clone(),
+                    &opts.search,
+                    &opts.registry,
+                    opts.registries_conf.as_ref(),
+                )
+                .await?,
             )),
             ImageLocation::Layout { dir, tag } => {
                 Source::Layout(LayoutSource::open(dir, tag.as_deref())?)
@@ -401,6 +452,13 @@ impl Source {
                 .await
                 .expect("archive indexing does not panic")?;
                 Source::Archive(Box::new(a))
+            }
+            ImageLocation::Containerd(r) => {
+                let socket = opts
+                    .containerd_address
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(containerd::DEFAULT_ADDRESS));
+                Source::Containerd(Box::new(ContainerdSource::open(&socket, r).await?))
             }
         })
     }
@@ -456,6 +514,24 @@ impl Source {
                 Ok((bytes, Some(d), media_type))
             }
             Source::Archive(a) => Ok((a.manifest_bytes().to_vec(), None, None)),
+            Source::Containerd(c) => {
+                let (d, media_type) = match digest {
+                    Some(d) => (d.clone(), None),
+                    None => {
+                        let (d, m, _) = c.target();
+                        (d.clone(), Some(m.to_string()))
+                    }
+                };
+                let bytes = match cache.read_verified(&d)? {
+                    Some(b) => b,
+                    None => {
+                        let b = c.store().read_small(&d, MAX_MANIFEST_SIZE).await?;
+                        keep_small(cache, &d, &b);
+                        b
+                    }
+                };
+                Ok((bytes, Some(d), media_type))
+            }
         }
     }
 
@@ -472,6 +548,7 @@ impl Source {
         let bytes = match self {
             Source::Layout(l) => l.read_small(&desc.digest, MAX_CONFIG_SIZE)?,
             Source::Archive(a) => a.config_bytes().to_vec(),
+            Source::Containerd(c) => c.store().read_small(&desc.digest, MAX_CONFIG_SIZE).await?,
             Source::Registry(_) => {
                 let mut body = self.blob(desc, 0).await?;
                 let mut buf = Vec::with_capacity(desc.size as usize);
@@ -549,6 +626,10 @@ impl Source {
                 .boxed(),
                 start: offset,
             },
+            Source::Containerd(c) => BlobStream {
+                stream: c.store().blob_stream(&desc.digest, offset, desc.size),
+                start: offset,
+            },
         })
     }
 }
@@ -587,6 +668,9 @@ impl Source {
                 Err(e) => return Err(e.into()),
             },
             Source::Layout(l) => read_at(l.blob_path(&desc.digest), 0).await,
+            Source::Containerd(c) => {
+                return Ok(c.store().read_range(&desc.digest, start, end).await?);
+            }
             Source::Archive(a) => {
                 let (base, size) =
                     a.blob_location(&desc.digest)
@@ -617,7 +701,7 @@ impl Source {
     /// it (layouts and archives; not registries).
     pub fn stored_size(&self, digest: &Digest) -> Option<u64> {
         match self {
-            Source::Registry(_) => None,
+            Source::Registry(_) | Source::Containerd(_) => None,
             Source::Layout(l) => std::fs::metadata(l.blob_path(digest)).ok().map(|m| m.len()),
             Source::Archive(a) => a.blob_location(digest).map(|(_, size)| size),
         }
@@ -627,7 +711,7 @@ impl Source {
     /// its digest and size (once: concurrent callers wait, then find it).
     async fn cache_whole_blob(
         &self,
-        r: &RegistrySource,
+        r: &MirroredRegistry,
         desc: &Descriptor,
         cache: &BlobCache,
     ) -> Result<(), SourceError> {
@@ -692,6 +776,7 @@ impl Source {
             Source::Registry(r) => r.reference().whole(),
             Source::Layout(l) => format!("oci:{}", l.dir().display()),
             Source::Archive(a) => format!("docker-archive:{}", a.file().display()),
+            Source::Containerd(c) => c.describe().to_string(),
         }
     }
 }
@@ -736,7 +821,13 @@ pub async fn resolve(
             image: &image,
         };
         trust
-            .check(&image, &location.subject()?, &bytes, &d, &attachments)
+            .check(
+                &image,
+                &subject(source, location)?,
+                &bytes,
+                &d,
+                &attachments,
+            )
             .await
             .map_err(Box::new)?;
     }
@@ -814,6 +905,15 @@ pub async fn resolve(
     })
 }
 
+/// The image as a trust policy sees it. An image in containerd is the
+/// registry image of its name there (the namespace is not part of it).
+fn subject(source: &Source, location: &ImageLocation) -> Result<Subject, SourceError> {
+    match source {
+        Source::Containerd(c) => ImageLocation::Containerd(c.name().to_string()).subject(),
+        _ => location.subject(),
+    }
+}
+
 /// What a trust check may read from the image's repository besides the
 /// image: sigstore attachments (registries only).
 struct SourceAttachments<'a> {
@@ -829,7 +929,7 @@ impl crate::trust::Attachments for SourceAttachments<'_> {
                 .tagged_manifest(tag, MAX_MANIFEST_SIZE)
                 .await
                 .map_err(|e| e.to_string()),
-            Source::Layout(_) | Source::Archive(_) => Ok(None),
+            Source::Layout(_) | Source::Archive(_) | Source::Containerd(_) => Ok(None),
         }
     }
 

@@ -208,9 +208,6 @@ pub struct RegistrySource {
     certs: Vec<Certificate>,
     insecure: bool,
     retry: RetryPolicy,
-    /// Held while a whole blob is fetched because the registry ignored a
-    /// Range request: concurrent readers wait for that one fetch.
-    pub(crate) whole_blob: tokio::sync::Mutex<()>,
 }
 
 /// A blob body as it streams in.
@@ -297,7 +294,6 @@ impl RegistrySource {
             certs,
             insecure: opts.insecure,
             retry: opts.retry.clone(),
-            whole_blob: tokio::sync::Mutex::new(()),
         })
     }
 

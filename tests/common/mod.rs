@@ -4,6 +4,7 @@
 //! the `ocidisk` binary ([`cli`]).
 
 pub mod cli;
+pub mod containerd;
 pub mod debian;
 pub mod fscheck;
 pub mod imagegen;

@@ -217,6 +217,8 @@ pub struct Registry {
     port: u16,
     tls: Option<Tls>,
     credentials: Option<(String, String)>,
+    /// Pull-through cache of this upstream URL (`proxy: remoteurl`).
+    upstream: Option<String>,
 }
 
 impl Registry {
@@ -232,7 +234,21 @@ impl Registry {
         Self::launch(true, Some((user.to_string(), password.to_string())))
     }
 
+    /// Plain HTTP pull-through cache (distribution's `proxy: remoteurl`)
+    /// of `upstream` (e.g. another test registry's [`Registry::url`]).
+    pub fn start_mirror_of(upstream: &str) -> Registry {
+        Self::launch_with(false, None, Some(upstream.to_string()))
+    }
+
     fn launch(tls: bool, credentials: Option<(String, String)>) -> Registry {
+        Self::launch_with(tls, credentials, None)
+    }
+
+    fn launch_with(
+        tls: bool,
+        credentials: Option<(String, String)>,
+        upstream: Option<String>,
+    ) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("ocidisk-registry-")
             .tempdir()
@@ -256,6 +272,7 @@ impl Registry {
             port: 0,
             tls,
             credentials,
+            upstream,
         };
         // The port is picked by binding :0 and releasing it, so another process
         // could grab it before the registry binds; retry on that race.
@@ -606,6 +623,9 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: ocidisk-test\n    path: {}\n",
                 q(&self.dir.path().join("htpasswd"))
             ));
+        }
+        if let Some(up) = &self.upstream {
+            config.push_str(&format!("proxy:\n  remoteurl: {up}\n"));
         }
         fs::write(self.config_path(), config).expect("write registry config");
     }
