@@ -59,6 +59,7 @@ pub mod init_layer;
 pub mod inspect;
 pub mod layer_index;
 pub mod materialize;
+pub mod metrics;
 pub mod mount;
 pub mod partial;
 pub mod platform;

@@ -249,6 +249,21 @@ struct DiskArgs {
     /// Cluster size of the --flush-to qcow2 [default: 64K]
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "flush_to")]
     flush_cluster_size: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (bound to that address only)
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
+}
+
+impl DiskArgs {
+    /// Start the metrics endpoint if asked (before the disk opens, so
+    /// the open's fetches show).
+    fn start_metrics(&self) -> anyhow::Result<()> {
+        if let Some(addr) = &self.metrics {
+            let bound = ocidisk::metrics::serve(addr)?;
+            eprintln!("metrics at http://{bound}/metrics");
+        }
+        Ok(())
+    }
 }
 
 impl DiskArgs {
@@ -291,6 +306,7 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             let cache = open_cache(cli.cache_dir)?;
             let pull = image.options()?;
             let name = image.image.clone();
+            disk.start_metrics()?;
             let disk = Arc::new(Disk::open(&disk.options(pull)?, &cache)?);
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -322,6 +338,7 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             let name = image.image.clone();
             // Before the (possibly slow) disk open.
             ocidisk::serve::check_queues(queues)?;
+            disk.start_metrics()?;
             let disk = Arc::new(Disk::open(&disk.options(pull)?, &cache)?);
             let serial = disk.image_id().to_string();
             let (size, ro) = (disk.size(), disk.read_only());

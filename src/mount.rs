@@ -11,6 +11,7 @@
 //! `fsync` flushing it. Requests are served by several threads, so reads
 //! that miss the cache do not hold up reads that hit it.
 
+use crate::metrics::{ErrorKind, GuestRequest};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -216,10 +217,13 @@ impl Filesystem for DiskFs {
             return reply.data(&[]);
         }
         let mut buf = vec![0u8; (end - offset) as usize];
+        let m = crate::metrics::global();
+        m.guest(GuestRequest::Read, buf.len() as u64);
         match self.disk.read_at(offset, &mut buf) {
             Ok(()) => reply.data(&buf),
             Err(e) => {
                 tracing::error!("read of {} bytes at {offset}: {e}", buf.len());
+                m.error(ErrorKind::GuestIo);
                 reply.error(Errno::EIO)
             }
         }
@@ -248,10 +252,13 @@ impl Filesystem for DiskFs {
             return reply.error(Errno::ENOSPC);
         }
         let n = (size - offset).min(data.len() as u64) as usize;
+        let m = crate::metrics::global();
+        m.guest(GuestRequest::Write, n as u64);
         match self.disk.write_at(offset, &data[..n]) {
             Ok(()) => reply.written(n as u32),
             Err(e) => {
                 tracing::error!("write of {n} bytes at {offset}: {e}");
+                m.error(ErrorKind::GuestIo);
                 reply.error(Errno::EIO)
             }
         }
@@ -276,10 +283,13 @@ impl Filesystem for DiskFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let m = crate::metrics::global();
+        m.guest(GuestRequest::Flush, 0);
         match self.disk.flush() {
             Ok(()) => reply.ok(),
             Err(e) => {
                 tracing::error!("flush: {e}");
+                m.error(ErrorKind::GuestIo);
                 reply.error(Errno::EIO)
             }
         }

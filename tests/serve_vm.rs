@@ -127,10 +127,41 @@ fn assert_tree(console: &str, oracle: &imagegen::Oracle) {
 #[test]
 fn a_vm_boots_from_the_lazy_disk_and_sees_every_file() {
     let s = setup("vmro");
-    let served = Served::start(&s.o, &s.image, &s.sock, &["--read-only"]);
+    let metrics = format!("127.0.0.1:{}", common::registry::free_port());
+    let served = Served::start(
+        &s.o,
+        &s.image,
+        &s.sock,
+        &["--read-only", "--metrics", &metrics],
+    );
     let console = Vm::new("tree").run(&s.sock, BOOT);
     assert!(console.contains("OCIDISK-MOUNTED ro ext4"), "{console}");
     assert_tree(&console, &s.oracle);
+    // Metrics: Prometheus text; what ocidisk counts as fetched is what the
+    // registry's access log says it served (manifests, config, blobs).
+    let m = common::metrics::scrape(&metrics);
+    let host = s._reg.host();
+    let served_bytes: u64 = s
+        ._reg
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.user_agent.starts_with("ocidisk/")
+                && (r.uri.contains("/blobs/") || r.uri.contains("/manifests/"))
+        })
+        .map(|r| r.bytes)
+        .sum();
+    let counted = m[&format!("ocidisk_source_bytes_total{{source=\"{host}\"}}")];
+    assert!(served_bytes > 0);
+    assert_eq!(counted as u64, served_bytes, "{m:#?}");
+    assert!(
+        m["ocidisk_guest_requests_total{type=\"read\"}"] > 100.0,
+        "{m:#?}"
+    );
+    assert!(m["ocidisk_guest_read_bytes_total"] > 1e6, "{m:#?}");
+    assert!(m["ocidisk_span_cache_misses_total"] > 0.0, "{m:#?}");
+    assert_eq!(m["ocidisk_errors_total{kind=\"fetch\"}"], 0.0);
     // Firmware (SeaBIOS probes virtio disks) and then the kernel each
     // negotiated the device on the one connection.
     let log = served.stderr();

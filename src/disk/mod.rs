@@ -212,6 +212,7 @@ impl Inner {
                     (p.clone(), Some(p))
                 }
             };
+            crate::metrics::global().set_overlay(Some(path.clone()));
             (Some(Overlay::open(&path, image.id(), fs.size)?), temp)
         };
         let flush_to = match &opts.flush_to {
@@ -297,7 +298,8 @@ impl Inner {
         self.check_range(offset, data.len())?;
         let lower =
             |off: u64, buf: &mut [u8]| self.read_lower(off, buf).map_err(std::io::Error::other);
-        o.write(offset, data, &lower)?;
+        o.write(offset, data, &lower)
+            .inspect_err(|_| crate::metrics::global().error(crate::metrics::ErrorKind::Overlay))?;
         self.guest_wrote(offset, data.len() as u64)
     }
 
@@ -308,7 +310,8 @@ impl Inner {
         self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
         let lower =
             |off: u64, buf: &mut [u8]| self.read_lower(off, buf).map_err(std::io::Error::other);
-        o.zero(offset, len, &lower)?;
+        o.zero(offset, len, &lower)
+            .inspect_err(|_| crate::metrics::global().error(crate::metrics::ErrorKind::Overlay))?;
         self.guest_wrote(offset, len)
     }
 

@@ -95,6 +95,7 @@ impl Inner {
         let key = (layer, span);
         if let Some(d) = crate::sync::lock(&self.cache).lru.get(&key) {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().span_hit_memory();
             return Ok(d.clone());
         }
         let pending = crate::sync::lock(&self.inflight)
@@ -119,9 +120,11 @@ impl Inner {
         let (index, desc) = &self.layers[layer];
         if let Some(d) = self.chunks.get(&index.spans()[span].sha256) {
             self.stats.chunk_hits.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().span_hit_disk();
             self.arrived(layer, span, &d)?;
             return Ok(Arc::new(d));
         }
+        crate::metrics::global().span_miss();
         let f = index.span_fetch(span, desc.size);
         let key = (layer, f.start);
         let have = crate::sync::lock(&self.prefixes).get(&key).cloned();
@@ -144,6 +147,7 @@ impl Inner {
         let bytes = &bytes[..(f.end - f.start) as usize];
         let decoded = index.decode_spans(span, bytes).inspect_err(|e| {
             tracing::error!("{e}");
+            crate::metrics::global().error(crate::metrics::ErrorKind::Verify);
             // The prefix is unverified: bytes damaged on the way must not be
             // reused once the network is healthy again.
             crate::sync::lock(&self.prefixes).pop(&key);
@@ -174,8 +178,14 @@ impl Inner {
                 return Ok(buf);
             }
         }
-        self.rt
-            .block_on(self.source.read_range(desc, start, end, &self.blob_cache))
+        let m = crate::metrics::global();
+        let _inflight = m.fetch_started();
+        let began = std::time::Instant::now();
+        let r = self
+            .rt
+            .block_on(self.source.read_range(desc, start, end, &self.blob_cache));
+        m.fetch_latency(began.elapsed());
+        r.inspect_err(|_| m.error(crate::metrics::ErrorKind::Fetch))
             .map_err(|e| DiskError::Fetch {
                 layer: desc.digest.to_string(),
                 source: Box::new(e),

@@ -19,6 +19,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use crate::disk::{Disk, DiskError};
+use crate::metrics::{self, ErrorKind, GuestRequest};
 
 /// The virtio-blk sector: request offsets are in these units.
 pub const SECTOR: u64 = 512;
@@ -222,6 +223,9 @@ impl<'d> RequestHandler<'d> {
             Ok(()) => (VIRTIO_BLK_S_OK as u8, None),
             Err(e) => (e.status(), Some(e)),
         };
+        if status == VIRTIO_BLK_S_IOERR as u8 {
+            metrics::global().error(ErrorKind::GuestIo);
+        }
         let mut written = writer.bytes_written();
         match status_writer.write_all(&[status]) {
             Ok(()) => written += 1,
@@ -249,6 +253,16 @@ impl<'d> RequestHandler<'d> {
             .map_err(RequestError::Memory)?;
         let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let (t, bytes) = match kind {
+            VIRTIO_BLK_T_IN => (GuestRequest::Read, data_out.available_bytes()),
+            VIRTIO_BLK_T_OUT => (GuestRequest::Write, reader.available_bytes()),
+            VIRTIO_BLK_T_FLUSH => (GuestRequest::Flush, 0),
+            VIRTIO_BLK_T_GET_ID => (GuestRequest::GetId, 0),
+            VIRTIO_BLK_T_DISCARD => (GuestRequest::Discard, 0),
+            VIRTIO_BLK_T_WRITE_ZEROES => (GuestRequest::WriteZeroes, 0),
+            _ => (GuestRequest::Unsupported, 0),
+        };
+        metrics::global().guest(t, bytes as u64);
         match kind {
             VIRTIO_BLK_T_IN => {
                 let len = data_out.available_bytes();

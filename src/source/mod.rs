@@ -492,6 +492,7 @@ impl Source {
                     return Ok((bytes, Some(d.clone()), None));
                 }
                 let (bytes, d) = r.manifest(digest, MAX_MANIFEST_SIZE).await?;
+                self.count(bytes.len());
                 keep_small(cache, &d, &bytes);
                 Ok((bytes, Some(d), None))
             }
@@ -507,6 +508,7 @@ impl Source {
                     Some(b) => b,
                     None => {
                         let b = l.read_small(&d, MAX_MANIFEST_SIZE)?;
+                        self.count(b.len());
                         keep_small(cache, &d, &b);
                         b
                     }
@@ -526,6 +528,7 @@ impl Source {
                     Some(b) => b,
                     None => {
                         let b = c.store().read_small(&d, MAX_MANIFEST_SIZE).await?;
+                        self.count(b.len());
                         keep_small(cache, &d, &b);
                         b
                     }
@@ -547,8 +550,13 @@ impl Source {
         }
         let bytes = match self {
             Source::Layout(l) => l.read_small(&desc.digest, MAX_CONFIG_SIZE)?,
+            // Counted as its stream passes (below).
             Source::Archive(a) => a.config_bytes().to_vec(),
-            Source::Containerd(c) => c.store().read_small(&desc.digest, MAX_CONFIG_SIZE).await?,
+            Source::Containerd(c) => {
+                let b = c.store().read_small(&desc.digest, MAX_CONFIG_SIZE).await?;
+                self.count(b.len());
+                b
+            }
             Source::Registry(_) => {
                 let mut body = self.blob(desc, 0).await?;
                 let mut buf = Vec::with_capacity(desc.size as usize);
@@ -600,6 +608,27 @@ impl Source {
 
     /// Start streaming a blob from byte `offset`. The caller verifies it.
     pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobStream, SourceError> {
+        let b = self.blob_uncounted(desc, offset).await?;
+        let label = self.label();
+        crate::metrics::global().fetched(&label, 0);
+        Ok(BlobStream {
+            stream: b
+                .stream
+                .inspect(move |r| {
+                    if let Ok(c) = r {
+                        crate::metrics::global().fetched_more(&label, c.len() as u64);
+                    }
+                })
+                .boxed(),
+            start: b.start,
+        })
+    }
+
+    async fn blob_uncounted(
+        &self,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> Result<BlobStream, SourceError> {
         use tokio_util::io::ReaderStream;
         const CHUNK: usize = 256 << 10;
         Ok(match self {
@@ -640,6 +669,18 @@ impl Source {
     /// the whole blob fetched once, verified, into `cache`, and the range
     /// is read from there.
     pub async fn read_range(
+        &self,
+        desc: &Descriptor,
+        start: u64,
+        end: u64,
+        cache: &BlobCache,
+    ) -> Result<Vec<u8>, SourceError> {
+        let r = self.read_range_uncounted(desc, start, end, cache).await?;
+        self.count(r.len());
+        Ok(r)
+    }
+
+    async fn read_range_uncounted(
         &self,
         desc: &Descriptor,
         start: u64,
@@ -731,11 +772,13 @@ impl Source {
             source,
         };
         let mut body = r.blob(desc, 0).await?.stream;
+        self.count(0);
         let mut writer = cache.begin()?;
         let mut hasher = crate::digest::Hasher::new(desc.digest.algorithm());
         let mut received = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(read_err)?;
+            crate::metrics::global().fetched_more(&self.label(), chunk.len() as u64);
             received += chunk.len() as u64;
             if received > desc.size {
                 break; // too long: no need to read the rest
@@ -769,6 +812,21 @@ impl Source {
         }
         writer.commit(&desc.digest)?;
         Ok(())
+    }
+
+    /// The source as metrics name it: the registry host, or the transport.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Registry(r) => r.reference().resolve_registry().to_string(),
+            Source::Layout(_) => "oci".into(),
+            Source::Archive(_) => "docker-archive".into(),
+            Source::Containerd(_) => "containerd".into(),
+        }
+    }
+
+    /// One request of `bytes` to this source, for metrics.
+    fn count(&self, bytes: usize) {
+        crate::metrics::global().fetched(&self.label(), bytes as u64);
     }
 
     fn describe(&self) -> String {

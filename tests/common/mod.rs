@@ -9,6 +9,7 @@ pub mod debian;
 pub mod fscheck;
 pub mod imagegen;
 pub mod lazy;
+pub mod metrics;
 pub mod mount;
 pub mod proxy;
 pub mod rawtar;
