@@ -10,6 +10,7 @@ use common::cli::{Ocidisk, inspect_json};
 use common::containerd::Containerd;
 use common::imagegen::{self, Compression};
 use common::lazy::disk_options;
+use common::mount::MountProc;
 use common::registry::Registry;
 use ocidisk::cache::BlobCache;
 use ocidisk::disk::Disk;
@@ -85,6 +86,23 @@ fn containerd_images_equal_the_registry_image_eager_and_lazy() {
             .any(|b| std::fs::metadata(o.cached_blob_path(b)).unwrap().len() > 100_000),
         "the lazy disk kept no whole layer"
     );
+    drop(disk);
+
+    // `mount` over FUSE, as a user runs it.
+    let o = Ocidisk::new();
+    let file = dir.path().join("fuse.img");
+    std::fs::write(&file, b"").unwrap();
+    let m = MountProc::start(
+        &o,
+        "containerd:team/example.com/app:v1",
+        &file,
+        &["--containerd-address", sock],
+    );
+    assert!(
+        std::fs::read(&m.image).unwrap() == want,
+        "the FUSE file differs from the registry's image"
+    );
+    assert_eq!(m.stop(), Some(0));
 }
 
 #[test]
