@@ -31,6 +31,7 @@ fn options(r: &str) -> DiskOptions {
         flush_format: Default::default(),
         prefetch: false,
         init: false,
+        profile: Default::default(),
     }
 }
 

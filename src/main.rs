@@ -252,6 +252,12 @@ struct DiskArgs {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (bound to that address only)
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
+    /// Record the order in which readers (a booting VM) first touch the image's data; written to FILE on exit
+    #[arg(long, value_name = "FILE")]
+    record_profile: Option<PathBuf>,
+    /// Fetch the data a recorded profile names first, in its order, in the background
+    #[arg(long, value_name = "FILE")]
+    prefetch_profile: Option<PathBuf>,
 }
 
 impl DiskArgs {
@@ -295,6 +301,10 @@ impl DiskArgs {
             flush_format,
             prefetch: self.prefetch,
             init: self.init,
+            profile: ocidisk::disk::profile::ProfileOptions {
+                record: self.record_profile.clone(),
+                prefetch: self.prefetch_profile.clone(),
+            },
         })
     }
 }
@@ -314,7 +324,7 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
                     .context("installing signal handlers")?;
             }
             let size = disk.size();
-            let mounted = ocidisk::mount::mount(disk, &path, &name)?;
+            let mounted = ocidisk::mount::mount(disk.clone(), &path, &name)?;
             println!(
                 "mounted {name} at {} ({}); Ctrl-C or SIGTERM unmounts",
                 mounted.image_path().display(),
@@ -324,6 +334,7 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             mounted.unmount()?;
+            disk.save_profile()?;
             eprintln!("unmounted {}", path.display());
         }
         Command::Serve {
@@ -343,7 +354,7 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             let serial = disk.image_id().to_string();
             let (size, ro) = (disk.size(), disk.read_only());
             let server = ocidisk::serve::Server::bind(
-                disk,
+                disk.clone(),
                 ocidisk::serve::ServeOptions {
                     socket: socket.clone(),
                     queues,
@@ -363,6 +374,7 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
             server.run()?;
+            disk.save_profile()?;
             eprintln!("stopped serving {}", socket.display());
         }
         Command::Umount { path } => {

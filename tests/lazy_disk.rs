@@ -544,6 +544,7 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
         &DiskOptions {
             prefetch: false,
             init: false,
+            profile: Default::default(),
             flush_to: None,
             flush_format: Default::default(),
             ..opts.clone()
@@ -737,4 +738,84 @@ fn a_qcow2_flush_to_completes_and_takes_later_guest_writes() {
     }
     disk.flush().unwrap();
     check(&want, "after guest writes");
+}
+
+/// Scattered 4 KiB reads over the device, in a fixed shuffled order: a
+/// stand-in for a boot touching a few files.
+fn boot_like_reads(size: u64) -> Vec<u64> {
+    let mut rng = Rng(0x5eed);
+    (0..40)
+        .map(|_| (rng.next() % (size / 4096)) * 4096)
+        .collect()
+}
+
+#[test]
+fn a_recorded_profile_is_fetched_first_and_in_order_on_a_cold_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    let reg = Registry::start();
+    reg.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "prof:v1",
+        false,
+    );
+    let r = format!("{}/prof:v1", reg.host());
+    let img_path = dir.path().join("m.img");
+    Ocidisk::new().ok(&["materialize", "--read-only", &r, img_path.to_str().unwrap()]);
+    let img = std::fs::read(&img_path).unwrap();
+    let reads = boot_like_reads(img.len() as u64);
+    let profile = dir.path().join("boot.profile");
+
+    // Record.
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let mut opts = options(&r);
+    opts.profile.record = Some(profile.clone());
+    let disk = Disk::open(&opts, &cache).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for &off in &reads {
+        disk.read_at(off, &mut buf).unwrap();
+        assert!(buf[..] == img[off as usize..off as usize + 4096]);
+    }
+    let touched = disk.stats().fetch_log.lock().unwrap().clone();
+    assert!(
+        touched.len() >= 5,
+        "the reads touched {} spans",
+        touched.len()
+    );
+    drop(disk); // writes the profile
+    let text = std::fs::read_to_string(&profile).unwrap();
+    assert!(text.contains("\"layer\": \"sha256:"), "{text}");
+
+    // Replay on an empty cache: the profile's spans arrive first, in its
+    // order, before any read; the reads then fetch nothing more.
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let mut opts = options(&r);
+    opts.profile.prefetch = Some(profile.clone());
+    let disk = Disk::open(&opts, &cache).unwrap();
+    disk.wait_prefetch();
+    let fetched = disk.stats().fetch_log.lock().unwrap().clone();
+    assert_eq!(fetched, touched, "fetch order differs from the profile's");
+    for &off in &reads {
+        disk.read_at(off, &mut buf).unwrap();
+        assert!(buf[..] == img[off as usize..off as usize + 4096]);
+    }
+    assert_eq!(
+        disk.stats().fetch_log.lock().unwrap().len(),
+        touched.len(),
+        "the reads after the profile fetched more"
+    );
+    drop(disk);
+
+    // A damaged profile is a clear error, not a silent no-op.
+    std::fs::write(&profile, b"{\"version\": 1, \"spans\": 7}").unwrap();
+    let err = Disk::open(&opts, &cache)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("prefetch profile") && err.contains("is not valid"),
+        "{err}"
+    );
 }

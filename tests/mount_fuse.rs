@@ -219,3 +219,43 @@ fn missing_path_existing_mount_stale_mount_and_no_permission() {
         "{stderr}"
     );
 }
+
+#[test]
+fn mount_records_a_profile_on_exit_and_replays_it() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(&dir.path().join("layout"), "v1", Compression::Gzip);
+    let r = format!("oci:{}:v1", dir.path().join("layout").display());
+    let point = dir.path().join("disk.img");
+    std::fs::write(&point, b"").unwrap();
+    let profile = dir.path().join("boot.profile");
+    let p = profile.to_str().unwrap();
+    let o = Ocidisk::new();
+    let m = MountProc::start(&o, &r, &point, &["--read-only", "--record-profile", p]);
+    let whole = std::fs::read(&m.image).unwrap();
+    assert_eq!(m.stop(), Some(0));
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let spans = v["spans"].as_array().unwrap();
+    assert!(spans.len() > 5, "{text}");
+    // Replayed by a fresh cache: the same bytes.
+    let fresh = Ocidisk::new();
+    let m = MountProc::start(
+        &fresh,
+        &r,
+        &point,
+        &["--read-only", "--prefetch-profile", p],
+    );
+    assert!(std::fs::read(&m.image).unwrap() == whole);
+    assert_eq!(m.stop(), Some(0));
+    let err = o.fail(&[
+        "mount",
+        "--prefetch-profile",
+        dir.path().join("missing").to_str().unwrap(),
+        &r,
+        point.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("prefetch profile") && err.contains("missing"),
+        "{err}"
+    );
+}

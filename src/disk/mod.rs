@@ -26,6 +26,7 @@ use lru::LruCache;
 pub mod chunks;
 pub mod flush_to;
 pub mod overlay;
+pub mod profile;
 mod spans;
 
 use chunks::ChunkStore;
@@ -96,6 +97,9 @@ pub enum DiskError {
     /// The overlay failed.
     #[error(transparent)]
     Overlay(#[from] OverlayError),
+    /// A prefetch profile could not be read or written.
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
     /// The consumer of `read_with` could not take the bytes.
     #[error("delivering read data: {0}")]
     Sink(std::io::Error),
@@ -124,6 +128,8 @@ pub struct DiskOptions {
     pub prefetch: bool,
     /// Add `/.ocidisk/init` and its config ([`crate::init_layer`]).
     pub init: bool,
+    /// Record a prefetch profile, or replay one.
+    pub profile: profile::ProfileOptions,
 }
 
 /// Counters, for tests and benchmarks.
@@ -137,7 +143,13 @@ pub struct DiskStats {
     pub hits: AtomicU64,
     /// Span lookups answered from the on-disk chunk store.
     pub chunk_hits: AtomicU64,
+    /// The first [`FETCH_LOG_LEN`] spans fetched from the source, in
+    /// order, as (layer, span).
+    pub fetch_log: Mutex<Vec<(usize, usize)>>,
 }
+
+/// How many fetches [`DiskStats::fetch_log`] keeps.
+pub const FETCH_LOG_LEN: usize = 1 << 16;
 
 /// The shared state of a disk (background readahead and prefetch hold it too).
 struct Inner {
@@ -159,6 +171,8 @@ struct Inner {
     prefixes: Mutex<Prefixes>,
     chunks: Arc<ChunkStore>,
     stats: DiskStats,
+    /// `--record-profile`: where, and the spans readers touched.
+    recorder: Option<(std::path::PathBuf, Mutex<profile::Recorder>)>,
     overlay: Option<Overlay>,
     temp_overlay: Option<std::path::PathBuf>,
 }
@@ -247,6 +261,11 @@ impl Inner {
             )),
             chunks,
             stats: DiskStats::default(),
+            recorder: opts
+                .profile
+                .record
+                .clone()
+                .map(|p| (p, Mutex::new(profile::Recorder::default()))),
         }))
     }
 
@@ -459,35 +478,63 @@ impl Disk {
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             workers: Mutex::new(vec![ra]),
         };
+        if let Some(p) = &opts.profile.prefetch {
+            let spans = profile::load(p, &disk.inner.layers)?;
+            tracing::info!(profile = %p.display(), spans = spans.len(), "prefetching the profile's spans");
+            disk.start_fetching("ocidisk-profile", spans)?;
+        }
         if opts.prefetch {
             disk.start_prefetch()?;
         }
         Ok(disk)
     }
 
-    /// Fetch every span in the background (one thread, in layer order), so a
-    /// long-running disk ends up independent of the registry.
-    pub fn start_prefetch(&self) -> Result<(), DiskError> {
+    /// Fetch `spans` in order in the background.
+    fn start_fetching(&self, name: &str, spans: Vec<(usize, usize)>) -> Result<(), DiskError> {
         let inner = self.inner.clone();
         let stop = self.stop.clone();
+        let what = name.trim_start_matches("ocidisk-").to_string();
         let h = std::thread::Builder::new()
-            .name("ocidisk-prefetch".into())
+            .name(name.into())
             .spawn(move || {
-                for (layer, (index, _)) in inner.layers.iter().enumerate() {
-                    for span in 0..index.spans().len() {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if let Err(e) = inner.span(layer, span) {
-                            tracing::warn!("prefetch of layer {layer} span {span}: {e}");
-                        }
+                for (layer, span) in spans {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Err(e) = inner.span(layer, span) {
+                        tracing::warn!("{what}: layer {layer} span {span}: {e}");
                     }
                 }
-                tracing::info!("prefetch done");
+                tracing::info!("{what} done");
             })
             .map_err(DiskError::Runtime)?;
         crate::sync::lock(&self.workers).push(h);
         Ok(())
+    }
+
+    /// Write the `--record-profile` file with what readers touched so
+    /// far (also done when the disk closes).
+    pub fn save_profile(&self) -> Result<(), DiskError> {
+        let Some((path, rec)) = &self.inner.recorder else {
+            return Ok(());
+        };
+        let rec = crate::sync::lock(rec);
+        rec.save(path, &self.inner.image_id, &self.inner.layers)?;
+        tracing::info!(profile = %path.display(), spans = rec.len(), "prefetch profile written");
+        Ok(())
+    }
+
+    /// Fetch every span in the background (one thread, in layer order), so a
+    /// long-running disk ends up independent of the registry.
+    pub fn start_prefetch(&self) -> Result<(), DiskError> {
+        let all = self
+            .inner
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, (index, _))| (0..index.spans().len()).map(move |s| (l, s)))
+            .collect();
+        self.start_fetching("ocidisk-prefetch", all)
     }
 
     /// Wait for a running prefetch to finish.
@@ -561,6 +608,9 @@ impl Disk {
 
 impl Drop for Disk {
     fn drop(&mut self) {
+        if let Err(e) = self.save_profile() {
+            tracing::error!("{e}");
+        }
         self.stop.store(true, Ordering::Relaxed);
         // Closing the channel ends the read-ahead worker.
         crate::sync::lock(&self.inner.readahead).take();

@@ -56,6 +56,9 @@ impl Inner {
                 len,
                 size: index.tar_size(),
             })?;
+            if let Some((_, rec)) = &self.recorder {
+                crate::sync::lock(rec).touch(layer, span);
+            }
             let data = self.span(layer, span)?;
             let n = ((end - at) as usize).min(len);
             let from = (at - start) as usize;
@@ -134,6 +137,12 @@ impl Inner {
                 let have_len = have.as_ref().map_or(0, |p| p.len() as u64);
                 let more = self.read_blob(desc, f.start + have_len, f.end)?;
                 self.stats.spans_fetched.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut log = crate::sync::lock(&self.stats.fetch_log);
+                    if log.len() < super::FETCH_LOG_LEN {
+                        log.push((layer, span));
+                    }
+                }
                 self.stats
                     .bytes_fetched
                     .fetch_add(more.len() as u64, Ordering::Relaxed);

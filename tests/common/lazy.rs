@@ -31,5 +31,6 @@ pub fn disk_options(location: &str, read_only: bool) -> DiskOptions {
         flush_format: Default::default(),
         prefetch: false,
         init: false,
+        profile: Default::default(),
     }
 }
