@@ -113,7 +113,7 @@ pub async fn materialize(
     progress: Arc<dyn PullProgress>,
 ) -> Result<MaterializeReport, MaterializeError> {
     check_output(&opts.output)?;
-    let (report, mut image, mut indexes) = pull_image(&opts.pull, cache, progress)
+    let (report, mut image, mut indexes) = pull_image(&opts.pull, cache, progress.clone())
         .await
         .map_err(Box::new)?;
     if opts.init {
@@ -139,10 +139,11 @@ pub async fn materialize(
     let metadata_blocks = fs.metadata.len();
     let size = fs.size;
     let format = opts.format;
-    let file_bytes =
-        tokio::task::spawn_blocking(move || write_image(&fs, &layers, &output, format))
-            .await
-            .map_err(|e| MaterializeError::Internal("writing the image", e.to_string()))??;
+    let file_bytes = tokio::task::spawn_blocking(move || {
+        write_image(&fs, &layers, &output, format, progress.as_ref())
+    })
+    .await
+    .map_err(|e| MaterializeError::Internal("writing the image", e.to_string()))??;
     Ok(MaterializeReport {
         reference: report.reference,
         image_id: report.image_id,
@@ -207,6 +208,7 @@ fn write_image(
     layers: &[(Digest, PathBuf, Compression)],
     output: &Path,
     format: ImageFormat,
+    progress: &dyn PullProgress,
 ) -> Result<u64, MaterializeError> {
     let werr = |source| MaterializeError::Write {
         path: output.to_path_buf(),
@@ -231,11 +233,16 @@ fn write_image(
             Sink::Qcow2(Box::new(Assembler::new(writer, dir, promised)?))
         }
     };
+    let total = fs.metadata.values().map(|b| b.len() as u64).sum::<u64>() + fs.data_bytes();
+    let mut written = 0u64;
+    progress.writing(0, total);
     for (offset, region) in fs.regions(0, fs.size) {
         if let Region::Metadata(bytes) = region {
             sink.write_at(bytes, offset, output)?;
+            written += bytes.len() as u64;
         }
     }
+    progress.writing(written, total);
     let mut buf = vec![0u8; 1 << 20];
     for (i, (digest, path, compression)) in layers.iter().enumerate() {
         let extents = fs.extents_of_layer(i);
@@ -268,6 +275,8 @@ fn write_image(
                 reader.read_exact(&mut buf[..n]).map_err(rerr)?;
                 sink.write_at(&buf[..n], e.device_offset + done, output)?;
                 done += n as u64;
+                written += n as u64;
+                progress.writing(written, total);
             }
             pos = e.tar_offset + e.len;
         }
@@ -276,6 +285,7 @@ fn write_image(
         a.finish()?;
     }
     let file = partial.commit()?;
+    progress.writing(total, total);
     use std::os::unix::fs::MetadataExt;
     Ok(file.metadata().map_err(werr)?.blocks() * 512)
 }

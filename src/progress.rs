@@ -1,6 +1,7 @@
-//! Progress reporting for pulls: a bar per layer on a terminal, plain lines
-//! (one when a layer starts, one when it is done) when stderr is a file or
-//! pipe, so logs of CI runs stay readable.
+//! Progress reporting for pulls and for writing an image: a bar per layer
+//! (and one for the write) on a terminal, plain lines (one when a layer
+//! starts, one when it is done; the write at every quarter) when stderr is
+//! a file or pipe, so logs of CI runs stay readable.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -16,6 +17,8 @@ use crate::source::Layer;
 /// Progress on stderr: bars on a terminal, lines otherwise.
 pub struct StderrProgress {
     bars: Option<(MultiProgress, Mutex<HashMap<Digest, ProgressBar>>)>,
+    /// The write: its bar (terminal) and the last quarter printed (lines).
+    write: Mutex<(Option<ProgressBar>, Option<u64>)>,
 }
 
 impl StderrProgress {
@@ -27,7 +30,10 @@ impl StderrProgress {
                 Mutex::new(HashMap::new()),
             )
         });
-        StderrProgress { bars }
+        StderrProgress {
+            bars,
+            write: Mutex::new((None, None)),
+        }
     }
 
     fn bar(&self, layer: &Layer) -> Option<ProgressBar> {
@@ -92,6 +98,37 @@ impl PullProgress for StderrProgress {
                 b.finish_with_message(what);
             }
             None => eprintln!("{}: {what}", layer.descriptor.digest.short()),
+        }
+    }
+
+    fn writing(&self, done: u64, total: u64) {
+        let mut w = crate::sync::lock(&self.write);
+        match &self.bars {
+            Some((multi, _)) => {
+                let bar = w.0.get_or_insert_with(|| {
+                    let style = ProgressStyle::with_template(
+                        "writing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> ");
+                    multi.add(ProgressBar::new(total).with_style(style))
+                });
+                bar.set_position(done);
+                if done >= total {
+                    bar.finish();
+                }
+            }
+            None => {
+                let quarter = (done * 4).checked_div(total).unwrap_or(4).min(4);
+                if w.1.is_none_or(|q| quarter > q) {
+                    w.1 = Some(quarter);
+                    eprintln!(
+                        "writing the image: {}% of {}",
+                        quarter * 25,
+                        human_size(total)
+                    );
+                }
+            }
         }
     }
 }

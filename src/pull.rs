@@ -76,6 +76,9 @@ pub trait PullProgress: Send + Sync {
     fn advance(&self, layer: &Layer, bytes: u64);
     /// The layer is in the cache; `downloaded` is false if it already was.
     fn finish(&self, layer: &Layer, downloaded: bool);
+    /// `materialize` is writing the image file: `done` of `total` bytes
+    /// (metadata blocks and file data) are in it.
+    fn writing(&self, _done: u64, _total: u64) {}
 }
 
 /// A progress observer that shows nothing.

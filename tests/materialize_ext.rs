@@ -524,3 +524,24 @@ fn golden_hashes_pin_the_output() {
     let want: Vec<String> = GOLDEN.iter().map(|g| g.2.to_string()).collect();
     assert_eq!(got, want, "the output changed");
 }
+
+#[test]
+fn the_write_phase_reports_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    let r = format!("oci:{}:v1", dir.path().display());
+    let out = dir.path().join("p.img");
+    let o = Ocidisk::new();
+    let run = o.run(&["materialize", &r, out.to_str().unwrap()]);
+    assert!(run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("writing the image: "))
+        .collect();
+    let pcts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["writing the image: ".len()..].split('%').next().unwrap())
+        .collect();
+    assert_eq!(pcts, ["0", "25", "50", "75", "100"], "{err}");
+}
