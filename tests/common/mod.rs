@@ -14,6 +14,7 @@ pub mod mount;
 pub mod proxy;
 pub mod rawtar;
 pub mod registry;
+pub mod scale;
 pub mod serve;
 pub mod vhost_driver;
 pub mod vm;
