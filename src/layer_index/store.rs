@@ -4,12 +4,12 @@
 //! the zstd-compressed body. A file with another version or a wrong checksum
 //! is ignored and rebuilt, never trusted.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use super::{Access, LayerIndex, Span, gzip};
-use crate::cache::{BlobCache, CacheError, write_atomic};
-use crate::digest::Digest;
+use crate::cache::{BlobCache, CacheError};
+use crate::digest::{Algorithm, Digest, Hasher};
 use crate::tar::{EntryKind, SparseSegment, TarEntry};
 
 const MAGIC: &[u8; 8] = b"OCIDLIX\0";
@@ -43,11 +43,13 @@ impl IndexStore {
             .join(format!("{}-{}.idx", layer.algorithm().name(), layer.hex()))
     }
 
-    /// The stored index of `layer`, if present and intact.
+    /// The stored index of `layer`, if present and intact. The file is
+    /// decompressed as it is read (and its checksum checked at the end),
+    /// so only the body is ever held, not the compressed file too.
     pub fn load(&self, layer: &Digest) -> Option<LayerIndex> {
         let path = self.path(layer);
-        let bytes = std::fs::read(&path).ok()?;
-        match decode(&bytes) {
+        let file = std::fs::File::open(&path).ok()?;
+        match decode_from(std::io::BufReader::with_capacity(1 << 16, file)) {
             Some(ix) if ix.layer == *layer => Some(ix),
             _ => {
                 tracing::warn!(path = %path.display(), "layer index is corrupt or from another version; rebuilding it");
@@ -57,10 +59,87 @@ impl IndexStore {
         }
     }
 
-    /// Store an index.
+    /// Store an index: compressed straight into a temp file (no
+    /// compressed copy in memory), the checksum written into the header
+    /// last, then renamed into place.
     pub fn save(&self, index: &LayerIndex) -> Result<(), CacheError> {
-        write_atomic(&self.tmp, &self.path(&index.layer), &encode(index))
+        use std::os::unix::fs::FileExt;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dest = self.path(&index.layer);
+        let tmp = self.tmp.join(format!(
+            "index-{}-{}-{}.partial",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            index.layer.hex()
+        ));
+        let body = encode_body(index);
+        let write = || -> std::io::Result<()> {
+            let f = std::fs::File::create_new(&tmp)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, &f);
+            let sum = encode_into(&body, &mut out)?;
+            out.flush()?;
+            drop(out);
+            f.write_all_at(&sum, 20)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &dest)
+        };
+        write().map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            CacheError::Io {
+                op: "write the layer index",
+                path: dest.clone(),
+                source,
+            }
+        })
     }
+}
+
+/// Passes bytes on to `inner`, hashing them.
+struct Hashing<T> {
+    inner: T,
+    hasher: Hasher,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Write the index file of `body` to `out` with a zero checksum; returns
+/// the checksum, which belongs at bytes 20..52.
+fn encode_into(body: &[u8], out: &mut dyn Write) -> std::io::Result<[u8; 32]> {
+    out.write_all(MAGIC)?;
+    out.write_all(&VERSION.to_le_bytes())?;
+    out.write_all(&(body.len() as u64).to_le_bytes())?;
+    out.write_all(&[0u8; 32])?;
+    let mut w = Hashing {
+        inner: out,
+        hasher: Hasher::new(Algorithm::Sha256),
+    };
+    let mut enc = zstd::stream::write::Encoder::new(&mut w, 3)?;
+    enc.set_pledged_src_size(Some(body.len() as u64))?;
+    enc.include_contentsize(true)?;
+    enc.write_all(body)?;
+    enc.finish()?;
+    let sum = w.hasher.finish();
+    let mut b = [0u8; 32];
+    b.copy_from_slice(&hex::decode(sum.hex()).map_err(std::io::Error::other)?);
+    Ok(b)
 }
 
 // ---- encoding ------------------------------------------------------------
@@ -90,17 +169,13 @@ fn kind_code(k: EntryKind) -> u8 {
     }
 }
 
-/// Serialise an index (see the module docs for the layout).
+/// Serialise an index (see the module docs for the layout): the bytes
+/// [`IndexStore::save`] writes.
 pub fn encode(ix: &LayerIndex) -> Vec<u8> {
     let body = encode_body(ix);
-    let compressed = zstd::bulk::compress(&body, 3).expect("in-memory zstd");
-    let mut out = Vec::with_capacity(compressed.len() + 52);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let sum = Digest::sha256_of(&compressed);
-    out.extend_from_slice(&hex::decode(sum.hex()).expect("hex"));
-    out.extend_from_slice(&compressed);
+    let mut out = Vec::new();
+    let sum = encode_into(&body, &mut out).expect("zstd into memory");
+    out[20..52].copy_from_slice(&sum);
     out
 }
 
@@ -220,23 +295,33 @@ impl Reader<'_> {
 
 /// Parse an index file; `None` if it is not one of this version or is damaged.
 pub fn decode(bytes: &[u8]) -> Option<LayerIndex> {
-    if bytes.len() < 52 || &bytes[..8] != MAGIC {
+    decode_from(std::io::Cursor::new(bytes))
+}
+
+/// [`decode`] from a reader, in two passes: the checksum over the whole
+/// rest of the file first (nothing held), then, only if it matches, the
+/// decompression, so a damaged file never reaches the decompressor.
+fn decode_from(mut r: impl Read + std::io::Seek) -> Option<LayerIndex> {
+    let mut header = [0u8; 52];
+    r.read_exact(&mut header).ok()?;
+    if &header[..8] != MAGIC || u32::from_le_bytes(header[8..12].try_into().ok()?) != VERSION {
         return None;
     }
-    if u32::from_le_bytes(bytes[8..12].try_into().ok()?) != VERSION {
+    let body_len = u64::from_le_bytes(header[12..20].try_into().ok()?);
+    let mut hashed = Hashing {
+        inner: &mut r,
+        hasher: Hasher::new(Algorithm::Sha256),
+    };
+    std::io::copy(&mut hashed, &mut std::io::sink()).ok()?;
+    if hex::decode(hashed.hasher.finish().hex()).ok()? != header[20..52] {
         return None;
     }
-    let body_len = u64::from_le_bytes(bytes[12..20].try_into().ok()?);
-    let sum = &bytes[20..52];
-    let compressed = &bytes[52..];
-    if hex::decode(Digest::sha256_of(compressed).hex()).ok()? != sum {
-        return None;
-    }
+    r.seek(std::io::SeekFrom::Start(52)).ok()?;
     // The stated length is outside the checksum: never allocate by it.
     // The body grows only as the frame really decodes, up to that length.
     let mut body = Vec::new();
-    let decoder = zstd::stream::read::Decoder::with_buffer(compressed).ok()?;
-    decoder
+    zstd::stream::read::Decoder::new(r)
+        .ok()?
         .single_frame()
         .take(body_len.saturating_add(1))
         .read_to_end(&mut body)
