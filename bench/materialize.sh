@@ -22,15 +22,6 @@ OCIDISK_CACHE_DIR="$work/sizecache" "$bin" materialize "$ref" "$work/size.img" 2
 size_bytes=$(stat -c %s "$work/size.img"); rm -rf "$work/size.img" "$work/sizecache"
 
 cold() { rm -rf "$work/cache" "$work/out" "$work/bundle" "$work/img" "$work/ocidisk.img"; sync; }
-time_runs() { # CMD...: run $runs times from cold, print the median seconds
-  local t=()
-  for _ in $(seq "$runs"); do
-    cold
-    local s; s=$(now); "$@" >/dev/null 2>&1; local e; e=$(now)
-    t+=("$(echo "$e - $s" | bc -l)")
-  done
-  printf '%s\n' "${t[@]}" | median
-}
 pipeline() { # FS
   skopeo copy -q --src-tls-verify=false "docker://$ref" "oci:$work/out:bookworm" &&
   umoci unpack --image "$work/out:bookworm" "$work/bundle" &&

@@ -38,6 +38,18 @@ median() {
 
 now() { date +%s.%N; }
 
+# time_runs CMD...: run CMD $runs times, each after the calling script's
+# `cold` function, and print the median seconds.
+time_runs() {
+  local t=()
+  for _ in $(seq "$runs"); do
+    cold
+    local s; s=$(now); "$@" >/dev/null 2>&1; local e; e=$(now)
+    t+=("$(echo "$e - $s" | bc -l)")
+  done
+  printf '%s\n' "${t[@]}" | median
+}
+
 # bench_prepare: what every benchmark needs first. Installs what is missing,
 # builds (once) the Debian test image and a release ocidisk. Sets `layout`
 # (the OCI layout), `layer` (its largest blob's file name) and `bin`.

@@ -48,3 +48,30 @@ fn a_hundred_thousand_entries_materialize_clean_and_complete() {
     assert_e2fsck_clean(&out);
     compare_mounted(&with_lost_found(imagegen::oracle(&layers)), &out);
 }
+
+/// Not a test: writes the scale image as an OCI layout for bench/scale.sh
+/// (`OCIDISK_SCALE_OUT=DIR OCIDISK_SCALE_SIZE=N cargo test --release
+/// --test scale write_scale_layout -- --ignored`), into DIR.partial and
+/// renamed to DIR when complete, so a half-written layout is never used.
+#[test]
+#[ignore = "bench/scale.sh runs it"]
+fn write_scale_layout() {
+    let Ok(out) = std::env::var("OCIDISK_SCALE_OUT") else {
+        return;
+    };
+    let scale: u64 = std::env::var("OCIDISK_SCALE_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let tmp = format!("{out}.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    imagegen::write_image(
+        std::path::Path::new(&tmp),
+        "v1",
+        &common::scale::layers(80, 1000, scale),
+        Compression::Gzip,
+        &Platform::linux_amd64(),
+    );
+    std::fs::rename(&tmp, &out).unwrap();
+}
