@@ -15,9 +15,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::cache::{BlobCache, CacheError, ImageRecord, now_secs};
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Algorithm, Digest, Hasher};
 use crate::layer_index::{
-    IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, SpanSink, index_blob,
+    IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, SpanOut, SpanSink, index_blob,
 };
 use crate::platform::Platform;
 use crate::source::manifest::Compression;
@@ -262,41 +262,93 @@ pub async fn ensure_index(
 /// building the layer index (entries, access points, span hashes) on the way.
 struct LayerVerifier {
     blob: Hasher,
-    indexer: LayerIndexer,
-    error: Option<PushError>,
+    /// Compressed bytes on their way to the inflate thread (`None` once
+    /// it stopped, on a decode error).
+    feed: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    inflate: Option<std::thread::JoinHandle<Result<LayerIndexer, PushError>>>,
+    /// Where decoded zstd spans go, for a restart from byte 0.
+    spans: Option<Arc<dyn SpanSink>>,
 }
 
+/// Compressed chunks queued for the inflate thread: bounded, so a fast
+/// download waits for inflate instead of growing memory.
+const INFLATE_QUEUE: usize = 16;
+
 impl LayerVerifier {
-    fn new(layer: &Layer) -> Result<LayerVerifier, String> {
-        let indexer = LayerIndexer::new(layer.compression, layer.diff_id.algorithm()).map_err(
+    /// The blob digest is computed on the download's side; inflating, the
+    /// diff_id and the index run on a thread of their own, so the two
+    /// halves overlap on two cores. `spans`: keep decoded zstd spans.
+    fn new(layer: &Layer, spans: Option<Arc<dyn SpanSink>>) -> Result<LayerVerifier, String> {
+        let mut indexer = LayerIndexer::new(layer.compression, layer.diff_id.algorithm()).map_err(
             |e| match e {
                 PushError::Decode(d) => d,
                 PushError::Tar(t) => t.to_string(),
             },
         )?;
+        if let Some(store) = spans.clone() {
+            let out: SpanOut = Box::new(move |hash, data| store.put(hash, data));
+            indexer.keep_spans(out);
+        }
+        let mut indexer = indexer.threaded().map_err(|e| match e {
+            PushError::Decode(d) => d,
+            PushError::Tar(t) => t.to_string(),
+        })?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(INFLATE_QUEUE);
+        let inflate = std::thread::Builder::new()
+            .name("ocidisk-inflate".into())
+            .spawn(move || {
+                while let Some(chunk) = rx.blocking_recv() {
+                    indexer.push(&chunk)?;
+                }
+                Ok(indexer)
+            })
+            .map_err(|e| format!("starting the inflate thread: {e}"))?;
         Ok(LayerVerifier {
             blob: Hasher::new(layer.descriptor.digest.algorithm()),
-            indexer,
-            error: None,
+            feed: Some(tx),
+            inflate: Some(inflate),
+            spans,
         })
     }
 
-    fn update(&mut self, bytes: &[u8]) {
-        self.blob.update(bytes);
-        if self.error.is_none()
-            && let Err(e) = self.indexer.push(bytes)
+    /// A fresh verifier for the same layer (the stream restarts at 0).
+    fn restart(&self, layer: &Layer) -> Result<LayerVerifier, String> {
+        LayerVerifier::new(layer, self.spans.clone())
+    }
+
+    async fn update(&mut self, bytes: bytes::Bytes) {
+        self.blob.update(&bytes);
+        if let Some(tx) = &self.feed
+            && tx.send(bytes).await.is_err()
         {
-            self.error = Some(e);
+            // The thread stopped on a decode error; finish() reports it.
+            self.feed = None;
         }
     }
 
     /// The blob digest, and the indexer (or why the stream broke).
-    fn finish(self) -> (Digest, Result<LayerIndexer, PushError>) {
-        let blob = self.blob.finish();
-        match self.error {
-            Some(e) => (blob, Err(e)),
-            None => (blob, Ok(self.indexer)),
-        }
+    async fn finish(mut self) -> (Digest, Result<LayerIndexer, PushError>) {
+        self.feed = None;
+        let blob = std::mem::replace(&mut self.blob, Hasher::new(Algorithm::Sha256)).finish();
+        let Some(h) = self.inflate.take() else {
+            return (
+                blob,
+                Err(PushError::Decode("inflate already finished".into())),
+            );
+        };
+        let joined = tokio::task::spawn_blocking(move || h.join()).await;
+        let verdict = match joined {
+            Ok(Ok(r)) => r,
+            _ => Err(PushError::Decode("the inflate thread failed".into())),
+        };
+        (blob, verdict)
+    }
+}
+
+impl Drop for LayerVerifier {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread; it owns nothing to wait for.
+        self.feed = None;
     }
 }
 
@@ -334,6 +386,14 @@ enum StreamFailure {
     Final(PullError),
 }
 
+/// Where a pass that keeps no blob keeps a zstd layer's decoded spans.
+fn span_store(keep: Keep<'_>, layer: &Layer) -> Option<Arc<dyn SpanSink>> {
+    match keep.spans {
+        Some(store) if !keep.blobs && layer.compression == Compression::Zstd => Some(store.clone()),
+        _ => None,
+    }
+}
+
 /// What a pass keeps besides the index.
 #[derive(Clone, Copy)]
 struct Keep<'a> {
@@ -354,10 +414,7 @@ async fn fetch_layer(
     progress: &dyn PullProgress,
     keep: Keep<'_>,
 ) -> Result<(bool, u64, LayerIndex), PullError> {
-    let Keep {
-        blobs: keep_blobs,
-        spans,
-    } = keep;
+    let keep_blobs = keep.blobs;
     let desc = &layer.descriptor;
     if !keep_blobs && let Some(ix) = indexes.load(&desc.digest) {
         progress.finish(layer, false);
@@ -380,21 +437,13 @@ async fn fetch_layer(
         },
         len: 0,
     };
-    let mut verifier = LayerVerifier::new(layer).map_err(|detail| PullError::Decode {
-        image: image.location.clone(),
-        layer: desc.digest.clone(),
-        compression: layer.compression,
-        detail,
-    })?;
-    if !keep_blobs
-        && layer.compression == Compression::Zstd
-        && let Some(store) = spans
-    {
-        let store = store.clone();
-        verifier
-            .indexer
-            .keep_spans(Box::new(move |hash, data| store.put(hash, data)));
-    }
+    let mut verifier =
+        LayerVerifier::new(layer, span_store(keep, layer)).map_err(|detail| PullError::Decode {
+            image: image.location.clone(),
+            layer: desc.digest.clone(),
+            compression: layer.compression,
+            detail,
+        })?;
     let started = Instant::now();
     let mut attempt = 1;
     let mut transferred = 0u64;
@@ -434,7 +483,7 @@ async fn fetch_layer(
             }
         }
     }
-    let (blob, verdict) = verifier.finish();
+    let (blob, verdict) = verifier.finish().await;
     if blob != desc.digest {
         return Err(SourceError::DigestMismatch {
             image: image.location.clone(),
@@ -512,7 +561,7 @@ async fn stream_once(
         received
             .reset()
             .map_err(|e| StreamFailure::Final(e.into()))?;
-        *verifier = LayerVerifier::new(layer).map_err(|detail| {
+        *verifier = verifier.restart(layer).map_err(|detail| {
             StreamFailure::Final(PullError::Decode {
                 image: image.location.clone(),
                 layer: desc.digest.clone(),
@@ -564,9 +613,10 @@ async fn stream_once(
         if let Err(e) = received.write(&chunk) {
             return Err(StreamFailure::Final(PullError::Cache(e)));
         }
-        verifier.update(&chunk);
-        *transferred += chunk.len() as u64;
-        progress.advance(layer, chunk.len() as u64);
+        let n = chunk.len() as u64;
+        verifier.update(chunk).await;
+        *transferred += n;
+        progress.advance(layer, n);
     }
     if received.len < desc.size {
         let msg = format!("stream ended after {} of {} bytes", received.len, desc.size);

@@ -137,11 +137,114 @@ struct ZstdState {
     in_frame: bool,
 }
 
+/// Work for a sink on its own thread.
+enum SinkMsg {
+    Feed(Vec<u8>, u64),
+    Cut(u64),
+}
+
+/// Uncompressed pieces queued for the sink thread (each at most a
+/// [`SUB_SPAN`]): bounded, so inflating waits for hashing, not memory.
+const SINK_QUEUE: usize = 32;
+
+/// An [`IndexSink`] on a thread of its own: hashing the diff_id and the
+/// spans and parsing the tar run beside inflating, on the other core.
+struct SinkThread {
+    tx: Option<std::sync::mpsc::SyncSender<SinkMsg>>,
+    handle: Option<std::thread::JoinHandle<io::Result<IndexSink>>>,
+    pos: u64,
+}
+
+impl SinkThread {
+    fn start(mut sink: IndexSink) -> io::Result<SinkThread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SinkMsg>(SINK_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("ocidisk-index".into())
+            .spawn(move || {
+                for m in rx {
+                    match m {
+                        SinkMsg::Feed(data, cpos) => sink.feed(&data, cpos)?,
+                        SinkMsg::Cut(cpos) => sink.cut(cpos),
+                    }
+                }
+                Ok(sink)
+            })?;
+        Ok(SinkThread {
+            tx: Some(tx),
+            handle: Some(handle),
+            pos: 0,
+        })
+    }
+
+    fn send(&mut self, m: SinkMsg) -> io::Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(m).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped: on an error, which is the answer.
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(io::Error::other("the index thread stopped")),
+        }
+    }
+
+    fn join(&mut self) -> io::Result<IndexSink> {
+        self.tx = None;
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("the index thread panicked")),
+            None => Err(io::Error::other("the index thread already ended")),
+        }
+    }
+}
+
+/// Where the decoder's output goes: the sink here, or on its thread.
+enum Sink {
+    Here(Box<IndexSink>),
+    Thread(SinkThread),
+}
+
+impl Sink {
+    fn pos(&self) -> u64 {
+        match self {
+            Sink::Here(s) => s.pos(),
+            Sink::Thread(t) => t.pos,
+        }
+    }
+
+    fn feed(&mut self, data: &[u8], cpos: u64) -> io::Result<()> {
+        match self {
+            Sink::Here(s) => s.feed(data, cpos),
+            Sink::Thread(t) => {
+                t.pos += data.len() as u64;
+                t.send(SinkMsg::Feed(data.to_vec(), cpos))
+            }
+        }
+    }
+
+    fn cut(&mut self, cpos: u64) {
+        match self {
+            Sink::Here(s) => s.cut(cpos),
+            // A failed send is reported by the next feed or by finish.
+            Sink::Thread(t) => {
+                let _ = t.send(SinkMsg::Cut(cpos));
+            }
+        }
+    }
+
+    fn into_sink(self) -> io::Result<IndexSink> {
+        match self {
+            Sink::Here(s) => Ok(*s),
+            Sink::Thread(mut t) => t.join(),
+        }
+    }
+}
+
 /// Decodes a layer blob pushed to it in pieces, feeding an [`IndexSink`]
 /// and recording random-access points: the one pass that verifies and
 /// indexes a layer.
 pub struct LayerIndexer {
-    sink: IndexSink,
+    sink: Sink,
     decoder: Decoder,
     compression: Compression,
     consumed: u64,
@@ -165,7 +268,7 @@ impl LayerIndexer {
         };
         Ok(LayerIndexer {
             consumed: 0,
-            sink: IndexSink::new(diff_alg),
+            sink: Sink::Here(Box::new(IndexSink::new(diff_alg))),
             decoder,
             compression,
         })
@@ -173,9 +276,23 @@ impl LayerIndexer {
 
     /// Hand every finished span's bytes to `out` (the lazy disk's fallback
     /// for zstd layers with a single frame, which have no other access point
-    /// than their start).
+    /// than their start). Call before [`LayerIndexer::threaded`].
     pub fn keep_spans(&mut self, out: SpanOut) {
-        self.sink.span_out = Some((out, Vec::with_capacity(SUB_SPAN as usize)));
+        if let Sink::Here(s) = &mut self.sink {
+            s.span_out = Some((out, Vec::with_capacity(SUB_SPAN as usize)));
+        }
+    }
+
+    /// Hash and parse on a thread of their own from now on, beside
+    /// inflating (two cores for one layer). Call before the first push.
+    pub fn threaded(mut self) -> Result<LayerIndexer, PushError> {
+        if let Sink::Here(s) = self.sink {
+            self.sink = Sink::Thread(
+                SinkThread::start(*s)
+                    .map_err(|e| PushError::Decode(format!("starting the index thread: {e}")))?,
+            );
+        }
+        Ok(self)
     }
 
     /// Feed compressed bytes.
@@ -262,7 +379,11 @@ impl LayerIndexer {
                 Access::Zstd(frames)
             }
         };
-        let (actual, tar_size, spans, entries) = self.sink.finish(self.consumed);
+        let sink = self
+            .sink
+            .into_sink()
+            .map_err(|e| push_to_index_error(push_error(e), layer, self.compression))?;
+        let (actual, tar_size, spans, entries) = sink.finish(self.consumed);
         if actual != *diff_id {
             return Err(IndexError::DiffId {
                 layer: layer.clone(),
@@ -301,7 +422,9 @@ pub fn index_blob(
     };
     let mut file = std::fs::File::open(path).map_err(io_err)?;
     let to_err = |e| push_to_index_error(e, layer, compression);
-    let mut ix = LayerIndexer::new(compression, diff_id.algorithm()).map_err(to_err)?;
+    let mut ix = LayerIndexer::new(compression, diff_id.algorithm())
+        .and_then(LayerIndexer::threaded)
+        .map_err(to_err)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = match file.read(&mut buf) {
