@@ -459,6 +459,11 @@ impl Disk {
     /// start read-ahead, and `--prefetch` if asked.
     pub fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Disk, DiskError> {
         let inner = Inner::open(opts, cache)?;
+        // Planning built and dropped the whole merged tree; hand the freed
+        // heap back so a long-running open disk costs what it keeps.
+        // SAFETY: malloc_trim only releases free memory of glibc's heap;
+        // it touches no live allocation.
+        unsafe { libc::malloc_trim(0) };
         let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
         *crate::sync::lock(&inner.readahead) = Some(tx);
         let weak = Arc::downgrade(&inner);
