@@ -54,15 +54,6 @@ serve_qsd() {
   for _ in $(seq 200); do [ -S "$sock" ] && return 0; sleep 0.05; done
   echo "qemu-storage-daemon did not start:" >&2; cat "$sock.log" >&2; return 1
 }
-# vm SOCK ACTION INITRD: boot, print the console.
-vm() {
-  timeout 300 qemu-system-x86_64 -machine q35,accel=tcg,memory-backend=mem -cpu max -m 512 -smp 1 \
-    -object memory-backend-memfd,id=mem,size=512M,share=on -nodefaults -no-user-config \
-    -display none -serial stdio -no-reboot -chardev "socket,id=c0,path=$1" \
-    -device vhost-user-blk-pci,chardev=c0,num-queues=1 \
-    -kernel "$kit/vmlinuz" -initrd "$kit/$3" \
-    -append "console=ttyS0 quiet panic=-1 ocidisk.mount=ro ocidisk.action=$2" 2>&1 | tr -d '\r'
-}
 
 serve_ocidisk "$work/o.sock" --cache-mem 1G
 serve_qsd "$work/q.sock"
@@ -84,7 +75,7 @@ done
 for s in o q; do
   seq=(); rnd=()
   for _ in $(seq "$runs"); do
-    out=$(vm "$work/$s.sock" bench initramfs-fio.cpio)
+    out=$(vm_run "$work/$s.sock" bench initramfs-fio.cpio)
     seq+=("$(echo "$out" | awk -F'[ ;]' '/^OCIDISK-FIO seq/ {print $3/1024}')")
     rnd+=("$(echo "$out" | awk -F'[ ;]' '/^OCIDISK-FIO rand/ {print $4}')")
   done
@@ -97,7 +88,7 @@ stop_servers
 boot_once() { # SOCK -> seconds from QEMU start to the marker
   local s e
   s=$(now)
-  vm "$1" boot initramfs.cpio | grep -q "^OCIDISK-BOOTED" || { echo "boot failed" >&2; return 1; }
+  vm_run "$1" boot initramfs.cpio | grep -q "^OCIDISK-BOOTED" || { echo "boot failed" >&2; return 1; }
   e=$(now)
   echo "$e - $s" | bc -l
 }

@@ -68,3 +68,15 @@ push_debian() {
   ref=$REGISTRY/debian:bookworm
   skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$layout:bookworm" "docker://$ref"
 }
+
+# vm_run SOCK ACTION INITRD: boot the test kit ($kit, from scripts/vm-kit.sh)
+# under QEMU (TCG) on the vhost-user-blk socket SOCK, read-only, with
+# ocidisk.action=ACTION; print the console.
+vm_run() {
+  timeout 300 qemu-system-x86_64 -machine q35,accel=tcg,memory-backend=mem -cpu max -m 512 -smp 1 \
+    -object memory-backend-memfd,id=mem,size=512M,share=on -nodefaults -no-user-config \
+    -display none -serial stdio -no-reboot -chardev "socket,id=c0,path=$1" \
+    -device vhost-user-blk-pci,chardev=c0,num-queues=1 \
+    -kernel "$kit/vmlinuz" -initrd "$kit/$3" \
+    -append "console=ttyS0 quiet panic=-1 ocidisk.mount=ro ocidisk.action=$2" 2>&1 | tr -d '\r'
+}

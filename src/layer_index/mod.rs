@@ -80,10 +80,12 @@ pub enum IndexError {
 
 /// Uncompressed bytes between access points (gzip checkpoints sit at the
 /// first deflate block boundary past this much output; each costs a 32 KiB
-/// window in the index). 512 KiB rather than the 1 MiB first planned: on the
-/// Debian benchmark image it brings a boot's file reads under 10% of the
-/// compressed image (9.0% against 12.4%), for an index of 6% of the blob.
-pub const SPAN: u64 = 512 << 10;
+/// window in the index, kept zstd-compressed). A read decodes from the
+/// access point before it, so this bounds what a small read costs. 256 KiB:
+/// a VM boot from the Debian benchmark image (bench/boot.sh) fetches 4.5%
+/// of the compressed image, against 6.3% at 512 KiB; the index grows from
+/// 6% to 14% of the blob (3.0 to 7.0 MB).
+pub const SPAN: u64 = 256 << 10;
 /// Uncompressed bytes per hashed span: the unit a read fetches and verifies.
 /// A read decodes from the access point before it to the end of the span it
 /// needs, so smaller spans fetch less for small files.
