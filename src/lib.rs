@@ -4,7 +4,7 @@
 //! Data flows one way through the modules:
 //!
 //! ```text
-//! source (registry / oci layout / docker archive)   src/source/
+//! source (registry + mirrors / oci layout / docker archive / containerd)   src/source/
 //!   → verified blobs in the shared cache              src/cache.rs, src/pull.rs
 //!   → layer index (tar entries, access points, span hashes)   src/layer_index/
 //!   → merged tree (whiteouts applied)                 src/tree.rs
@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Beside the flow: [`partial`] writes every output file under a temporary
-//! name that a planted symlink cannot redirect, and renames it into place.
+//! name that a planted symlink cannot redirect, and renames it into place;
+//! [`trust`] decides on an image before any layer is fetched; [`metrics`]
+//! counts what a running disk fetches and serves.
 //!
 //! The original Go package's `ContainerToVirtioOptions` maps onto
 //! [`materialize::MaterializeOptions`]:
