@@ -33,7 +33,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Guest request types, in the order of [`Metrics::guest_requests`].
+/// Guest request types, as [`GuestRequest`] numbers them (label values).
 pub const GUEST_REQUEST_TYPES: [&str; 7] = [
     "read",
     "write",
@@ -63,7 +63,7 @@ pub enum GuestRequest {
     Unsupported = 6,
 }
 
-/// Error kinds, in the order of [`Metrics::errors`].
+/// Error kinds, as [`ErrorKind`] numbers them (label values).
 pub const ERROR_KINDS: [&str; 4] = ["fetch", "verify", "guest_io", "overlay"];
 
 /// An error kind (an index into [`ERROR_KINDS`]).
