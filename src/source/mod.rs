@@ -549,14 +549,19 @@ impl Source {
             return Ok(bytes);
         }
         let bytes = match self {
-            Source::Layout(l) => l.read_small(&desc.digest, MAX_CONFIG_SIZE)?,
-            // Counted as its stream passes (below).
+            Source::Layout(l) => {
+                let b = l.read_small(&desc.digest, MAX_CONFIG_SIZE)?;
+                self.count(b.len());
+                b
+            }
+            // Read with the archive's index when it was opened.
             Source::Archive(a) => a.config_bytes().to_vec(),
             Source::Containerd(c) => {
                 let b = c.store().read_small(&desc.digest, MAX_CONFIG_SIZE).await?;
                 self.count(b.len());
                 b
             }
+            // Counted as its stream passes.
             Source::Registry(_) => {
                 let mut body = self.blob(desc, 0).await?;
                 let mut buf = Vec::with_capacity(desc.size as usize);
@@ -675,18 +680,6 @@ impl Source {
         end: u64,
         cache: &BlobCache,
     ) -> Result<Vec<u8>, SourceError> {
-        let r = self.read_range_uncounted(desc, start, end, cache).await?;
-        self.count(r.len());
-        Ok(r)
-    }
-
-    async fn read_range_uncounted(
-        &self,
-        desc: &Descriptor,
-        start: u64,
-        end: u64,
-        cache: &BlobCache,
-    ) -> Result<Vec<u8>, SourceError> {
         let read_at = |path: PathBuf, base: u64| {
             let what = format!("bytes {start}-{end} of blob {}", desc.digest);
             tokio::task::spawn_blocking(move || {
@@ -699,18 +692,26 @@ impl Source {
             .map(move |r| (r, what))
         };
         use futures_util::FutureExt as _;
+        let mut from_cache = false;
         let (r, what) = match self {
             Source::Registry(r) => match r.blob_range(desc, start, end).await {
-                Ok(b) => return Ok(b),
+                Ok(b) => {
+                    self.count(b.len());
+                    return Ok(b);
+                }
                 Err(RegistryError::RangeIgnored { .. }) => {
+                    // Counted as the whole blob arrived; this read is local.
                     self.cache_whole_blob(r, desc, cache).await?;
+                    from_cache = true;
                     read_at(cache.blob_path(&desc.digest), 0).await
                 }
                 Err(e) => return Err(e.into()),
             },
             Source::Layout(l) => read_at(l.blob_path(&desc.digest), 0).await,
             Source::Containerd(c) => {
-                return Ok(c.store().read_range(&desc.digest, start, end).await?);
+                let b = c.store().read_range(&desc.digest, start, end).await?;
+                self.count(b.len());
+                return Ok(b);
             }
             Source::Archive(a) => {
                 let (base, size) =
@@ -730,12 +731,17 @@ impl Source {
                 read_at(a.file().to_path_buf(), base).await
             }
         };
-        r.expect("file read does not panic")
+        let b = r
+            .expect("file read does not panic")
             .map_err(|source| SourceError::Read {
                 image: self.describe(),
                 what,
                 source,
-            })
+            })?;
+        if !from_cache {
+            self.count(b.len());
+        }
+        Ok(b)
     }
 
     /// The size of a blob as stored, where that is known without reading
@@ -772,13 +778,14 @@ impl Source {
             source,
         };
         let mut body = r.blob(desc, 0).await?.stream;
-        self.count(0);
+        let label = self.label();
+        crate::metrics::global().fetched(&label, 0);
         let mut writer = cache.begin()?;
         let mut hasher = crate::digest::Hasher::new(desc.digest.algorithm());
         let mut received = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(read_err)?;
-            crate::metrics::global().fetched_more(&self.label(), chunk.len() as u64);
+            crate::metrics::global().fetched_more(&label, chunk.len() as u64);
             received += chunk.len() as u64;
             if received > desc.size {
                 break; // too long: no need to read the rest
