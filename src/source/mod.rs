@@ -23,9 +23,13 @@ pub mod registries_conf;
 
 pub mod registry;
 
-use std::fmt;
+mod location;
+mod resolve;
+
+pub use location::ImageLocation;
+pub use resolve::resolve;
+
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -35,13 +39,12 @@ use serde::Serialize;
 use crate::cache::{BlobCache, CacheError};
 use crate::digest::Digest;
 use crate::platform::Platform;
-use crate::trust::{DockerRef, Subject, Trust};
-use archive::{ArchiveError, ArchiveSelector, ArchiveSource};
+use archive::{ArchiveError, ArchiveSource};
 use containerd::{ContainerdError, ContainerdSource};
 use layout::{LayoutError, LayoutSource};
 use manifest::{
     Compression, Descriptor, ImageConfig, ImageIndex, ImageManifest, MAX_CONFIG_SIZE,
-    MAX_MANIFEST_SIZE, Manifest, ManifestError,
+    MAX_MANIFEST_SIZE, ManifestError,
 };
 use mirrors::{MirroredRegistry, MirrorsError};
 use registries_conf::RegistriesConf;
@@ -165,164 +168,6 @@ pub enum SourceError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// Where an image is, as the user named it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ImageLocation {
-    /// A registry reference, normalised as docker does.
-    Registry(oci_client::Reference),
-    /// An OCI image layout directory.
-    Layout {
-        /// The directory.
-        dir: PathBuf,
-        /// The tag in `index.json`.
-        tag: Option<String>,
-    },
-    /// A `docker save` archive.
-    Archive {
-        /// The tar file.
-        file: PathBuf,
-        /// Which image in it.
-        selector: Option<ArchiveSelector>,
-    },
-    /// An image in containerd: `[NAMESPACE/]NAME`.
-    Containerd(String),
-}
-
-impl FromStr for ImageLocation {
-    type Err = SourceError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: &str| SourceError::BadReference {
-            input: s.to_string(),
-            reason: reason.to_string(),
-        };
-        if let Some(rest) = s.strip_prefix("oci:") {
-            let (dir, tag) = match rest.split_once(':') {
-                Some((d, t)) => (d, Some(t).filter(|t| !t.is_empty())),
-                None => (rest, None),
-            };
-            if dir.is_empty() {
-                return Err(bad("oci: needs a directory, as oci:DIR[:TAG]"));
-            }
-            return Ok(ImageLocation::Layout {
-                dir: PathBuf::from(dir),
-                tag: tag.map(str::to_string),
-            });
-        }
-        if let Some(rest) = s.strip_prefix("docker-archive:") {
-            let (file, sel) = match rest.split_once(':') {
-                Some((f, sel)) => (f, Some(sel).filter(|s| !s.is_empty())),
-                None => (rest, None),
-            };
-            if file.is_empty() {
-                return Err(bad(
-                    "docker-archive: needs a file, as docker-archive:FILE[:NAME:TAG]",
-                ));
-            }
-            let selector = match sel {
-                None => None,
-                Some(n) => match n.strip_prefix('@') {
-                    Some(i) => Some(ArchiveSelector::Index(
-                        i.parse().map_err(|_| bad("@INDEX must be a number"))?,
-                    )),
-                    None => Some(ArchiveSelector::Name(n.to_string())),
-                },
-            };
-            return Ok(ImageLocation::Archive {
-                file: PathBuf::from(file),
-                selector,
-            });
-        }
-        if let Some(rest) = s.strip_prefix("containerd:") {
-            if rest.is_empty() || rest.ends_with('/') {
-                return Err(bad(
-                    "containerd: needs an image name, as containerd:[NS/]NAME",
-                ));
-            }
-            return Ok(ImageLocation::Containerd(rest.to_string()));
-        }
-        for t in [
-            "dir:",
-            "oci-archive:",
-            "docker-daemon:",
-            "containers-storage:",
-            "ostree:",
-            "sif:",
-        ] {
-            if s.starts_with(t) {
-                return Err(SourceError::UnsupportedTransport(
-                    t.trim_end_matches(':').into(),
-                ));
-            }
-        }
-        let r = s.strip_prefix("docker://").unwrap_or(s);
-        if r.is_empty() {
-            return Err(bad("empty reference"));
-        }
-        r.parse::<oci_client::Reference>()
-            .map(ImageLocation::Registry)
-            .map_err(|e| bad(&e.to_string()))
-    }
-}
-
-impl ImageLocation {
-    /// The image as a trust policy sees it: its transport and identity
-    /// (an OCI layout by its absolute, symlink-free directory).
-    pub fn subject(&self) -> Result<Subject, SourceError> {
-        Ok(match self {
-            ImageLocation::Registry(r) => {
-                Subject::Docker(DockerRef::parse(&r.whole()).ok_or_else(|| {
-                    SourceError::BadReference {
-                        input: r.whole(),
-                        reason: "not a docker reference a policy can match".into(),
-                    }
-                })?)
-            }
-            ImageLocation::Layout { dir, .. } => Subject::Oci(std::fs::canonicalize(dir).map_err(
-                |e| SourceError::BadReference {
-                    input: self.to_string(),
-                    reason: format!("resolving {}: {e}", dir.display()),
-                },
-            )?),
-            ImageLocation::Archive { .. } => Subject::DockerArchive,
-            // What a policy sees is the name inside containerd, known once
-            // the source is open: see `resolve`.
-            ImageLocation::Containerd(name) => {
-                Subject::Docker(DockerRef::parse(name).ok_or_else(|| {
-                    SourceError::BadReference {
-                        input: self.to_string(),
-                        reason: "not a docker reference a policy can match".into(),
-                    }
-                })?)
-            }
-        })
-    }
-}
-
-impl fmt::Display for ImageLocation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ImageLocation::Registry(r) => write!(f, "{}", r.whole()),
-            ImageLocation::Layout { dir, tag } => {
-                write!(f, "oci:{}", dir.display())?;
-                match tag {
-                    Some(t) => write!(f, ":{t}"),
-                    None => Ok(()),
-                }
-            }
-            ImageLocation::Archive { file, selector } => {
-                write!(f, "docker-archive:{}", file.display())?;
-                match selector {
-                    Some(ArchiveSelector::Name(n)) => write!(f, ":{n}"),
-                    Some(ArchiveSelector::Index(i)) => write!(f, ":@{i}"),
-                    None => Ok(()),
-                }
-            }
-            ImageLocation::Containerd(r) => write!(f, "containerd:{r}"),
-        }
-    }
 }
 
 /// Options for reaching image sources.
@@ -856,251 +701,11 @@ pub(crate) fn is_digest_error(e: &SourceError) -> bool {
     }
 }
 
-/// Resolve `location` to one platform's image: index → manifest → config.
-///
-/// `platform`: `Some` when the user asked for one explicitly; the host's
-/// platform otherwise. A single-platform image is accepted for the default
-/// but must match an explicit request.
-///
-/// With `trust`, the policy decides on the top-level manifest before
-/// anything else of the image (child manifest, config, layers) is fetched.
-pub async fn resolve(
-    source: &Source,
-    location: &ImageLocation,
-    cache: &BlobCache,
-    platform: Option<&Platform>,
-    trust: Option<&Trust>,
-) -> Result<ResolvedImage, SourceError> {
-    let image = location.to_string();
-    let manifest_err = |source| SourceError::Manifest {
-        image: image.clone(),
-        source,
-    };
-    let want = platform.cloned().unwrap_or_else(Platform::host);
-    let (bytes, digest, media_type) = source.manifest(None, cache).await?;
-    if let Some(trust) = trust {
-        let d = digest.clone().unwrap_or_else(|| Digest::sha256_of(&bytes));
-        let attachments = SourceAttachments {
-            source,
-            cache,
-            image: &image,
-        };
-        trust
-            .check(
-                &image,
-                &subject(source, location)?,
-                &bytes,
-                &d,
-                &attachments,
-            )
-            .await
-            .map_err(Box::new)?;
-    }
-    let (index, manifest_digest, manifest) =
-        match Manifest::parse(&bytes, media_type.as_deref()).map_err(manifest_err)? {
-            Manifest::Image(m) => (None, digest, m),
-            Manifest::Index(idx) => {
-                let entry = idx
-                    .select(&want)
-                    .ok_or_else(|| SourceError::PlatformNotFound {
-                        image: image.clone(),
-                        want: want.to_string(),
-                        available: {
-                            let p: Vec<String> =
-                                idx.platforms().iter().map(|p| p.to_string()).collect();
-                            if p.is_empty() {
-                                "no platform-specific images".into()
-                            } else {
-                                p.join(", ")
-                            }
-                        },
-                    })?
-                    .clone();
-                let (child, child_digest, _) = source.manifest(Some(&entry.digest), cache).await?;
-                match Manifest::parse(&child, Some(&entry.media_type)).map_err(manifest_err)? {
-                    Manifest::Image(m) => (digest.map(|d| (d, idx)), child_digest, m),
-                    Manifest::Index(_) => {
-                        return Err(SourceError::NestedIndex { image });
-                    }
-                }
-            }
-        };
-    manifest::check_image_manifest(&manifest).map_err(manifest_err)?;
-    let config_bytes = source.config(&manifest.config, cache, &image).await?;
-    let config = ImageConfig::parse(&config_bytes).map_err(manifest_err)?;
-    let have = config.platform();
-    if index.is_none()
-        && let Some(want) = platform
-        && !want.matches(&have)
-        && !have.architecture.is_empty()
-    {
-        return Err(SourceError::PlatformMismatch {
-            image,
-            want: want.to_string(),
-            have: have.to_string(),
-        });
-    }
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(manifest_err(ManifestError::LayerCountMismatch {
-            layers: manifest.layers.len(),
-            diff_ids: config.rootfs.diff_ids.len(),
-        }));
-    }
-    let layers = manifest
-        .layers
-        .iter()
-        .zip(&config.rootfs.diff_ids)
-        .map(|(d, diff_id)| {
-            Ok(Layer {
-                descriptor: d.clone(),
-                compression: manifest::layer_compression(d).map_err(manifest_err)?,
-                diff_id: diff_id.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, SourceError>>()?;
-    Ok(ResolvedImage {
-        location: image,
-        index,
-        manifest_digest,
-        manifest,
-        config,
-        config_bytes,
-        platform: have,
-        layers,
-    })
-}
-
-/// The image as a trust policy sees it. An image in containerd is the
-/// registry image of its name there (the namespace is not part of it).
-fn subject(source: &Source, location: &ImageLocation) -> Result<Subject, SourceError> {
-    match source {
-        Source::Containerd(c) => ImageLocation::Containerd(c.name().to_string()).subject(),
-        _ => location.subject(),
-    }
-}
-
-/// What a trust check may read from the image's repository besides the
-/// image: sigstore attachments (registries only).
-struct SourceAttachments<'a> {
-    source: &'a Source,
-    cache: &'a BlobCache,
-    image: &'a str,
-}
-
-impl crate::trust::Attachments for SourceAttachments<'_> {
-    async fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, String> {
-        match self.source {
-            Source::Registry(r) => r
-                .tagged_manifest(tag, MAX_MANIFEST_SIZE)
-                .await
-                .map_err(|e| e.to_string()),
-            Source::Layout(_) | Source::Archive(_) | Source::Containerd(_) => Ok(None),
-        }
-    }
-
-    async fn small_blob(&self, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>, String> {
-        if size > limit {
-            return Err(format!(
-                "blob {digest} is {size} bytes, over the {limit}-byte limit"
-            ));
-        }
-        let desc = Descriptor {
-            media_type: String::new(),
-            digest: digest.clone(),
-            size,
-            platform: None,
-            annotations: None,
-            urls: None,
-        };
-        self.source
-            .config(&desc, self.cache, self.image)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// Cache a verified manifest or config. The bytes are in hand, so a cache
 /// that cannot take them (a full disk) costs a fetch next time, not this
 /// run: say so and go on.
 fn keep_small(cache: &BlobCache, digest: &Digest, bytes: &[u8]) {
     if let Err(e) = cache.put_bytes(digest, bytes) {
         tracing::warn!(%digest, "{e}; not cached, used from memory");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reg(s: &str) -> String {
-        match s.parse::<ImageLocation>().unwrap() {
-            ImageLocation::Registry(r) => r.whole(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn registry_references_normalise_like_docker() {
-        assert_eq!(reg("alpine"), "docker.io/library/alpine:latest");
-        assert_eq!(reg("docker://alpine:3.20"), "docker.io/library/alpine:3.20");
-        assert_eq!(reg("quay.io/org/img:tag"), "quay.io/org/img:tag");
-        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(
-            reg(&format!("localhost:5000/img@{d}")),
-            format!("localhost:5000/img@{d}")
-        );
-        assert_eq!(
-            reg(&format!("img:1.0@{d}")),
-            format!("docker.io/library/img:1.0@{d}")
-        );
-        for bad in ["", "upper/CASE", "img@sha256:abc", "a b"] {
-            assert!(bad.parse::<ImageLocation>().is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn local_transports() {
-        assert_eq!(
-            "oci:/tmp/lay:v1".parse::<ImageLocation>().unwrap(),
-            ImageLocation::Layout {
-                dir: "/tmp/lay".into(),
-                tag: Some("v1".into())
-            }
-        );
-        assert_eq!(
-            "oci:lay".parse::<ImageLocation>().unwrap(),
-            ImageLocation::Layout {
-                dir: "lay".into(),
-                tag: None
-            }
-        );
-        assert_eq!(
-            "docker-archive:/x.tar:alpine:3"
-                .parse::<ImageLocation>()
-                .unwrap(),
-            ImageLocation::Archive {
-                file: "/x.tar".into(),
-                selector: Some(ArchiveSelector::Name("alpine:3".into()))
-            }
-        );
-        assert_eq!(
-            "docker-archive:x.tar:@1".parse::<ImageLocation>().unwrap(),
-            ImageLocation::Archive {
-                file: "x.tar".into(),
-                selector: Some(ArchiveSelector::Index(1))
-            }
-        );
-        assert!(matches!(
-            "containers-storage:foo".parse::<ImageLocation>(),
-            Err(SourceError::UnsupportedTransport(_))
-        ));
-        assert!("oci:".parse::<ImageLocation>().is_err());
-        assert_eq!(
-            "oci:/tmp/lay:v1"
-                .parse::<ImageLocation>()
-                .unwrap()
-                .to_string(),
-            "oci:/tmp/lay:v1"
-        );
     }
 }
