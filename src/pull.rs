@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::cache::{BlobCache, CacheError, ImageRecord, now_secs};
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::digest::{Digest, Hasher};
 use crate::layer_index::{
     IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, SpanOut, SpanSink, index_blob,
 };
@@ -265,7 +265,7 @@ struct LayerVerifier {
     /// Compressed bytes on their way to the inflate thread (`None` once
     /// it stopped, on a decode error).
     feed: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    inflate: Option<std::thread::JoinHandle<Result<LayerIndexer, PushError>>>,
+    inflate: std::thread::JoinHandle<Result<LayerIndexer, PushError>>,
     /// Where decoded zstd spans go, for a restart from byte 0.
     spans: Option<Arc<dyn SpanSink>>,
 }
@@ -306,7 +306,7 @@ impl LayerVerifier {
         Ok(LayerVerifier {
             blob: Hasher::new(layer.descriptor.digest.algorithm()),
             feed: Some(tx),
-            inflate: Some(inflate),
+            inflate,
             spans,
         })
     }
@@ -327,28 +327,23 @@ impl LayerVerifier {
     }
 
     /// The blob digest, and the indexer (or why the stream broke).
-    async fn finish(mut self) -> (Digest, Result<LayerIndexer, PushError>) {
-        self.feed = None;
-        let blob = std::mem::replace(&mut self.blob, Hasher::new(Algorithm::Sha256)).finish();
-        let Some(h) = self.inflate.take() else {
-            return (
-                blob,
-                Err(PushError::Decode("inflate already finished".into())),
-            );
-        };
-        let joined = tokio::task::spawn_blocking(move || h.join()).await;
+    async fn finish(self) -> (Digest, Result<LayerIndexer, PushError>) {
+        let LayerVerifier {
+            blob,
+            feed,
+            inflate,
+            ..
+        } = self;
+        // Closing the queue lets the thread finish; dropping a verifier
+        // without finish() ends it the same way.
+        drop(feed);
+        let blob = blob.finish();
+        let joined = tokio::task::spawn_blocking(move || inflate.join()).await;
         let verdict = match joined {
             Ok(Ok(r)) => r,
             _ => Err(PushError::Decode("the inflate thread failed".into())),
         };
         (blob, verdict)
-    }
-}
-
-impl Drop for LayerVerifier {
-    fn drop(&mut self) {
-        // Closing the queue ends the thread; it owns nothing to wait for.
-        self.feed = None;
     }
 }
 
