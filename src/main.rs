@@ -18,7 +18,7 @@ use ocidisk::materialize::{MaterializeOptions, materialize};
 use ocidisk::progress::StderrProgress;
 use ocidisk::pull::{PullOptions, pull};
 use ocidisk::source::auth::Credentials;
-use ocidisk::source::registries_conf::{RegistriesConf, is_short_name};
+use ocidisk::source::registries_conf::RegistriesConf;
 use ocidisk::source::registry::{RegistryOptions, RetryPolicy};
 use ocidisk::{ImageLocation, Platform, SourceOptions};
 
@@ -505,31 +505,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 impl ImageArgs {
     fn options(&self) -> anyhow::Result<PullOptions> {
-        let mut location: ImageLocation = self.image.parse()?;
         let registries_conf = RegistriesConf::load(self.registries_conf.as_deref())?;
-        let mut search = Vec::new();
-        // A short name (no registry host) goes through the file's aliases
-        // and search registries, as podman resolves it.
-        let typed = self.image.strip_prefix("docker://").unwrap_or(&self.image);
-        if let (ImageLocation::Registry(_), Some(conf)) = (&location, &registries_conf)
-            && is_short_name(typed)
-            && let Some(candidates) = conf.short_name(typed)?
-        {
-            let mut refs = candidates
-                .iter()
-                .map(|c| c.parse::<ImageLocation>())
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .filter_map(|l| match l {
-                    ImageLocation::Registry(r) => Some(r),
-                    _ => None,
-                });
-            if let Some(first) = refs.next() {
-                tracing::info!(short = typed, resolved = %first.whole(), "short name");
-                location = ImageLocation::Registry(first);
-                search = refs.collect();
-            }
-        }
+        let (location, search) =
+            ImageLocation::resolve_short_name(&self.image, registries_conf.as_ref())?;
         let credentials = match &self.username {
             Some(username) => {
                 let mut password = String::new();

@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use super::SourceError;
 use super::archive::ArchiveSelector;
+use super::mirrors::MirrorsError;
+use super::registries_conf::{RegistriesConf, is_short_name};
 use crate::trust::{DockerRef, Subject};
 
 /// Where an image is, as the user named it.
@@ -111,6 +113,42 @@ impl FromStr for ImageLocation {
 }
 
 impl ImageLocation {
+    /// Parse what the user typed; a registry short name (no host) goes
+    /// through registries.conf's aliases and search registries as podman
+    /// resolves it. Returns the location and the further references to
+    /// try in order when its places do not have the image.
+    pub fn resolve_short_name(
+        typed: &str,
+        conf: Option<&RegistriesConf>,
+    ) -> Result<(ImageLocation, Vec<oci_client::Reference>), SourceError> {
+        let location: ImageLocation = typed.parse()?;
+        let name = typed.strip_prefix("docker://").unwrap_or(typed);
+        let (ImageLocation::Registry(_), Some(conf)) = (&location, conf) else {
+            return Ok((location, Vec::new()));
+        };
+        if !is_short_name(name) {
+            return Ok((location, Vec::new()));
+        }
+        let Some(candidates) = conf
+            .short_name(name)
+            .map_err(|e| SourceError::Mirrors(MirrorsError::Conf(e)))?
+        else {
+            return Ok((location, Vec::new()));
+        };
+        let mut refs = Vec::new();
+        for c in candidates {
+            if let ImageLocation::Registry(r) = c.parse::<ImageLocation>()? {
+                refs.push(r);
+            }
+        }
+        if refs.is_empty() {
+            return Ok((location, refs));
+        }
+        let first = refs.remove(0);
+        tracing::info!(short = name, resolved = %first.whole(), "short name");
+        Ok((ImageLocation::Registry(first), refs))
+    }
+
     /// The image as a trust policy sees it: its transport and identity
     /// (an OCI layout by its absolute, symlink-free directory).
     pub fn subject(&self) -> Result<Subject, SourceError> {
