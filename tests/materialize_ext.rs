@@ -493,22 +493,22 @@ fn golden_hashes_pin_the_output() {
         (
             "rw.img",
             &[],
-            "53346076e0b587f9d594b7ac31ef5ba7fdf4e2dfa5daa70488fadd129411045b",
+            "888230954b1470b4ddb56a184e41267e501cd56458d7c31cce6ea2a934cafd3c",
         ),
         (
             "ro.img",
             &["--read-only"],
-            "7110f76b1c500386a2833f18205f47b77c30a99844c745796ef3de6c9cfa3dd0",
+            "7e2ffe1f6a83bad3017cecf409636219bb3ab08dd511e4fd6c3943d8b07dd48d",
         ),
         (
             "ext3-rw.img",
             &["--fs", "ext3"],
-            "92374f9a8dc8fc3f89553b25f4458ad4c1c78a5aa59bf4a621773dbbb326e865",
+            "c1554e157ed95a468c336a0341d1c2eab558582f2c91c6ffdf717164642f6387",
         ),
         (
             "ext3-ro.img",
             &["--fs", "ext3", "--read-only"],
-            "86a1d06622d6d584920ece35118729673decc0678377b6f0daff7ad2d5a66f10",
+            "d204fdbce9d766169e677f8ed60dbd1827e7b862398ed59cb59bdb442a8b6ab8",
         ),
     ];
     let dir = tempfile::tempdir().unwrap();

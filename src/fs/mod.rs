@@ -6,7 +6,8 @@
 //! What every writer shares lives here: the order in which nodes are met
 //! with implicit paths ([`order`]), a block allocator over a range
 //! ([`alloc`]), sizing ([`sizing`]), crc32c ([`crc32c`]), the xattr and
-//! POSIX ACL model ([`xattr`]), timestamp ranges ([`time`]). The writers: [`extfs`] (ext4, ext3), [`xfs`].
+//! POSIX ACL model ([`xattr`]), timestamp ranges ([`time`]), the stable
+//! data layout ([`zone`]). The writers: [`extfs`] (ext4, ext3), [`xfs`].
 
 pub mod alloc;
 pub mod crc32c;
@@ -18,6 +19,7 @@ pub mod sizing;
 pub mod time;
 pub mod xattr;
 pub mod xfs;
+pub mod zone;
 
 use std::fmt;
 use std::str::FromStr;

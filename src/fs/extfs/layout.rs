@@ -1,7 +1,10 @@
-//! Placing a planned filesystem on a given number of blocks: group
-//! metadata, the journal, directory/symlink/xattr blocks, file data in layer
-//! and tar order (so a streaming copy writes forward), then the blocks that
-//! map them; then every inode, bitmap, descriptor and superblock copy.
+//! Placing a planned filesystem on a given number of blocks: the fixed
+//! group headers, file data in the stable data zone ([`crate::fs::zone`]:
+//! layer and tar order, so a streaming copy writes forward and a new image
+//! version keeps the old one's data blocks), then after it the bitmaps and
+//! inode tables (ext4), the journal, directory/symlink/xattr blocks and the
+//! blocks that map them; then every inode, bitmap, descriptor and
+//! superblock copy.
 
 use std::collections::HashMap;
 
@@ -17,6 +20,7 @@ use crate::fs::FsImage;
 use crate::fs::alloc::Alloc;
 use crate::fs::crc32c::crc32c_raw;
 use crate::fs::extents::place;
+use crate::fs::zone::{DataZone, ZoneMap, metadata_start};
 use crate::tree::{NodeKind, Tree};
 
 /// Everything the layout needs besides the block count.
@@ -31,6 +35,8 @@ pub struct Input<'a> {
     pub opts: &'a ExtOptions,
     /// The checksum seed (`metadata_csum`).
     pub fs_seed: Option<u32>,
+    /// Where file data goes.
+    pub zone: &'a DataZone,
 }
 
 /// Where each group's bitmaps and inode table go.
@@ -40,38 +46,64 @@ struct GroupMeta {
     it: Vec<u64>,
 }
 
-fn group_metadata(alloc: &mut Alloc, geo: &Geometry, profile: Profile) -> Option<GroupMeta> {
-    if profile.flex_bg() {
-        // flex_bg: all bitmaps, then all inode tables, from the start.
-        let bb = (0..geo.groups)
-            .map(|_| alloc.contiguous(1))
-            .collect::<Option<_>>()?;
-        let ib = (0..geo.groups)
-            .map(|_| alloc.contiguous(1))
-            .collect::<Option<_>>()?;
-        let it = (0..geo.groups)
-            .map(|_| alloc.contiguous(geo.itable_blocks()))
-            .collect::<Option<_>>()?;
-        return Some(GroupMeta { bb, ib, it });
+/// Blocks at the start of group `g` that hold its superblock and
+/// descriptor copy.
+fn sb_copy(geo: &Geometry, g: u64) -> u64 {
+    if backup_group(g) {
+        (1 + geo.gdt_blocks).min(geo.group_len(g))
+    } else {
+        0
     }
-    // Each group holds its own, right after its superblock copy.
+}
+
+/// The fixed headers of every group (first block, blocks): superblock
+/// copies, and without `flex_bg` each group's bitmaps and inode table.
+fn headers(geo: &Geometry, profile: Profile) -> Vec<(u64, u64)> {
+    (0..geo.groups)
+        .map(|g| {
+            let own = if profile.flex_bg() {
+                0
+            } else {
+                2 + geo.itable_blocks()
+            };
+            (g * BPG, sb_copy(geo, g) + own)
+        })
+        .collect()
+}
+
+/// ext3: each group's bitmaps and inode table, right after its superblock
+/// copy (inside its header). `None` if a group cannot hold them.
+fn own_group_metadata(geo: &Geometry) -> Option<GroupMeta> {
     let mut m = GroupMeta {
         bb: Vec::new(),
         ib: Vec::new(),
         it: Vec::new(),
     };
     for g in 0..geo.groups {
-        let end = g * BPG + geo.group_len(g);
-        alloc.seek(g * BPG);
-        let in_group = |b: Option<u64>, n: u64| b.filter(|b| b + n <= end);
-        m.bb.push(in_group(alloc.contiguous(1), 1)?);
-        m.ib.push(in_group(alloc.contiguous(1), 1)?);
-        let n = geo.itable_blocks();
-        m.it.push(in_group(alloc.contiguous(n), n)?);
+        let at = g * BPG + sb_copy(geo, g);
+        if at + 2 + geo.itable_blocks() > g * BPG + geo.group_len(g) {
+            return None;
+        }
+        m.bb.push(at);
+        m.ib.push(at + 1);
+        m.it.push(at + 2);
     }
-    // Content continues after group 0's table.
-    alloc.seek(m.it[0] + geo.itable_blocks());
     Some(m)
+}
+
+/// ext4 (`flex_bg`): all bitmaps, then all inode tables, where the
+/// allocator's cursor is (after the data zone).
+fn flex_group_metadata(alloc: &mut Alloc, geo: &Geometry) -> Option<GroupMeta> {
+    let bb = (0..geo.groups)
+        .map(|_| alloc.contiguous(1))
+        .collect::<Option<_>>()?;
+    let ib = (0..geo.groups)
+        .map(|_| alloc.contiguous(1))
+        .collect::<Option<_>>()?;
+    let it = (0..geo.groups)
+        .map(|_| alloc.contiguous(geo.itable_blocks()))
+        .collect::<Option<_>>()?;
+    Some(GroupMeta { bb, ib, it })
 }
 
 /// Runs of logical blocks from 0 over physical runs (start, count).
@@ -104,17 +136,66 @@ pub fn write(
         profile,
         opts,
         fs_seed,
+        zone,
     } = *input;
+    let own = if profile.flex_bg() {
+        None
+    } else {
+        Some(own_group_metadata(geo)?)
+    };
     let mut alloc = Alloc::new(0, geo.blocks);
-    // Superblock and descriptor copies.
-    for g in 0..geo.groups {
-        if backup_group(g) {
-            let start = g * BPG;
-            let len = (1 + geo.gdt_blocks).min(geo.group_len(g));
-            alloc.mark(start, len);
-        }
+    let headers = headers(geo, profile);
+    for &(start, len) in &headers {
+        alloc.mark(start, len);
     }
-    let GroupMeta { bb, ib, it } = group_metadata(&mut alloc, geo, profile)?;
+
+    // File data first, each file in its slot of the data zone (see
+    // `crate::fs::zone`): where it lands depends only on its layer and
+    // the layers below.
+    let map = ZoneMap::new(headers.iter().copied());
+    let data_end = map.end(zone.blocks());
+    if data_end > geo.blocks {
+        return None;
+    }
+    let mut runs_of: HashMap<u32, Vec<Run>> = HashMap::new();
+    for p in planned {
+        let Body::File { node } = p.body else {
+            continue;
+        };
+        let NodeKind::File(f) = &tree.nodes[node].kind else {
+            continue;
+        };
+        let ranges = file_ranges(tree, node);
+        if ranges.is_empty() {
+            runs_of.insert(p.ino, Vec::new());
+            continue;
+        }
+        let Some(mut z) = zone.slot(f.layer, f.offset) else {
+            return Some(Err(ExtError::Unmapped { ino: p.ino }));
+        };
+        let mut runs = Vec::new();
+        for (first, count) in ranges {
+            let mut l = first;
+            for (physical, len) in map.runs(z, count) {
+                alloc.mark(physical, len);
+                runs.push(Run {
+                    logical: l,
+                    physical,
+                    len,
+                });
+                l += len;
+            }
+            z += count;
+        }
+        runs_of.insert(p.ino, runs);
+    }
+
+    // Then everything else, after the data zone.
+    alloc.seek(metadata_start(data_end));
+    let GroupMeta { bb, ib, it } = match own {
+        Some(m) => m,
+        None => flex_group_metadata(&mut alloc, geo)?,
+    };
     let journal_runs = if journal_blocks > 0 {
         alloc.runs(journal_blocks)?
     } else {
@@ -137,40 +218,6 @@ pub fn write(
         if matches!(p.xattrs, Placement::Block(_)) {
             xattr_block.insert(p.ino, alloc.contiguous(1)?);
         }
-    }
-    // File data in (layer, tar offset) order.
-    let mut files: Vec<(usize, u64, usize)> = planned
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| match &p.body {
-            Body::File { node } => match &tree.nodes[*node].kind {
-                NodeKind::File(f) => Some((f.layer, f.offset, i)),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    files.sort();
-    // What each inode maps: logical → physical runs.
-    let mut runs_of: HashMap<u32, Vec<Run>> = HashMap::new();
-    for &(_, _, i) in &files {
-        let p = &planned[i];
-        let Body::File { node } = p.body else {
-            unreachable!("files holds files")
-        };
-        let mut runs = Vec::new();
-        for (first, count) in file_ranges(tree, node) {
-            let mut l = first;
-            for (physical, len) in alloc.runs(count)? {
-                runs.push(Run {
-                    logical: l,
-                    physical,
-                    len,
-                });
-                l += len;
-            }
-        }
-        runs_of.insert(p.ino, runs);
     }
     for (ino, physical) in &body_runs {
         runs_of.insert(*ino, from_zero(physical));

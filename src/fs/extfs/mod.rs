@@ -16,12 +16,13 @@
 //! directories, xattrs in the inode or one block, POSIX ACLs.
 //!
 //! Layout: group 0 starts with the superblock and the group descriptors
-//! (backups in groups 0, 1 and powers of 3, 5 and 7); then the bitmaps and
-//! inode tables (ext4: all of them, `flex_bg` lets them live anywhere;
-//! ext3: each group's at its start); then the journal; then directory,
-//! symlink and xattr blocks; then file data in layer and tar order (so a
-//! streaming copy writes forward); then extent-tree or indirect blocks.
-//! The rest is free.
+//! (backups in groups 0, 1 and powers of 3, 5 and 7; ext3: each group's
+//! bitmaps and inode table right after its copy); then the data zone of
+//! [`crate::fs::zone`], file data in layer and tar order with a slot for
+//! every file a layer stores, so data keeps its place when layers are added
+//! or change above it; then the bitmaps and inode tables (ext4: all of
+//! them, `flex_bg` lets them live anywhere), the journal, directory, symlink
+//! and xattr blocks, and extent-tree or indirect blocks. The rest is free.
 //!
 //! Sizing follows [`crate::fs::sizing`]: read-only images get just enough
 //! inodes, writable ones one inode per 16 KiB (as mke2fs) and a journal
@@ -45,6 +46,7 @@ use crate::fs::FsImage;
 use crate::fs::crc32c::crc32c_raw;
 use crate::fs::order::{Order, OrderError};
 use crate::fs::sizing::{self, Limits, SizeError};
+use crate::fs::zone::{self, DataZone};
 use crate::tree::Tree;
 use geometry::{BPG, BS, Geometry, INODES_PER_BLOCK, default_journal_blocks};
 use inode::LPF_INO;
@@ -277,7 +279,8 @@ pub fn build(tree: &Tree, opts: &ExtOptions, profile: Profile) -> Result<FsImage
     let fs_seed = profile.csum().then(|| crc32c_raw(!0, &opts.uuid));
     let planned = plan::plan_inodes(&order, profile, fs_seed, &opts.hash_seed)?;
     drop(order);
-    let content = plan::content_blocks(tree, &planned, profile);
+    let zone = DataZone::new(tree);
+    let content = zone.blocks() + zone::META_ALIGN + plan::content_blocks(tree, &planned, profile);
     let used_inodes = u64::from(planned.iter().map(|p| p.ino).max().unwrap_or(LPF_INO));
     let want_inodes = |blocks: u64| {
         if opts.read_only {
@@ -299,6 +302,7 @@ pub fn build(tree: &Tree, opts: &ExtOptions, profile: Profile) -> Result<FsImage
         profile,
         opts,
         fs_seed,
+        zone: &zone,
     };
     let mut attempt = |blocks: u64| -> Option<Result<FsImage, ExtError>> {
         let geo = Geometry::new(blocks, want_inodes(blocks), profile)?;
