@@ -71,6 +71,7 @@ pub mod qcow2;
 pub mod serve;
 
 pub mod source;
+pub mod sparse;
 pub mod sync;
 pub mod tar;
 pub mod tree;

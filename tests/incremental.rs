@@ -124,3 +124,203 @@ fn a_new_top_layer_keeps_the_old_chunks() {
         );
     }
 }
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn materialize(o: &Ocidisk, r: &str, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["materialize", r, out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    o.ok(&args)
+}
+
+/// `--base` to a new file and in place gives the bytes of a fresh
+/// materialize, e2fsck-clean, for each ext flavour.
+#[test]
+fn base_updates_equal_fresh_images() {
+    let dir = tempfile::tempdir().unwrap();
+    write_versions(dir.path(), Compression::Gzip);
+    let (v1, v2) = (
+        format!("oci:{}:v1", dir.path().display()),
+        format!("oci:{}:v2", dir.path().display()),
+    );
+    let o = Ocidisk::new();
+    for (name, extra) in [
+        ("ext4", &[][..]),
+        ("ext4-ro", &["--read-only"][..]),
+        ("ext3", &["--fs", "ext3"][..]),
+    ] {
+        let p = |n: &str| dir.path().join(format!("{name}-{n}.img"));
+        materialize(&o, &v2, &p("fresh"), extra);
+        let fresh = sha256_file(&p("fresh"));
+        materialize(&o, &v1, &p("old"), extra);
+        let old_sha = sha256_file(&p("old"));
+        let base = p("old");
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["--base", base.to_str().unwrap()]);
+        let out = o.run(&[&["materialize", &v2, p("new").to_str().unwrap()][..], &args].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("kept"), "{said}");
+        assert_eq!(
+            sha256_file(&p("new")),
+            fresh,
+            "{name}: --base to a new file"
+        );
+        assert_eq!(sha256_file(&p("old")), old_sha, "{name}: OLD untouched");
+        common::fscheck::assert_e2fsck_clean(&p("new"));
+        // In place, then the result is itself a base for going back.
+        o.ok(&[&["materialize", &v2, base.to_str().unwrap()][..], &args].concat());
+        assert_eq!(sha256_file(&base), fresh, "{name}: --base in place");
+        o.ok(&[&["materialize", &v1, base.to_str().unwrap()][..], &args].concat());
+        assert_eq!(sha256_file(&base), old_sha, "{name}: back to v1 in place");
+        common::fscheck::assert_e2fsck_clean(&base);
+    }
+}
+
+/// A foreign or modified OLD is refused, and refusing leaves it alone.
+#[test]
+fn foreign_or_modified_bases_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_versions(dir.path(), Compression::Gzip);
+    let v1 = format!("oci:{}:v1", dir.path().display());
+    let v2 = format!("oci:{}:v2", dir.path().display());
+    let o = Ocidisk::new();
+    let old = dir.path().join("old.img");
+    let out = dir.path().join("out.img");
+    let base_args = |b: &Path| {
+        vec![
+            "materialize".to_string(),
+            v2.clone(),
+            out.to_str().unwrap().to_string(),
+            "--base".into(),
+            b.to_str().unwrap().to_string(),
+        ]
+    };
+    let fail = |b: &Path| {
+        let a = base_args(b);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let e = o.fail(&a);
+        assert!(!out.exists(), "a refused update leaves no output");
+        e
+    };
+    // Foreign: an ext4 image mke2fs made, with no record.
+    let foreign = dir.path().join("foreign.img");
+    std::fs::File::create(&foreign)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    assert!(
+        Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-F"])
+            .arg(&foreign)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let e = fail(&foreign);
+    assert!(e.contains("not written by ocidisk materialize"), "{e}");
+
+    // Modified through the filesystem: mounted read-write and a file added.
+    materialize(&o, &v1, &old, &[]);
+    {
+        let m = common::fscheck::LoopMount::writable(&old);
+        std::fs::write(m.path().join("added"), b"x").unwrap();
+    }
+    let e = fail(&old);
+    assert!(e.contains("was modified after ocidisk wrote it"), "{e}");
+
+    // Modified underneath with the stamp put back: a metadata block differs.
+    materialize(&o, &v1, &old, &[]);
+    let stamp = std::fs::metadata(&old).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&old).unwrap();
+        f.write_all_at(&[0xff; 16], 4096 + 8).unwrap();
+        f.set_modified(stamp).unwrap();
+    }
+    let e = fail(&old);
+    assert!(e.contains("filesystem block"), "{e}");
+
+    // A damaged record.
+    materialize(&o, &v1, &old, &[]);
+    let record = dir.path().join("old.img.ocidisk.json");
+    std::fs::write(&record, b"{ not json").unwrap();
+    let e = fail(&old);
+    assert!(e.contains("is damaged"), "{e}");
+
+    // qcow2 output.
+    materialize(&o, &v1, &old, &[]);
+    let q = dir.path().join("out.qcow2");
+    let e = o.fail(&[
+        "materialize",
+        &v2,
+        q.to_str().unwrap(),
+        "--base",
+        old.to_str().unwrap(),
+    ]);
+    assert!(e.contains("--base updates raw images"), "{e}");
+}
+
+/// An in-place update killed half-way leaves an image that does not pass
+/// for either version, that other targets refuse, and that the next run
+/// to the same version finishes.
+#[test]
+fn a_killed_in_place_update_is_detected_and_finished() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    write_versions(dir.path(), Compression::Gzip);
+    let v1 = format!("oci:{}:v1", dir.path().display());
+    let v2 = format!("oci:{}:v2", dir.path().display());
+    let o = Ocidisk::new();
+    let fresh = dir.path().join("fresh.img");
+    materialize(&o, &v2, &fresh, &[]);
+    let img = dir.path().join("disk.img");
+    materialize(&o, &v1, &img, &[]);
+    let p = img.to_str().unwrap();
+    let mut child = o
+        .command(&["materialize", &v2, p, "--base", p])
+        .env("OCIDISK_TEST_UPDATE_PAUSE_MS", "120000")
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let paused = line.contains("OCIDISK_TEST_UPDATE_PAUSE_MS: pausing");
+        seen.push(line);
+        if paused {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("pausing")),
+        "the update never reached its pause: {seen:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("disk.img.ocidisk.json")).unwrap())
+            .unwrap();
+    assert!(record["updating_to"].is_object(), "{record}");
+    assert!(record["stamp"].is_null(), "{record}");
+    // No primary superblock yet: nothing mounts it as either version.
+    let bytes = std::fs::read(&img).unwrap();
+    assert_ne!(&bytes[1024 + 56..1024 + 58], &[0x53, 0xef]);
+    assert!(bytes != std::fs::read(&fresh).unwrap());
+    // Another target is refused; the same one finishes it.
+    let e = o.fail(&["materialize", &v1, p, "--base", p]);
+    assert!(e.contains("half-way through an update"), "{e}");
+    let said = o.run(&["materialize", &v2, p, "--base", p]);
+    assert!(said.status.success());
+    assert!(String::from_utf8_lossy(&said.stderr).contains("finished an interrupted update"));
+    assert_eq!(sha256_file(&img), sha256_file(&fresh));
+    common::fscheck::assert_e2fsck_clean(&img);
+}

@@ -7,9 +7,10 @@
 //! with implicit paths ([`order`]), a block allocator over a range
 //! ([`alloc`]), sizing ([`sizing`]), crc32c ([`crc32c`]), the xattr and
 //! POSIX ACL model ([`xattr`]), timestamp ranges ([`time`]), the stable
-//! data layout ([`zone`]). The writers: [`extfs`] (ext4, ext3), [`xfs`].
+//! data layout ([`zone`]), and comparing two plans ([`compare`]). The writers: [`extfs`] (ext4, ext3), [`xfs`].
 
 pub mod alloc;
+pub mod compare;
 pub mod crc32c;
 pub mod extents;
 pub mod extfs;
@@ -31,6 +32,12 @@ use crate::layer_index::LayerIndex;
 use crate::tree::{Tree, TreeError};
 
 pub use image::{BLOCK_SIZE, DataExtent, FsImage, ImageError, Region, Regions};
+
+/// The version of the writers' output rules: bump it with any change that
+/// moves a byte of a written image (the golden hashes in
+/// `tests/materialize_ext.rs` fail then), so that `materialize --base`
+/// refuses an image whose plan this ocidisk would not recompute exactly.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The filesystems ocidisk writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

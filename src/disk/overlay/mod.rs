@@ -348,35 +348,7 @@ impl Overlay {
     /// Deallocate a block-aligned range of the data file (it reads zeros);
     /// where the filesystem cannot punch holes, write zeros.
     fn punch(&self, offset: u64, len: u64) -> Result<(), OverlayError> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: fallocate on a file descriptor we own, with a range inside
-        // the file (the caller passes block-aligned device offsets and the
-        // file is the device's size); no memory is passed.
-        let rc = unsafe {
-            libc::fallocate(
-                self.data.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(io_err(&self.data_path)(e));
-        }
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(zeros.len() as u64) as usize;
-            self.data
-                .write_all_at(&zeros[..n], at)
-                .map_err(io_err(&self.data_path))?;
-            at += n as u64;
-        }
-        Ok(())
+        crate::sparse::punch(&self.data, offset, len).map_err(io_err(&self.data_path))
     }
 
     /// Make every write so far durable. Fails if that cannot be done, or
