@@ -27,6 +27,7 @@ fn options(r: &str) -> DiskOptions {
         cache_mem: 256 << 20,
         cache_disk: 0,
         overlay: None,
+        discard_overlay: false,
         flush_to: None,
         flush_format: Default::default(),
         prefetch: false,

@@ -53,6 +53,7 @@
 //! ```
 
 pub mod cache;
+pub mod diff;
 pub mod digest;
 pub mod disk;
 pub mod fs;

@@ -152,7 +152,8 @@ pub async fn pull_image(
 /// The lazy disk's cold pass: resolve the image and make sure every layer
 /// is verified and indexed, without keeping layer blobs (an index already
 /// cached costs no fetch). The decoded spans of zstd layers, whose only
-/// access point may be their start, go to `spans` as the pass meets them.
+/// access point may be their start, and of small layers go to `spans` as
+/// the pass meets them.
 /// Returns the opened source for later range reads.
 pub async fn index_image(
     opts: &PullOptions,
@@ -381,10 +382,18 @@ enum StreamFailure {
     Final(PullError),
 }
 
-/// Where a pass that keeps no blob keeps a zstd layer's decoded spans.
+/// Compressed size up to which a lazy pass keeps a layer's decoded spans
+/// whatever its compression: a later read of any part of a small layer
+/// would fetch much of it again (a new version's top layer, typically).
+pub const SMALL_LAYER: u64 = 1 << 20;
+
+/// Where a pass that keeps no blob keeps a layer's decoded spans: those
+/// of zstd layers (whose only access point may be their start) and of
+/// small layers.
 fn span_store(keep: Keep<'_>, layer: &Layer) -> Option<Arc<dyn SpanSink>> {
+    let wanted = layer.compression == Compression::Zstd || layer.descriptor.size <= SMALL_LAYER;
     match keep.spans {
-        Some(store) if !keep.blobs && layer.compression == Compression::Zstd => Some(store.clone()),
+        Some(store) if !keep.blobs && wanted => Some(store.clone()),
         _ => None,
     }
 }

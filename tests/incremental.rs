@@ -324,3 +324,143 @@ fn a_killed_in_place_update_is_detected_and_finished() {
     assert_eq!(sha256_file(&img), sha256_file(&fresh));
     common::fscheck::assert_e2fsck_clean(&img);
 }
+
+/// 512 KiB chunks whose bytes differ between two images of the same size.
+fn differing_chunks(old: &Path, new: &Path) -> u64 {
+    let (a, b) = (std::fs::read(old).unwrap(), std::fs::read(new).unwrap());
+    assert_eq!(a.len(), b.len());
+    a.chunks(CHUNK as usize)
+        .zip(b.chunks(CHUNK as usize))
+        .filter(|(x, y)| x != y)
+        .count() as u64
+}
+
+/// `ocidisk diff` predicts, from the plans alone, the chunks in which two
+/// fresh images differ (every one that does; the plans cannot see that
+/// layer bytes happen to be zeros, so it may name one more), and names
+/// the added layer.
+#[test]
+fn diff_reports_what_v2_shares_and_adds() {
+    let dir = tempfile::tempdir().unwrap();
+    write_versions(dir.path(), Compression::Gzip);
+    let v1 = format!("oci:{}:v1", dir.path().display());
+    let v2 = format!("oci:{}:v2", dir.path().display());
+    let o = Ocidisk::new();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    materialize(&o, &v1, &a, &[]);
+    materialize(&o, &v2, &b, &[]);
+    let differ = differing_chunks(&a, &b);
+    let j: serde_json::Value = serde_json::from_str(&o.ok(&["diff", "--json", &v1, &v2])).unwrap();
+    assert_eq!(j["shared_layers"], 3, "{j}");
+    assert_eq!(j["added_layers"], 1, "{j}");
+    let top = update_layer();
+    let blob = imagegen::build_layer(&top, Compression::Gzip);
+    assert_eq!(j["added_layers_bytes"], blob.blob.len() as u64, "{j}");
+    let changed = j["changed_chunks"].as_u64().unwrap();
+    eprintln!("chunks differing: {differ} in the bytes, {changed} in the plans");
+    assert!(
+        differ <= changed && changed <= differ + 1,
+        "{differ} differ: {j}"
+    );
+    let (chunks, shared) = (
+        j["new"]["chunks"].as_u64().unwrap(),
+        j["shared_chunks"].as_u64().unwrap(),
+    );
+    assert!(chunks <= shared + changed, "{j}");
+    assert!(shared * 10 >= chunks * 8, "{j}");
+    // The text says the same.
+    let text = o.ok(&["diff", &v1, &v2]);
+    assert!(
+        text.contains(&format!("{shared} of NEW's {chunks}")),
+        "{text}"
+    );
+    assert!(text.contains("1 added"), "{text}");
+    // An image against itself shares everything.
+    let j: serde_json::Value = serde_json::from_str(&o.ok(&["diff", "--json", &v2, &v2])).unwrap();
+    assert_eq!(j["changed_bytes"], 0, "{j}");
+    assert_eq!(j["added_layers"], 0, "{j}");
+}
+
+/// A host that served v1 fetches little more than v2's new layer to serve
+/// v2 (its shared layers' spans come from the chunk store), and an overlay
+/// made on v1 is refused on v2 unless discarded.
+#[test]
+fn serving_v2_after_v1_fetches_only_the_new_layer() {
+    use common::mount::MountProc;
+    use common::registry::Registry;
+    let dir = tempfile::tempdir().unwrap();
+    write_versions(dir.path(), Compression::Gzip);
+    let reg = Registry::start();
+    for v in ["v1", "v2"] {
+        reg.push(
+            &format!("oci:{}:{v}", dir.path().display()),
+            &format!("app:{v}"),
+            false,
+        );
+    }
+    let (r1, r2) = (
+        format!("{}/app:v1", reg.host()),
+        format!("{}/app:v2", reg.host()),
+    );
+    let o = Ocidisk::new();
+    let fresh = dir.path().join("fresh-v2.img");
+    materialize(
+        &Ocidisk::new(),
+        &format!("oci:{}:v2", dir.path().display()),
+        &fresh,
+        &["--read-only"],
+    );
+    let point = dir.path().join("disk");
+    std::fs::write(&point, b"").unwrap();
+    let m = MountProc::start(&o, &r1, &point, &["--read-only"]);
+    std::fs::read(&m.image).unwrap();
+    assert_eq!(m.stop(), Some(0));
+
+    let before = reg.requests().len();
+    let m = MountProc::start(&o, &r2, &point, &["--read-only"]);
+    assert!(
+        std::fs::read(&m.image).unwrap() == std::fs::read(&fresh).unwrap(),
+        "the lazy v2 differs from materialize's"
+    );
+    assert_eq!(m.stop(), Some(0));
+    let fetched: u64 = reg.requests()[before..]
+        .iter()
+        .filter(|q| q.method == "GET")
+        .map(|q| q.bytes)
+        .sum();
+    let new_layer = imagegen::build_layer(&update_layer(), Compression::Gzip)
+        .blob
+        .len() as u64;
+    assert!(
+        fetched * 2 <= new_layer * 3,
+        "serving v2 after v1 fetched {fetched} bytes; its new layer is {new_layer}"
+    );
+
+    // Overlays: one made on v1 is refused on v2, unless discarded.
+    let overlay = dir.path().join("app.overlay");
+    let ov = overlay.to_str().unwrap();
+    let m = MountProc::start(&o, &r1, &point, &["--overlay", ov]);
+    {
+        let fs = common::fscheck::LoopMount::writable(&m.image);
+        std::fs::write(fs.path().join("written-on-v1"), b"v1").unwrap();
+        // SAFETY: sync(2) has no preconditions.
+        unsafe { libc::sync() };
+    }
+    assert_eq!(m.stop(), Some(0));
+    let e = o.fail(&["mount", "--overlay", ov, &r2, point.to_str().unwrap()]);
+    assert!(
+        e.contains("its blocks mean nothing on another image"),
+        "{e}"
+    );
+    assert!(e.contains("--discard-overlay"), "{e}");
+    let m = MountProc::start(&o, &r2, &point, &["--overlay", ov, "--discard-overlay"]);
+    {
+        let fs = common::fscheck::LoopMount::new(&m.image);
+        assert!(!fs.path().join("written-on-v1").exists());
+        assert_eq!(
+            std::fs::read(fs.path().join("etc/hostname")).unwrap(),
+            b"ocidisk-v2\n"
+        );
+    }
+    assert_eq!(m.stop(), Some(0));
+}

@@ -120,6 +120,9 @@ pub struct DiskOptions {
     /// Where guest writes go (writable disks); `None`: a temporary file in
     /// the cache dir, removed when the disk closes.
     pub overlay: Option<std::path::PathBuf>,
+    /// An overlay made for another image (an earlier version) is removed
+    /// and started afresh instead of refused.
+    pub discard_overlay: bool,
     /// Keep a complete image here, filled as data arrives.
     pub flush_to: Option<std::path::PathBuf>,
     /// The file format of `flush_to`.
@@ -227,7 +230,18 @@ impl Inner {
                 }
             };
             crate::metrics::global().set_overlay(Some(path.clone()));
-            (Some(Overlay::open(&path, image.id(), fs.size)?), temp)
+            let overlay = match Overlay::open(&path, image.id(), fs.size) {
+                Err(OverlayError::Mismatch { found, .. }) if opts.discard_overlay => {
+                    tracing::warn!(
+                        "overlay {}: made for {found}; its writes are discarded (--discard-overlay)",
+                        path.display()
+                    );
+                    Overlay::discard(&path)?;
+                    Overlay::open(&path, image.id(), fs.size)?
+                }
+                r => r?,
+            };
+            (Some(overlay), temp)
         };
         let flush_to = match &opts.flush_to {
             Some(p) => Some(flush_to::FlushTo::create(

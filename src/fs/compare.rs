@@ -107,6 +107,9 @@ pub struct ChunkCount {
     pub chunks: u64,
     /// Of those, chunks whose every byte equals the old image's.
     pub shared: u64,
+    /// Chunks with a changed byte (holding content or not: a chunk whose
+    /// old content is gone counts too).
+    pub changed: u64,
 }
 
 /// Chunk size of [`chunk_count`]: 512 KiB.
@@ -136,7 +139,12 @@ pub fn chunk_count(image: &FsImage, changed: &[(u64, u64)]) -> ChunkCount {
         .zip(&touched)
         .filter(|(c, t)| **c && !**t)
         .count() as u64;
-    ChunkCount { chunks, shared }
+    let changed = touched.iter().filter(|t| **t).count() as u64;
+    ChunkCount {
+        chunks,
+        shared,
+        changed,
+    }
 }
 
 #[cfg(test)]
@@ -197,7 +205,8 @@ mod tests {
             c,
             ChunkCount {
                 chunks: 1,
-                shared: 0
+                shared: 0,
+                changed: 1
             }
         );
         // The same plan against itself: nothing changes.

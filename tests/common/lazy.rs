@@ -27,6 +27,7 @@ pub fn disk_options(location: &str, read_only: bool) -> DiskOptions {
         cache_mem: 64 << 20,
         cache_disk: 1 << 30,
         overlay: None,
+        discard_overlay: false,
         flush_to: None,
         flush_format: Default::default(),
         prefetch: false,

@@ -43,7 +43,7 @@ pub enum OverlayError {
     },
     /// The overlay was made for another image or size.
     #[error(
-        "overlay {path} belongs to {found}, not to this disk ({expected}); use another --overlay path"
+        "overlay {path} belongs to {found}, not to this disk ({expected}): its blocks mean nothing on another image's layout; use another --overlay path, or --discard-overlay to drop its writes"
     )]
     Mismatch {
         /// The bitmap file.
@@ -106,6 +106,22 @@ impl Overlay {
     /// the disk of `image_id` with `size` bytes.
     pub fn open(path: &Path, image_id: &Digest, size: u64) -> Result<Overlay, OverlayError> {
         Self::open_in_boot(path, image_id, size, live::boot_id().as_deref())
+    }
+
+    /// Remove the overlay at `path` (data, bitmap and live log), whatever
+    /// image it belongs to: its writes are gone.
+    pub fn discard(path: &Path) -> Result<(), OverlayError> {
+        for p in [
+            path.to_path_buf(),
+            PathBuf::from(format!("{}.bitmap", path.display())),
+            PathBuf::from(format!("{}.live", path.display())),
+        ] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&p)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// [`Overlay::open`] as if running in `boot` (None: no boot id known,
