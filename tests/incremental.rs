@@ -464,3 +464,119 @@ fn serving_v2_after_v1_fetches_only_the_new_layer() {
     }
     assert_eq!(m.stop(), Some(0));
 }
+
+/// Tag `to` in `layout`: the image tagged `from` plus `layer` (gzip) on top.
+fn derive(layout: &Path, from: &str, layer: &LayerSpec, to: &str) {
+    let read = |digest: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(imagegen::blob_path(layout, digest)).unwrap())
+            .unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == from)
+        .unwrap()
+        .clone();
+    let mut manifest = read(desc["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    let built = imagegen::build_layer(layer, Compression::Gzip);
+    let layer_digest = imagegen::write_blob(layout, &built.blob);
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(built.diff_id.clone().into());
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = imagegen::write_blob(layout, &config_bytes).into();
+    manifest["config"]["size"] = config_bytes.len().into();
+    manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer_digest,
+            "size": built.blob.len(),
+        }));
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    let mut new_desc = desc.clone();
+    new_desc["digest"] = imagegen::write_blob(layout, &manifest_bytes).into();
+    new_desc["size"] = manifest_bytes.len().into();
+    imagegen::add_to_index(layout, to, new_desc);
+}
+
+/// The Debian image as v1 and v1 plus a small layer as v2: chunk
+/// sharing, `--base` to a new file and in place equal to fresh, e2fsck.
+#[test]
+fn debian_plus_a_small_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("debian");
+    let src = common::debian::layout();
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&layout)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = 1_700_000_000;
+    let update = LayerSpec::new(
+        "app update",
+        vec![
+            E::text("/etc/hostname", "app-v2\n", 0o644).mtime(t),
+            E::whiteout("/etc/motd").mtime(t),
+            E::dir("/srv/app", 0o755).mtime(t),
+            E::text("/srv/app/config.toml", "port = 8080\n", 0o644).mtime(t),
+            E::file(
+                "/srv/app/app.bin",
+                imagegen::Content::Pattern {
+                    len: 200_000,
+                    seed: 3,
+                },
+                0o755,
+            )
+            .mtime(t),
+            E::whiteout("/usr/share/doc/apt").mtime(t),
+        ],
+    );
+    derive(&layout, "bookworm", &update, "v2");
+    let (v1, v2) = (
+        format!("oci:{}:bookworm", layout.display()),
+        format!("oci:{}:v2", layout.display()),
+    );
+    let o = Ocidisk::new();
+    let p = |n: &str| dir.path().join(n);
+    materialize(&o, &v1, &p("v1.img"), &[]);
+    materialize(&o, &v2, &p("v2.img"), &[]);
+    let (allocated, shared) = chunk_sharing(&p("v1.img"), &p("v2.img"));
+    eprintln!("debian: {shared} of {allocated} allocated chunks shared");
+    assert!(
+        shared * 10 >= allocated * 9,
+        "only {shared} of v1's {allocated} allocated chunks kept"
+    );
+    let fresh = sha256_file(&p("v2.img"));
+    let base = p("v1.img");
+    let b = base.to_str().unwrap();
+    o.ok(&[
+        "materialize",
+        &v2,
+        p("new.img").to_str().unwrap(),
+        "--base",
+        b,
+    ]);
+    assert_eq!(sha256_file(&p("new.img")), fresh, "--base to a new file");
+    common::fscheck::assert_e2fsck_clean(&p("new.img"));
+    o.ok(&["materialize", &v2, b, "--base", b]);
+    assert_eq!(sha256_file(&base), fresh, "--base in place");
+    common::fscheck::assert_e2fsck_clean(&base);
+    let fs = common::fscheck::LoopMount::new(&base);
+    assert_eq!(
+        std::fs::read(fs.path().join("etc/hostname")).unwrap(),
+        b"app-v2\n"
+    );
+    assert!(!fs.path().join("usr/share/doc/apt").exists());
+    assert!(fs.path().join("usr/bin/dash").exists());
+}

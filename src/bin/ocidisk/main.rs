@@ -119,13 +119,16 @@ What an image may hold, and what is refused or clamped: docs/input-rules.md.")]
     },
 
     /// Compare two image versions' disks: shared and added layers, and the 512 KiB chunks NEW keeps from OLD
-    #[command(after_help = "Examples:
+    #[command(
+        after_help = "Examples:
   ocidisk diff registry.example.com/app:v1 registry.example.com/app:v2
   ocidisk diff --json --fs ext3 oci:./layout:v1 oci:./layout:v2
 
 OLD and NEW are planned as materialize would write them with the same --fs, --size and
 --read-only; only layer indexes are fetched (no image is written). Chunks equal at the same
-offset are what materialize --base keeps; added layers are what a host with OLD cached fetches.")]
+offset are what materialize --base keeps; added layers are what a host with OLD cached fetches.",
+        override_usage = "ocidisk diff [OPTIONS] <OLD> <NEW>"
+    )]
     Diff {
         /// OLD: the image to compare with (source flags apply to both)
         #[command(flatten)]
