@@ -202,12 +202,7 @@ impl DiffReport {
         };
         row(&mut s, "", "OLD".into(), "NEW".into());
         row(&mut s, "image", o.reference.clone(), n.reference.clone());
-        row(
-            &mut s,
-            "digest",
-            o.image_id.to_string(),
-            n.image_id.to_string(),
-        );
+        row(&mut s, "digest", o.image_id.short(), n.image_id.short());
         row(
             &mut s,
             "layers",
