@@ -544,6 +544,7 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
     }
     assert_xfs_repair_clean(&out);
     std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(d.path().join("out.xfs.ocidisk.json")).unwrap();
     // A name no Linux filesystem holds.
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();

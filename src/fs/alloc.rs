@@ -69,20 +69,29 @@ impl Alloc {
     }
 
     /// `n` blocks at or after the cursor in as few runs as the taken blocks
-    /// allow: (first block, count), adjacent runs merged.
-    pub fn runs(&mut self, mut n: u64) -> Option<Vec<(u64, u64)>> {
-        let end = self.end();
+    /// allow: (first block, count), adjacent runs merged; `None` if the
+    /// range ends first.
+    pub fn runs(&mut self, n: u64) -> Option<Vec<(u64, u64)>> {
+        let out = self.runs_upto(n);
+        (out.iter().map(|r| r.1).sum::<u64>() == n).then_some(out)
+    }
+
+    /// Up to `n` blocks at or after the cursor, in as few runs as the
+    /// taken blocks allow (fewer than `n` when the range ends first).
+    pub fn runs_upto(&mut self, n: u64) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
-        while n > 0 {
+        let mut left = n;
+        let end = self.end();
+        while left > 0 {
             while self.cursor < end && self.is_used(self.cursor) {
                 self.cursor += 1;
             }
             if self.cursor >= end {
-                return None;
+                break;
             }
             let start = self.cursor;
             let mut len = 0;
-            while len < n && start + len < end && !self.is_used(start + len) {
+            while len < left && start + len < end && !self.is_used(start + len) {
                 len += 1;
             }
             self.mark(start, len);
@@ -91,9 +100,30 @@ impl Alloc {
                 Some(last) if last.0 + last.1 == start => last.1 += len,
                 _ => out.push((start, len)),
             }
-            n -= len;
+            left -= len;
         }
-        Some(out)
+        out
+    }
+
+    /// The free runs of the range (first block, count), in order.
+    pub fn free_runs(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut b = self.base;
+        while b < self.end() {
+            let i = b - self.base;
+            if i.is_multiple_of(64) && self.used[(i / 64) as usize] == u64::MAX {
+                b += 64;
+                continue;
+            }
+            if !self.is_used(b) {
+                match out.last_mut() {
+                    Some(last) if last.0 + last.1 == b => last.1 += 1,
+                    _ => out.push((b, 1)),
+                }
+            }
+            b += 1;
+        }
+        out
     }
 }
 
@@ -116,5 +146,22 @@ mod tests {
         g.seek(0);
         assert_eq!(g.runs(3), Some(vec![(1000, 2), (1006, 1)]));
         assert_eq!(g.runs(4), None, "never past the range");
+    }
+
+    #[test]
+    fn partial_runs_and_free_runs() {
+        let mut a = Alloc::new(100, 200);
+        a.mark(110, 5);
+        a.mark(250, 50);
+        assert_eq!(a.free_runs(), vec![(100, 10), (115, 135)]);
+        a.seek(105);
+        assert_eq!(a.runs_upto(10), vec![(105, 5), (115, 5)]);
+        a.seek(240);
+        assert_eq!(
+            a.runs_upto(100),
+            vec![(240, 10)],
+            "stops at the range's end"
+        );
+        assert_eq!(a.free_runs(), vec![(100, 5), (120, 120)]);
     }
 }

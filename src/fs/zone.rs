@@ -14,14 +14,18 @@
 //! ext3's per-group bitmaps and inode tables). Those skips are rounded up
 //! to 512 KiB too, so a header that grows a little moves nothing.
 //!
+//! Writers: ext4 and ext3 ([`crate::fs::extfs`]) always; XFS
+//! ([`crate::fs::xfs`]) unless its free space would need more than one
+//! leaf per group.
+//!
 //! Everything else (inode tables, directories, extent and indirect blocks,
 //! the journal) goes after the data zone, from the next 8 MiB boundary
 //! ([`metadata_start`]): a version that adds less than the room left before
 //! that boundary keeps even the metadata's places (its bytes change: inode
 //! numbers, checksums), and one that adds more moves only the metadata.
 
-use crate::fs::extents::file_ranges;
-use crate::tree::{NodeKind, Tree};
+use crate::fs::extents::{Run, file_ranges};
+use crate::tree::{NodeId, NodeKind, Tree};
 
 /// Blocks in 512 KiB: regions and skips start and end on this boundary.
 pub const ALIGN: u64 = (512 * 1024) / crate::fs::BLOCK_SIZE;
@@ -158,6 +162,34 @@ impl ZoneMap {
             n -= take;
         }
         out
+    }
+
+    /// Where file `node`'s data goes: its data ranges mapped from its slot,
+    /// in order (no run crosses a skip). `None` for a file with data but no
+    /// slot (a tree the zone was not made from).
+    pub fn file_runs(&self, zone: &DataZone, tree: &Tree, node: NodeId) -> Option<Vec<Run>> {
+        let NodeKind::File(f) = &tree.nodes[node].kind else {
+            return Some(Vec::new());
+        };
+        let ranges = file_ranges(tree, node);
+        if ranges.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut z = zone.slot(f.layer, f.offset)?;
+        let mut runs = Vec::new();
+        for (first, count) in ranges {
+            let mut logical = first;
+            for (physical, len) in self.runs(z, count) {
+                runs.push(Run {
+                    logical,
+                    physical,
+                    len,
+                });
+                logical += len;
+            }
+            z += count;
+        }
+        Some(runs)
     }
 
     /// The first device block after zone block `z - 1` (for `z` = 0: the

@@ -12,7 +12,7 @@ use super::geometry::{BPG, BS, Geometry, INODE_SIZE, INODES_PER_BLOCK, backup_gr
 use super::inode::{
     FIRST_INO, INDEX_FL, InodeRecord, JOURNAL_INO, ROOT_INO, inode_seed, time_fields,
 };
-use super::plan::{Body, Planned, file_ranges};
+use super::plan::{Body, Planned};
 use super::superblock::{GroupDesc, Superblock, journal_superblock};
 use super::xattr::{self, Placement};
 use super::{ExtError, ExtOptions, Profile, Run, mapping};
@@ -162,30 +162,11 @@ pub fn write(
         let Body::File { node } = p.body else {
             continue;
         };
-        let NodeKind::File(f) = &tree.nodes[node].kind else {
-            continue;
-        };
-        let ranges = file_ranges(tree, node);
-        if ranges.is_empty() {
-            runs_of.insert(p.ino, Vec::new());
-            continue;
-        }
-        let Some(mut z) = zone.slot(f.layer, f.offset) else {
+        let Some(runs) = map.file_runs(zone, tree, node) else {
             return Some(Err(ExtError::Unmapped { ino: p.ino }));
         };
-        let mut runs = Vec::new();
-        for (first, count) in ranges {
-            let mut l = first;
-            for (physical, len) in map.runs(z, count) {
-                alloc.mark(physical, len);
-                runs.push(Run {
-                    logical: l,
-                    physical,
-                    len,
-                });
-                l += len;
-            }
-            z += count;
+        for r in &runs {
+            alloc.mark(r.physical, r.len);
         }
         runs_of.insert(p.ino, runs);
     }

@@ -19,6 +19,7 @@ use crate::fs::extents::{Run, file_ranges, place};
 use crate::fs::order::Order;
 use crate::fs::time::{Clamper, TimeRange};
 use crate::fs::xattr::classify;
+use crate::fs::zone::{DataZone, ZoneMap, metadata_start};
 use crate::tree::NodeKind;
 
 /// Longest extent a bmbt record holds (21 bits of length).
@@ -57,8 +58,22 @@ fn slot_of(pos: usize) -> u64 {
 /// Forward allocation over every AG's free blocks.
 struct Blocks {
     allocs: Vec<Alloc>,
-    remaining: Vec<u64>,
+    ag_blocks: u64,
     cur: usize,
+}
+
+/// Split runs so that none is longer than an extent record holds.
+fn split_long(runs: Vec<(u64, u64)>, out: &mut Vec<(u64, u64)>) {
+    for (start, len) in runs {
+        let mut s = start;
+        let mut left = len;
+        while left > 0 {
+            let l = left.min(MAX_EXTENT);
+            out.push((s, l));
+            s += l;
+            left -= l;
+        }
+    }
 }
 
 impl Blocks {
@@ -67,24 +82,25 @@ impl Blocks {
     fn take(&mut self, mut n: u64) -> Option<Vec<(u64, u64)>> {
         let mut out = Vec::new();
         while n > 0 {
-            while self.remaining.get(self.cur)? == &0 {
+            let got = self.allocs.get_mut(self.cur)?.runs_upto(n);
+            n -= got.iter().map(|r| r.1).sum::<u64>();
+            split_long(got, &mut out);
+            if n > 0 {
                 self.cur += 1;
             }
-            let take = n.min(self.remaining[self.cur]);
-            for (start, len) in self.allocs[self.cur].runs(take)? {
-                let mut s = start;
-                let mut left = len;
-                while left > 0 {
-                    let l = left.min(MAX_EXTENT);
-                    out.push((s, l));
-                    s += l;
-                    left -= l;
-                }
-            }
-            self.remaining[self.cur] -= take;
-            n -= take;
         }
         Some(out)
+    }
+
+    /// Go on allocating from device block `dev`.
+    fn seek(&mut self, dev: u64) {
+        self.cur = ((dev / self.ag_blocks) as usize).min(self.allocs.len() - 1);
+        self.allocs[self.cur].seek(dev);
+    }
+
+    /// Take device blocks `[dev, dev + len)`, inside one AG's free range.
+    fn mark(&mut self, dev: u64, len: u64) {
+        self.allocs[(dev / self.ag_blocks) as usize].mark(dev, len);
     }
 }
 
@@ -115,8 +131,16 @@ fn ftype(kind: &NodeKind) -> u8 {
     }
 }
 
-/// Lay `order` out on `blocks` blocks.
-pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<FsImage>, XfsError> {
+/// Lay `order` out on `blocks` blocks. `stable`: file data in the stable
+/// data zone of [`crate::fs::zone`] (else packed with everything else in
+/// tree order); an error if that leaves an AG more free extents than its
+/// one-leaf free-space trees hold.
+pub fn write(
+    order: &Order<'_>,
+    blocks: u64,
+    uuid: [u8; 16],
+    stable: bool,
+) -> Result<Option<FsImage>, XfsError> {
     let g = Geometry::new(blocks * BLOCK)?;
     let tree = order.tree;
     let n_slots = slots(order);
@@ -144,7 +168,7 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
 
     // Free blocks of each AG, in device block numbers.
     let mut allocs = Vec::new();
-    let mut remaining = Vec::new();
+    let mut headers = Vec::new();
     let mut agfl_of = Vec::new();
     for ag in 0..g.ag_count {
         let mut next = PREALLOC;
@@ -162,14 +186,51 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
         }
         let len = g.ag_len(ag).saturating_sub(next);
         allocs.push(Alloc::new(g.device_block(ag, next), len));
-        remaining.push(len);
+        headers.push((g.device_block(ag, 0), next.min(g.ag_len(ag))));
     }
     let mut space = Blocks {
         allocs,
-        remaining,
+        ag_blocks: g.ag_blocks,
         cur: 0,
     };
     let fsblock = |dev: u64| g.fsblock(dev / g.ag_blocks, dev % g.ag_blocks);
+
+    // Stable: every file's data in its slot of the data zone first, the
+    // rest after the zone.
+    let mut file_runs: Vec<Option<Vec<Run>>> = vec![None; order.nodes.len()];
+    if stable {
+        let zone = DataZone::new(tree);
+        let map = ZoneMap::new(headers.iter().copied());
+        let data_end = map.end(zone.blocks());
+        if data_end > g.blocks {
+            return Ok(None);
+        }
+        for (pos, placed) in order.nodes.iter().enumerate() {
+            if !matches!(tree.nodes[placed.id].kind, NodeKind::File(_)) {
+                continue;
+            }
+            let Some(whole) = map.file_runs(&zone, tree, placed.id) else {
+                unreachable!("the zone is made from this tree");
+            };
+            let mut runs = Vec::new();
+            for r in whole {
+                let mut pieces = Vec::new();
+                split_long(vec![(r.physical, r.len)], &mut pieces);
+                let mut logical = r.logical;
+                for (physical, len) in pieces {
+                    space.mark(physical, len);
+                    runs.push(Run {
+                        logical,
+                        physical,
+                        len,
+                    });
+                    logical += len;
+                }
+            }
+            file_runs[pos] = Some(runs);
+        }
+        space.seek(metadata_start(data_end).min(g.blocks - 1));
+    }
 
     let mut img = FsImage {
         size: g.blocks * BLOCK,
@@ -300,21 +361,27 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
                 }
             }
             NodeKind::File(f) => {
-                let mut runs = Vec::new();
-                for (first, count) in file_ranges(tree, placed.id) {
-                    let Some(got) = space.take(count) else {
-                        return Ok(None);
-                    };
-                    let mut l = first;
-                    for (physical, len) in got {
-                        runs.push(Run {
-                            logical: l,
-                            physical,
-                            len,
-                        });
-                        l += len;
+                let runs = match file_runs[pos].take() {
+                    Some(runs) => runs,
+                    None => {
+                        let mut runs = Vec::new();
+                        for (first, count) in file_ranges(tree, placed.id) {
+                            let Some(got) = space.take(count) else {
+                                return Ok(None);
+                            };
+                            let mut l = first;
+                            for (physical, len) in got {
+                                runs.push(Run {
+                                    logical: l,
+                                    physical,
+                                    len,
+                                });
+                                l += len;
+                            }
+                        }
+                        runs
                     }
-                }
+                };
                 for (off, tar, len) in f.runs() {
                     if place(&runs, (off, tar, len), f.layer, &mut img.data).is_none() {
                         unreachable!("every data block of {} is mapped", path());
@@ -529,13 +596,16 @@ pub fn write(order: &Order<'_>, blocks: u64, uuid: [u8; 16]) -> Result<Option<Fs
     let mut free_of = Vec::new();
     for (ag, alloc) in space.allocs.iter().enumerate() {
         let ag = ag as u64;
-        let end = g.device_block(ag, g.ag_len(ag));
-        let start = (alloc.end() - space.remaining[ag as usize]).min(end);
-        let mut free = Vec::new();
-        if end > start {
-            free.push(((start - g.device_block(ag, 0)) as u32, (end - start) as u32));
+        let first = g.device_block(ag, 0);
+        let free: Vec<(u32, u32)> = alloc
+            .free_runs()
+            .into_iter()
+            .map(|(s, l)| ((s - first) as u32, l as u32))
+            .collect();
+        if free.len() > btree::leaf_capacity(8) {
+            return Err(XfsError::Fragmented { ag });
         }
-        fdblocks += (end - start) + AGFL_BLOCKS;
+        fdblocks += free.iter().map(|e| u64::from(e.1)).sum::<u64>() + AGFL_BLOCKS;
         free_of.push(free);
     }
     let icount = chunks * CHUNK_INODES;

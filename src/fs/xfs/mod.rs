@@ -17,6 +17,13 @@
 //! files of more extents, more inodes than one inode-tree leaf indexes) is
 //! an error naming it. [`build_empty`] is the empty filesystem mkfs makes.
 //!
+//! File data follows the stable layout of [`crate::fs::zone`] (the AG
+//! headers and AG 0's inode chunks are the skipped headers), unless that
+//! leaves an AG more free extents than a one-leaf free-space tree holds:
+//! then the data is packed in tree order. Without `--size` the device is
+//! rounded up to a sixteenth of its power of two, so that the AGs of a
+//! new version stay where they were.
+//!
 //! Files: `geometry.rs` (sizes like mkfs), `layout.rs` (a tree onto a
 //! geometry), `headers.rs` (superblock and AG headers), `btree.rs`
 //! (short-form B+tree blocks), `bmbt.rs` (block-map B+trees), `inode.rs` (v3 inodes), `dir.rs`
@@ -38,6 +45,7 @@ pub mod log;
 use crate::fs::extents::file_ranges;
 use crate::fs::order::{Order, OrderError};
 use crate::fs::sizing::{self, Limits, SizeError};
+use crate::fs::zone::{self, DataZone};
 use crate::fs::{FsImage, FsOptions};
 use crate::tree::{NodeKind, Tree};
 use geometry::{AGFL_BLOCKS, BLOCK, Geometry, INODE_ALIGN, PREALLOC};
@@ -89,6 +97,13 @@ pub enum XfsError {
         /// Minor.
         minor: u32,
     },
+    /// The stable layout left AG `ag` more free extents than one
+    /// free-space leaf holds (the writer then packs the data instead).
+    #[error("AG {ag} has more free extents than one free-space tree leaf holds")]
+    Fragmented {
+        /// The AG.
+        ag: u64,
+    },
     /// No size holds the content, or the size asked for does not.
     #[error(transparent)]
     Size(#[from] SizeError),
@@ -101,11 +116,41 @@ pub enum XfsError {
 /// `None` means all zeros).
 pub fn build(tree: &Tree, opts: &FsOptions) -> Result<FsImage, XfsError> {
     let order = Order::new(tree)?;
+    match fit(tree, &order, opts, true) {
+        Err(XfsError::Fragmented { ag }) => {
+            tracing::info!(
+                "xfs: the stable layout leaves AG {ag} too fragmented for one-leaf free-space trees; packing the data instead"
+            );
+            fit(tree, &order, opts, false)
+        }
+        r => r,
+    }
+}
+
+/// Without `--size`, the block count rounded up to a sixteenth of its
+/// power of two: the allocation groups (a quarter of the device each)
+/// then stay put when a new version adds a little.
+fn coarse(blocks: u64) -> u64 {
+    let step = 1u64 << (63 - blocks.max(16).leading_zeros()).saturating_sub(4);
+    blocks.next_multiple_of(step)
+}
+
+/// Size and lay out the tree, its data stable or packed.
+fn fit(
+    tree: &Tree,
+    order: &Order<'_>,
+    opts: &FsOptions,
+    stable: bool,
+) -> Result<FsImage, XfsError> {
     let uuid = opts.uuid.unwrap_or_default();
     let mut content =
-        layout::slots(&order).div_ceil(geometry::CHUNK_INODES) * geometry::CHUNK_BLOCKS;
+        layout::slots(order).div_ceil(geometry::CHUNK_INODES) * geometry::CHUNK_BLOCKS;
+    if stable {
+        content += DataZone::new(tree).blocks() + zone::META_ALIGN;
+    }
     for p in &order.nodes {
         content += match &tree.nodes[p.id].kind {
+            NodeKind::File(_) if stable => 0,
             NodeKind::File(_) => file_ranges(tree, p.id).iter().map(|r| r.1).sum(),
             NodeKind::Dir(_) => 1,
             NodeKind::Symlink(t) => (t.len() as u64).div_ceil(BLOCK - 56),
@@ -117,12 +162,19 @@ pub fn build(tree: &Tree, opts: &FsOptions) -> Result<FsImage, XfsError> {
     };
     let overhead = |blocks: u64| log(blocks) + 4 * (PREALLOC + AGFL_BLOCKS) + INODE_ALIGN;
     let mut error = None;
-    let mut attempt = |blocks: u64| match layout::write(&order, blocks, uuid) {
-        Ok(img) => img,
-        Err(e) => {
-            error.get_or_insert(e);
-            // Stop the search: no size helps.
-            Some(FsImage::default())
+    let mut attempt = |blocks: u64| {
+        let blocks = if opts.size.is_none() && stable {
+            coarse(blocks)
+        } else {
+            blocks
+        };
+        match layout::write(order, blocks, uuid, stable) {
+            Ok(img) => img,
+            Err(e) => {
+                error.get_or_insert(e);
+                // Stop the search: no size helps.
+                Some(FsImage::default())
+            }
         }
     };
     let limits = Limits {
@@ -144,11 +196,12 @@ pub fn build(tree: &Tree, opts: &FsOptions) -> Result<FsImage, XfsError> {
     }
     Ok(img?)
 }
+
 /// The empty filesystem of `bytes` bytes (a root directory timed `mtime`,
 /// nothing else), as mkfs.xfs makes it.
 pub fn build_empty(bytes: u64, uuid: [u8; 16], mtime: (i64, u32)) -> Result<FsImage, XfsError> {
     let mut tree = Tree::new();
     (tree.nodes[0].meta.mtime, tree.nodes[0].meta.mtime_nsec) = mtime;
     let order = Order::new(&tree)?;
-    layout::write(&order, bytes / BLOCK, uuid)?.ok_or(XfsError::TooSmall { bytes })
+    layout::write(&order, bytes / BLOCK, uuid, false)?.ok_or(XfsError::TooSmall { bytes })
 }
