@@ -265,6 +265,12 @@ fn foreign_or_modified_bases_are_refused() {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let e = o.fail(&a);
         assert!(!out.exists(), "a refused update leaves no output");
+        let partial: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".ocidisk-partial"))
+            .collect();
+        assert!(partial.is_empty(), "the copy of OLD is left: {partial:?}");
         e
     };
     // Foreign: an ext4 image mke2fs made, with no record.

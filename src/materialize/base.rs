@@ -118,6 +118,8 @@ pub enum BaseError {
 pub struct Base {
     path: PathBuf,
     record: Record,
+    /// A copy of OLD under way into OUT's temporary file (OUT is not OLD).
+    copy: Option<std::thread::JoinHandle<Result<PartialFile, MaterializeError>>>,
 }
 
 /// What an update did.
@@ -154,7 +156,27 @@ impl Base {
         Ok(Base {
             path: path.to_path_buf(),
             record,
+            copy: None,
         })
+    }
+
+    /// Start copying OLD into a temporary file for `output` in the
+    /// background (unless `output` is OLD), so the copy overlaps pulling
+    /// and planning. Whatever is refused later, the copy is removed.
+    pub fn start_copy(&mut self, output: &Path) {
+        if same_file(&self.path, output) {
+            return;
+        }
+        let (from, output) = (self.path.clone(), output.to_path_buf());
+        self.copy = Some(std::thread::spawn(move || {
+            partial::clean_stale(&output);
+            let partial = PartialFile::create(&output)?;
+            copy_file(&from, partial.file()).map_err(|source| BaseError::Io {
+                path: from.clone(),
+                source,
+            })?;
+            Ok(partial)
+        }));
     }
 
     /// OLD's plan from the cached layer indexes, with its layers' digests.
@@ -255,7 +277,7 @@ impl Base {
     /// Write NEW at `output` from OLD: see the module docs.
     #[allow(clippy::too_many_arguments)]
     pub fn update(
-        self,
+        mut self,
         old: (&FsImage, &[Digest]),
         new: (&FsImage, &[Digest]),
         made: Made,
@@ -296,12 +318,20 @@ impl Base {
                 .map_err(werr)?;
             apply(&file, new.0, &changed, layers, output, progress)?;
         } else {
-            partial::clean_stale(output);
-            let partial = PartialFile::create(output)?;
-            copy_file(&self.path, partial.file()).map_err(|source| BaseError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            let partial = match self.copy.take() {
+                Some(copy) => copy.join().map_err(|_| {
+                    MaterializeError::Internal("copying the base", "the copy panicked".into())
+                })??,
+                None => {
+                    partial::clean_stale(output);
+                    let partial = PartialFile::create(output)?;
+                    copy_file(&self.path, partial.file()).map_err(|source| BaseError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                    partial
+                }
+            };
             apply(partial.file(), new.0, &changed, layers, output, progress)?;
             Record::remove(output).map_err(BaseError::from)?;
             partial.commit()?;
@@ -311,6 +341,16 @@ impl Base {
             .write(output)
             .map_err(BaseError::from)?;
         Ok(report)
+    }
+}
+
+impl Drop for Base {
+    /// A copy still under way when the update is refused or fails is
+    /// waited for, so that its temporary file is removed, not left behind.
+    fn drop(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            let _ = copy.join();
+        }
     }
 }
 

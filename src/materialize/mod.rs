@@ -134,7 +134,9 @@ pub async fn materialize(
             if opts.format != ImageFormat::Raw {
                 return Err(BaseError::NotRaw(opts.output.clone()).into());
             }
-            Some(Base::open(path)?)
+            let mut base = Base::open(path)?;
+            base.start_copy(&opts.output);
+            Some(base)
         }
         None => None,
     };
