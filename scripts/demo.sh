@@ -2,7 +2,8 @@
 # The main job, end to end on this machine: install what is needed, build a
 # real Debian image, start a local registry holding it, and show ocidisk
 # inspecting and pulling it (a second pull downloads nothing), writing it as
-# ext4, ext3 and XFS disk images that e2fsck and xfs_repair accept, and
+# ext4, ext3 and XFS disk images that e2fsck and xfs_repair accept,
+# updating an image in place to a new version (equal to a fresh one), and
 # finally booting a VM (QEMU,
 # TCG) whose root disk is `ocidisk serve` fetching lazily from the registry.
 set -euo pipefail
@@ -39,6 +40,19 @@ xfs_repair -n "$work/debian.xfs"
 qemu-img check "$work/debian.qcow2"
 qemu-img compare -f raw -F qcow2 "$work/debian.img" "$work/debian.qcow2"
 ls -ls "$work/debian.img" "$work/debian.qcow2"
+{ set +x; } 2>/dev/null
+
+echo "demo: a new version (v2 = the image + an app layer): diff, then update debian.img in place" >&2
+cp -a "$layout" "$work/layout"
+mkdir -p "$work/app" && printf 'port = 8080\n' >"$work/app/config.toml"
+/usr/bin/python3 bench/add_layer.py "$work/layout" bookworm v2 "$work/app" /srv/app
+skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$work/layout:v2" "docker://$REGISTRY/debian:v2"
+set -x
+"$bin" diff "$ref" "$REGISTRY/debian:v2"
+"$bin" materialize "$REGISTRY/debian:v2" "$work/debian.img" --base "$work/debian.img"
+"$bin" materialize "$REGISTRY/debian:v2" "$work/debian-v2.img"
+cmp "$work/debian.img" "$work/debian-v2.img"
+e2fsck -fn "$work/debian.img"
 { set +x; } 2>/dev/null
 
 echo "demo: serving the image over vhost-user (lazy) and booting a VM from it" >&2
