@@ -280,11 +280,11 @@ fn checkpoint_seeds() -> Vec<(String, Vec<u8>)> {
     );
     let mut out = Vec::new();
     for (i, cp) in [&cps[0], &cps[cps.len() / 2]].into_iter().enumerate() {
-        let w = cp.stored_window();
+        let w = cp.window_bytes().unwrap();
         let from = (cp.compressed - u64::from(cp.bits > 0)) as usize;
         let mut b = vec![cp.bits];
         b.extend((w.len() as u16).to_le_bytes());
-        b.extend(w);
+        b.extend_from_slice(&w);
         b.extend(100u16.to_le_bytes());
         b.extend(4000u16.to_le_bytes());
         b.extend(&blob[from..(from + 3000).min(blob.len())]);

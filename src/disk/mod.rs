@@ -210,6 +210,13 @@ impl Inner {
             crate::init_layer::append(&mut image, &mut indexes, cache)?;
         }
         let fs = fs::plan_layers(image.id(), &indexes, &opts.fs).map_err(Box::new)?;
+        // Planned: the entries are no longer needed, only the spans; and
+        // the checkpoint windows wait in a file until a read needs one.
+        let mut indexes: Vec<LayerIndex> = indexes
+            .into_iter()
+            .map(LayerIndex::into_spans_only)
+            .collect();
+        spill_windows(&mut indexes, cache);
         let layers: Vec<(Arc<LayerIndex>, Descriptor)> = indexes
             .into_iter()
             .map(Arc::new)
@@ -467,6 +474,42 @@ pub struct Disk {
     stop: Arc<std::sync::atomic::AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
+
+/// Move the indexes' checkpoint windows to an unlinked file in the cache's
+/// tmp directory (gone with the disk). Best effort: windows that cannot be
+/// moved stay in memory.
+fn spill_windows(indexes: &mut [LayerIndex], cache: &BlobCache) {
+    let dir = cache.root().join("tmp");
+    let path = dir.join(format!(
+        "windows-{}-{}",
+        std::process::id(),
+        SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let file = std::fs::create_dir_all(&dir).and_then(|_| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(Arc::new(f))
+    });
+    let result = file.and_then(|file| {
+        let mut at = 0;
+        indexes
+            .iter_mut()
+            .try_for_each(|ix| ix.spill_windows(&file, &mut at))
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&path);
+        tracing::warn!("{}: {e}; checkpoint windows stay in memory", path.display());
+    }
+}
+
+/// Spill files made by this process, for unique names.
+static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Disk {
     /// Open the image: resolve, index (without keeping layer blobs), plan;

@@ -13,8 +13,12 @@
 //! Multi-member gzip files (concatenated streams) are handled in both
 //! directions: members are re-entered by parsing the next gzip header.
 
+use std::borrow::Cow;
 use std::ffi::c_int;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::ptr;
+use std::sync::Arc;
 
 use libz_rs_sys::{
     Z_BUF_ERROR, Z_OK, Z_STREAM_END, inflate, inflateEnd, inflateInit2_, inflatePrime,
@@ -38,10 +42,22 @@ pub enum GzipError {
     /// The compressed input ended before the requested output.
     #[error("gzip data ended early")]
     Truncated,
+    /// A window spilled to a file could not be read back.
+    #[error("reading a checkpoint window back: {0}")]
+    Window(String),
+}
+
+/// Where a checkpoint's stored window is.
+#[derive(Debug, Clone)]
+enum Stored {
+    /// In memory.
+    Mem(Vec<u8>),
+    /// In a file the index's windows were spilled to: (file, offset, length).
+    File(Arc<File>, u64, u32),
 }
 
 /// A place where inflating can resume.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Checkpoint {
     /// Offset of the first whole compressed byte after the block boundary.
     pub compressed: u64,
@@ -52,9 +68,23 @@ pub struct Checkpoint {
     /// Up to 32 KiB of output preceding `uncompressed`, kept compressed
     /// (a tag byte, then a zstd frame or the raw bytes): a blob that
     /// inflates a thousandfold has windows that compress as well, so index
-    /// memory follows the blob, not what it inflates to.
-    window_z: Vec<u8>,
+    /// memory follows the blob, not what it inflates to. An open disk
+    /// spills them to a file ([`Checkpoint::spill`]).
+    window_z: Stored,
 }
+
+impl PartialEq for Checkpoint {
+    fn eq(&self, other: &Checkpoint) -> bool {
+        (self.compressed, self.bits, self.uncompressed)
+            == (other.compressed, other.bits, other.uncompressed)
+            && matches!(
+                (self.window_bytes(), other.window_bytes()),
+                (Ok(a), Ok(b)) if a == b
+            )
+    }
+}
+
+impl Eq for Checkpoint {}
 
 /// `window_z` tags.
 const RAW: u8 = 0;
@@ -71,11 +101,11 @@ impl Checkpoint {
             compressed,
             bits,
             uncompressed,
-            window_z,
+            window_z: Stored::Mem(window_z),
         }
     }
 
-    /// A checkpoint with its window as [`Checkpoint::stored_window`]
+    /// A checkpoint with its window as [`Checkpoint::window_bytes`]
     /// returned it (from an index file); `None` if it is malformed.
     pub fn from_stored(
         compressed: u64,
@@ -92,19 +122,40 @@ impl Checkpoint {
             compressed,
             bits,
             uncompressed,
-            window_z,
+            window_z: Stored::Mem(window_z),
         })
     }
 
     /// The window as stored (tagged, maybe compressed), for the index file.
-    pub fn stored_window(&self) -> &[u8] {
-        &self.window_z
+    pub fn window_bytes(&self) -> Result<Cow<'_, [u8]>, GzipError> {
+        match &self.window_z {
+            Stored::Mem(v) => Ok(Cow::Borrowed(v)),
+            Stored::File(f, offset, len) => {
+                let mut buf = vec![0u8; *len as usize];
+                f.read_exact_at(&mut buf, *offset)
+                    .map_err(|e| GzipError::Window(e.to_string()))?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// Move the stored window to `file` at `*at` (advanced past it), so
+    /// that it costs no memory; it is read back when a read needs it.
+    pub fn spill(&mut self, file: &Arc<File>, at: &mut u64) -> std::io::Result<()> {
+        if let Stored::Mem(v) = &self.window_z {
+            let len = v.len();
+            file.write_all_at(v, *at)?;
+            self.window_z = Stored::File(file.clone(), *at, len as u32);
+            *at += len as u64;
+        }
+        Ok(())
     }
 
     /// The window, decompressed.
     pub fn window(&self) -> Result<Vec<u8>, GzipError> {
         let bad = |why: &str| GzipError::Corrupt(format!("checkpoint window: {why}"));
-        match self.window_z.split_first() {
+        let stored = self.window_bytes()?;
+        match stored.split_first() {
             Some((&RAW, w)) => Ok(w.to_vec()),
             Some((&ZSTD, z)) => {
                 let w = zstd::bulk::decompress(z, WINDOW).map_err(|e| bad(&e.to_string()))?;
@@ -512,6 +563,34 @@ mod tests {
             assert_eq!(cps[0].uncompressed, 0);
             check_all_spans(&gz, &data, &cps);
         }
+    }
+
+    #[test]
+    fn spilled_windows_read_back_and_compare_equal() {
+        let data = sample(2 << 20);
+        let gz = gzip(&data, 6);
+        let (_, cps) = index(&gz, 256 << 10, 8191);
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(dir.path().join("w"))
+                .unwrap(),
+        );
+        let mut spilled = cps.clone();
+        let mut at = 0;
+        for c in &mut spilled {
+            c.spill(&file, &mut at).unwrap();
+        }
+        assert!(matches!(spilled[1].window_z, Stored::File(..)));
+        assert_eq!(spilled, cps, "the same windows, from the file");
+        check_all_spans(&gz, &data, &spilled);
+        // A file that lost its windows gives an error, not a wrong byte.
+        file.set_len(0).unwrap();
+        assert!(matches!(spilled[1].window(), Err(GzipError::Window(_))));
+        assert_ne!(spilled[1], cps[1]);
     }
 
     #[test]

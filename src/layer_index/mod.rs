@@ -147,6 +147,30 @@ pub struct SpanFetch {
 }
 
 impl LayerIndex {
+    /// The index without its tar entries: what reading spans needs once
+    /// the filesystem is planned (an open disk keeps only that).
+    pub fn into_spans_only(mut self) -> LayerIndex {
+        self.entries = Vec::new();
+        self
+    }
+
+    /// Move the checkpoint windows (most of a gzip index's memory) to
+    /// `file` from `*at` (advanced past them); they are read back when a
+    /// read needs them. On an error the windows not yet moved stay in
+    /// memory.
+    pub fn spill_windows(
+        &mut self,
+        file: &std::sync::Arc<std::fs::File>,
+        at: &mut u64,
+    ) -> std::io::Result<()> {
+        if let Access::Gzip(cps) = &mut self.access {
+            for c in cps {
+                c.spill(file, at)?;
+            }
+        }
+        Ok(())
+    }
+
     /// An index from its parts, if they are consistent (see
     /// [`IndexError::Inconsistent`] for what is checked).
     pub fn new(

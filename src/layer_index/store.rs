@@ -226,7 +226,9 @@ pub fn encode_body(ix: &LayerIndex) -> Vec<u8> {
                 put_var(&mut body, c.compressed);
                 body.push(c.bits);
                 put_var(&mut body, c.uncompressed);
-                put_bytes(&mut body, c.stored_window());
+                // An index whose windows were spilled and cannot be read
+                // back gets an empty window, which loading refuses.
+                put_bytes(&mut body, &c.window_bytes().unwrap_or_default());
             }
         }
         Access::Zstd(frames) => {
