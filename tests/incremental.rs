@@ -57,19 +57,22 @@ fn write_versions(dir: &Path, compression: Compression) {
 /// Allocated blocks of an ext or XFS image (`dumpe2fs`'s or
 /// `xfs_db freesp`'s free ranges).
 fn allocated_blocks(img: &Path) -> Vec<bool> {
-    let xfs = Command::new("xfs_db")
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open(img).unwrap(), &mut magic).unwrap();
+    if &magic != b"XFSB" {
+        return ext_allocated(img);
+    }
+    let out = Command::new("xfs_db")
         .args(["-r", "-c", "sb 0", "-c", "p agblocks"])
         .arg(img)
         .output()
         .unwrap();
-    let agblocks = String::from_utf8_lossy(&xfs.stdout)
+    let agblocks = String::from_utf8_lossy(&out.stdout)
         .trim()
         .strip_prefix("agblocks = ")
-        .and_then(|n| n.parse::<usize>().ok());
-    if let (true, Some(agblocks)) = (xfs.status.success(), agblocks) {
-        return xfs_allocated(img, agblocks);
-    }
-    ext_allocated(img)
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("xfs_db gave no agblocks for {}", img.display()));
+    xfs_allocated(img, agblocks)
 }
 
 /// Allocated blocks of an XFS image with `agblocks` blocks per AG.

@@ -168,15 +168,7 @@ impl Base {
             return;
         }
         let (from, output) = (self.path.clone(), output.to_path_buf());
-        self.copy = Some(std::thread::spawn(move || {
-            partial::clean_stale(&output);
-            let partial = PartialFile::create(&output)?;
-            copy_file(&from, partial.file()).map_err(|source| BaseError::Io {
-                path: from.clone(),
-                source,
-            })?;
-            Ok(partial)
-        }));
+        self.copy = Some(std::thread::spawn(move || copy_to_partial(&from, &output)));
     }
 
     /// OLD's plan from the cached layer indexes, with its layers' digests.
@@ -322,15 +314,7 @@ impl Base {
                 Some(copy) => copy.join().map_err(|_| {
                     MaterializeError::Internal("copying the base", "the copy panicked".into())
                 })??,
-                None => {
-                    partial::clean_stale(output);
-                    let partial = PartialFile::create(output)?;
-                    copy_file(&self.path, partial.file()).map_err(|source| BaseError::Io {
-                        path: self.path.clone(),
-                        source,
-                    })?;
-                    partial
-                }
+                None => copy_to_partial(&self.path, output)?,
             };
             apply(partial.file(), new.0, &changed, layers, output, progress)?;
             Record::remove(output).map_err(BaseError::from)?;
@@ -352,6 +336,17 @@ impl Drop for Base {
             let _ = copy.join();
         }
     }
+}
+
+/// OLD copied into a new temporary file for `output`.
+fn copy_to_partial(from: &Path, output: &Path) -> Result<PartialFile, MaterializeError> {
+    partial::clean_stale(output);
+    let partial = PartialFile::create(output)?;
+    copy_file(from, partial.file()).map_err(|source| BaseError::Io {
+        path: from.to_path_buf(),
+        source,
+    })?;
+    Ok(partial)
 }
 
 /// Whether `a` and `b` name the same file.
