@@ -240,6 +240,7 @@ impl BlobCache {
             path,
             file: Some(file),
             len: 0,
+            writeback: crate::sparse::Writeback::default(),
         })
     }
 
@@ -407,6 +408,7 @@ pub struct BlobWriter {
     path: PathBuf,
     file: Option<File>,
     len: u64,
+    writeback: crate::sparse::Writeback,
 }
 
 impl BlobWriter {
@@ -431,6 +433,7 @@ impl BlobWriter {
         f.set_len(0).map_err(io_err("truncate", &self.path))?;
         io::Seek::seek(f, io::SeekFrom::Start(0)).map_err(io_err("seek", &self.path))?;
         self.len = 0;
+        self.writeback = crate::sparse::Writeback::default();
         Ok(())
     }
 
@@ -452,7 +455,9 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.as_mut().expect("writer is open").write(buf)?;
+        let file = self.file.as_mut().expect("writer is open");
+        let n = file.write(buf)?;
+        self.writeback.wrote(file, self.len, n as u64);
         self.len += n as u64;
         Ok(n)
     }

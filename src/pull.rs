@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::cache::{BlobCache, CacheError, ImageRecord, now_secs};
 use crate::digest::{Digest, Hasher};
 use crate::layer_index::{
-    IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, SpanOut, SpanSink, index_blob,
+    IndexError, IndexStore, LayerIndex, LayerIndexer, PushError, SpanOut, SpanSink, TarTap,
+    index_blob,
 };
 use crate::platform::Platform;
 use crate::source::manifest::Compression;
@@ -90,6 +91,16 @@ impl PullProgress for NoProgress {
     fn finish(&self, _: &Layer, _: bool) {}
 }
 
+/// Watches the layers of a pull go by, bottom first: `materialize` writes
+/// file data to its final place in the image while a layer streams.
+pub trait LayerTaps: Send + Sync {
+    /// Layer `i` starts streaming (again, from its first byte, if the
+    /// stream restarted): a tap for its uncompressed bytes, or `None`.
+    fn tap(&self, i: usize) -> Option<Box<dyn TarTap>>;
+    /// Layer `i`'s index is known, whether it streamed or was cached.
+    fn indexed(&self, i: usize, index: &LayerIndex);
+}
+
 /// What to pull.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -145,7 +156,24 @@ pub async fn pull_image(
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
 ) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>), PullError> {
-    let (report, _, image, indexes) = pull_inner(opts, cache, progress, None).await?;
+    let (report, _, image, indexes) = pull_inner(opts, cache, progress, None, None).await?;
+    Ok((report, image, indexes))
+}
+
+/// [`pull_image`], showing each layer to `taps` as it streams. Layers are
+/// then fetched one at a time, bottom first, so that a tap of layer `i`
+/// starts after [`LayerTaps::indexed`] has seen every layer below.
+pub async fn pull_image_tapped(
+    opts: &PullOptions,
+    cache: &BlobCache,
+    progress: Arc<dyn PullProgress>,
+    taps: Arc<dyn LayerTaps>,
+) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>), PullError> {
+    let opts = PullOptions {
+        concurrency: 1,
+        ..opts.clone()
+    };
+    let (report, _, image, indexes) = pull_inner(&opts, cache, progress, None, Some(taps)).await?;
     Ok((report, image, indexes))
 }
 
@@ -165,7 +193,7 @@ pub async fn index_image(
         ..opts.clone()
     };
     let (_, source, image, indexes) =
-        pull_inner(&opts, cache, Arc::new(NoProgress), Some(spans)).await?;
+        pull_inner(&opts, cache, Arc::new(NoProgress), Some(spans), None).await?;
     Ok((source, image, indexes))
 }
 
@@ -174,6 +202,7 @@ async fn pull_inner(
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
     spans: Option<Arc<dyn SpanSink>>,
+    taps: Option<Arc<dyn LayerTaps>>,
 ) -> Result<(PullReport, Source, ResolvedImage, Vec<LayerIndex>), PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
     let image = resolve(
@@ -185,24 +214,28 @@ async fn pull_inner(
     )
     .await?;
     let indexes = IndexStore::new(cache)?;
-    let results: Vec<(bool, u64, LayerIndex)> = futures_util::stream::iter(image.layers.iter())
-        .map(|layer| {
-            fetch_layer(
-                &source,
-                cache,
-                &indexes,
-                &image,
-                layer,
-                progress.as_ref(),
-                Keep {
+    let results: Vec<(bool, u64, LayerIndex)> =
+        futures_util::stream::iter(image.layers.iter().enumerate())
+            .map(|(i, layer)| {
+                let (source, indexes, image, taps) = (&source, &indexes, &image, taps.as_ref());
+                let keep = Keep {
                     blobs: opts.keep_blobs,
                     spans: spans.as_ref(),
-                },
-            )
-        })
-        .buffered(opts.concurrency.max(1))
-        .try_collect()
-        .await?;
+                };
+                let progress = progress.as_ref();
+                async move {
+                    let tap = taps.map(|t| (t.clone(), i));
+                    let r = fetch_layer(source, cache, indexes, image, layer, progress, keep, tap)
+                        .await?;
+                    if let Some(t) = taps {
+                        t.indexed(i, &r.2);
+                    }
+                    Ok::<_, PullError>(r)
+                }
+            })
+            .buffered(opts.concurrency.max(1))
+            .try_collect()
+            .await?;
     let downloaded_layers = results.iter().filter(|(d, _, _)| *d).count();
     let report = PullReport {
         reference: image.location.clone(),
@@ -269,6 +302,8 @@ struct LayerVerifier {
     inflate: std::thread::JoinHandle<Result<LayerIndexer, PushError>>,
     /// Where decoded zstd spans go, for a restart from byte 0.
     spans: Option<Arc<dyn SpanSink>>,
+    /// Who taps the layer's bytes, and its position, for a restart too.
+    taps: Option<(Arc<dyn LayerTaps>, usize)>,
 }
 
 /// Compressed chunks queued for the inflate thread: bounded, so a fast
@@ -279,7 +314,11 @@ impl LayerVerifier {
     /// The blob digest is computed on the download's side; inflating, the
     /// diff_id and the index run on a thread of their own, so the two
     /// halves overlap on two cores. `spans`: keep decoded zstd spans.
-    fn new(layer: &Layer, spans: Option<Arc<dyn SpanSink>>) -> Result<LayerVerifier, String> {
+    fn new(
+        layer: &Layer,
+        spans: Option<Arc<dyn SpanSink>>,
+        taps: Option<(Arc<dyn LayerTaps>, usize)>,
+    ) -> Result<LayerVerifier, String> {
         let mut indexer = LayerIndexer::new(layer.compression, layer.diff_id.algorithm()).map_err(
             |e| match e {
                 PushError::Decode(d) => d,
@@ -289,6 +328,9 @@ impl LayerVerifier {
         if let Some(store) = spans.clone() {
             let out: SpanOut = Box::new(move |hash, data| store.put(hash, data));
             indexer.keep_spans(out);
+        }
+        if let Some(tap) = taps.as_ref().and_then(|(t, i)| t.tap(*i)) {
+            indexer.tap(tap);
         }
         let mut indexer = indexer.threaded().map_err(|e| match e {
             PushError::Decode(d) => d,
@@ -309,12 +351,13 @@ impl LayerVerifier {
             feed: Some(tx),
             inflate,
             spans,
+            taps,
         })
     }
 
     /// A fresh verifier for the same layer (the stream restarts at 0).
     fn restart(&self, layer: &Layer) -> Result<LayerVerifier, String> {
-        LayerVerifier::new(layer, self.spans.clone())
+        LayerVerifier::new(layer, self.spans.clone(), self.taps.clone())
     }
 
     async fn update(&mut self, bytes: bytes::Bytes) {
@@ -409,6 +452,8 @@ struct Keep<'a> {
 
 /// Fetch one layer into the cache unless it is there. Returns whether it was
 /// downloaded, how many bytes were transferred, and the layer's index.
+/// `taps`: who sees its bytes if it streams, and its position.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_layer(
     source: &Source,
     cache: &BlobCache,
@@ -417,6 +462,7 @@ async fn fetch_layer(
     layer: &Layer,
     progress: &dyn PullProgress,
     keep: Keep<'_>,
+    taps: Option<(Arc<dyn LayerTaps>, usize)>,
 ) -> Result<(bool, u64, LayerIndex), PullError> {
     let keep_blobs = keep.blobs;
     let desc = &layer.descriptor;
@@ -442,11 +488,13 @@ async fn fetch_layer(
         len: 0,
     };
     let mut verifier =
-        LayerVerifier::new(layer, span_store(keep, layer)).map_err(|detail| PullError::Decode {
-            image: image.location.clone(),
-            layer: desc.digest.clone(),
-            compression: layer.compression,
-            detail,
+        LayerVerifier::new(layer, span_store(keep, layer), taps).map_err(|detail| {
+            PullError::Decode {
+                image: image.location.clone(),
+                layer: desc.digest.clone(),
+                compression: layer.compression,
+                detail,
+            }
         })?;
     let started = Instant::now();
     let mut attempt = 1;

@@ -9,6 +9,52 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+/// Bytes written between two [`Writeback::wrote`] calls that start the
+/// kernel writing them out.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Starts writeback of a file as it is written, so that the `fsync` that
+/// makes it durable at the end waits for the last few MiB instead of the
+/// whole file. Advisory: errors are ignored (the `fsync` reports them).
+#[derive(Debug, Default)]
+pub struct Writeback {
+    /// The range written since writeback last started.
+    dirty: Option<(u64, u64)>,
+    bytes: u64,
+}
+
+impl Writeback {
+    /// `len` bytes at `offset` of `file` were written.
+    pub fn wrote(&mut self, file: &File, offset: u64, len: u64) {
+        let end = offset + len;
+        let (lo, hi) = self
+            .dirty
+            .map_or((offset, end), |(l, h)| (l.min(offset), h.max(end)));
+        self.dirty = Some((lo, hi));
+        self.bytes += len;
+        if self.bytes >= WRITEBACK_EVERY {
+            start_writeback(file, lo, hi - lo);
+            self.dirty = None;
+            self.bytes = 0;
+        }
+    }
+}
+
+/// Ask the kernel to start writing `[offset, offset + len)` of `file` out,
+/// without waiting for it.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: sync_file_range on a file descriptor the caller owns, with
+    // plain integers; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Make `[offset, offset + len)` of `file` read as zeros: a hole where the
 /// filesystem can punch one, else written zeros.
 pub fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {

@@ -3,7 +3,7 @@
 //! them to, and the device pieces each tar byte range lands in.
 
 use crate::fs::{BLOCK_SIZE, DataExtent};
-use crate::tree::{NodeId, NodeKind, Tree};
+use crate::tree::{FileData, NodeId, NodeKind, Tree};
 
 /// Logical blocks `[logical, logical + len)` of an inode at physical
 /// blocks from `physical`.
@@ -19,9 +19,14 @@ pub struct Run {
 
 /// Logical block ranges of a file that hold data: (first block, count).
 pub fn file_ranges(tree: &Tree, node: NodeId) -> Vec<(u64, u64)> {
-    let NodeKind::File(f) = &tree.nodes[node].kind else {
-        return Vec::new();
-    };
+    match &tree.nodes[node].kind {
+        NodeKind::File(f) => data_ranges(f),
+        _ => Vec::new(),
+    }
+}
+
+/// [`file_ranges`] of a file's data, wherever it is kept.
+pub fn data_ranges(f: &FileData) -> Vec<(u64, u64)> {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for (off, _, len) in f.runs() {
         let first = off / BLOCK_SIZE;

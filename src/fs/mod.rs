@@ -179,6 +179,20 @@ pub fn plan(tree: &Tree, opts: &FsOptions) -> Result<FsImage, FsError> {
     Ok(image)
 }
 
+/// Where the data zone's blocks will lie on the device (see [`zone`]), as
+/// far as it is known before the tree is: for ext4, whose zone skips only
+/// the superblock copies, at places that do not depend on the device size
+/// (up to 1 TiB). `None` for the filesystems whose skips do (ext3's
+/// per-group inode tables, XFS's allocation groups). `materialize` writes
+/// file data there while the layers stream, and checks every byte of it
+/// against the plan afterwards: a wrong guess costs time, never a byte.
+pub fn predicted_zone_map(opts: &FsOptions) -> Option<zone::ZoneMap> {
+    match opts.filesystem {
+        Filesystem::Ext4 => Some(extfs::predicted_zone_map()),
+        Filesystem::Ext3 | Filesystem::Xfs => None,
+    }
+}
+
 /// Flatten an image's layers and plan its filesystem: what `materialize`
 /// writes and the lazy disk serves, byte for byte.
 pub fn plan_layers(

@@ -24,8 +24,9 @@
 //! that boundary keeps even the metadata's places (its bytes change: inode
 //! numbers, checksums), and one that adds more moves only the metadata.
 
-use crate::fs::extents::{Run, file_ranges};
-use crate::tree::{NodeId, NodeKind, Tree};
+use crate::fs::extents::{Run, data_ranges, file_ranges};
+use crate::tar::{EntryKind, TarEntry};
+use crate::tree::{FileData, NodeId, NodeKind, Tree};
 
 /// Blocks in 512 KiB: regions and skips start and end on this boundary.
 pub const ALIGN: u64 = (512 * 1024) / crate::fs::BLOCK_SIZE;
@@ -76,7 +77,7 @@ impl DataZone {
         let mut at = 0u64;
         for (layer, offset, blocks) in files {
             while zone.regions.len() <= layer {
-                at = at.next_multiple_of(ALIGN);
+                at = next_region(at, 0);
                 zone.regions.push(Region::default());
             }
             zone.regions[layer].slots.push((offset, at));
@@ -98,6 +99,41 @@ impl DataZone {
         let i = r.slots.binary_search_by_key(&offset, |s| s.0).ok()?;
         Some(r.slots[i].1)
     }
+}
+
+/// The data a tar entry of layer `layer` stores, as the tree keeps it for
+/// a regular file (`None` for other entries).
+pub fn entry_file(layer: usize, e: &TarEntry) -> Option<FileData> {
+    (e.kind == EntryKind::File).then(|| FileData {
+        size: e.size,
+        layer,
+        offset: e.data_offset,
+        len: e.data_len,
+        sparse: e.sparse.clone(),
+    })
+}
+
+/// Zone blocks of a file's slot: the blocks its data covers.
+pub fn slot_blocks(f: &FileData) -> u64 {
+    data_ranges(f).iter().map(|r| r.1).sum()
+}
+
+/// Zone blocks a layer's region takes if every regular file its tar
+/// stores becomes a node of the tree (as it does unless the layer
+/// breaks the tree's rules): known as soon as the layer is indexed,
+/// before the tree is.
+pub fn region_blocks(layer: usize, entries: &[TarEntry]) -> u64 {
+    entries
+        .iter()
+        .filter_map(|e| entry_file(layer, e))
+        .map(|f| slot_blocks(&f))
+        .sum()
+}
+
+/// Where the region after one starting at zone block `start` and taking
+/// `blocks` starts.
+pub fn next_region(start: u64, blocks: u64) -> u64 {
+    (start + blocks).next_multiple_of(ALIGN)
 }
 
 /// Zone blocks on device blocks: the device from block 0, less the skipped

@@ -86,6 +86,25 @@ impl PartialEq for Checkpoint {
 
 impl Eq for Checkpoint {}
 
+/// zstd level 1 with a compressor kept per thread (making one per window
+/// costs as much as compressing it).
+fn compress_window(window: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static Z: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    Z.with(|z| {
+        let mut z = z.borrow_mut();
+        if z.is_none() {
+            *z = Some(zstd::bulk::Compressor::new(1)?);
+        }
+        match z.as_mut() {
+            Some(c) => c.compress(window),
+            None => Err(std::io::Error::other("no zstd compressor")),
+        }
+    })
+}
+
 /// `window_z` tags.
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
@@ -93,7 +112,7 @@ const ZSTD: u8 = 1;
 impl Checkpoint {
     /// A checkpoint whose window is `window` (at most [`WINDOW`] bytes).
     pub fn new(compressed: u64, bits: u8, uncompressed: u64, window: &[u8]) -> Checkpoint {
-        let window_z = match zstd::bulk::compress(window, 1) {
+        let window_z = match compress_window(window) {
             Ok(z) if z.len() < window.len() => [&[ZSTD][..], &z].concat(),
             _ => [&[RAW][..], window].concat(),
         };

@@ -24,6 +24,21 @@ pub struct IndexSink {
     /// When set, each finished span's bytes go here (only the current span
     /// is buffered).
     span_out: Option<(SpanOut, Vec<u8>)>,
+    /// When set, sees every uncompressed piece once the tar indexer has
+    /// parsed it.
+    tap: Option<Box<dyn TarTap>>,
+}
+
+/// Sees a layer's uncompressed bytes in the pass that verifies and
+/// indexes it, each piece after the tar indexer has parsed it: a header
+/// in a piece is among `entries` before that piece's bytes reach the tap.
+/// `materialize` uses one to write file data to its final place as it
+/// streams. A tap cannot fail the pass: what it could not do, it leaves
+/// for later.
+pub trait TarTap: Send {
+    /// `data` lies at tar offset `pos`; `entries` are all the entries
+    /// parsed so far, in tar order.
+    fn data(&mut self, pos: u64, data: &[u8], entries: &[TarEntry]);
 }
 
 /// Receives (sha256, bytes) of every span as the first pass finishes it.
@@ -48,6 +63,7 @@ impl IndexSink {
             span_start: 0,
             pos: 0,
             span_out: None,
+            tap: None,
         }
     }
 
@@ -81,8 +97,12 @@ impl IndexSink {
         if let Some((_, buf)) = &mut self.span_out {
             buf.extend_from_slice(data);
         }
+        let at = self.pos;
         self.pos += data.len() as u64;
         self.tar.write_all(data)?;
+        if let Some(tap) = &mut self.tap {
+            tap.data(at, data, self.tar.entries());
+        }
         if self.pos.is_multiple_of(SUB_SPAN) {
             self.cut(cpos);
         }
@@ -280,6 +300,14 @@ impl LayerIndexer {
     pub fn keep_spans(&mut self, out: SpanOut) {
         if let Sink::Here(s) = &mut self.sink {
             s.span_out = Some((out, Vec::with_capacity(SUB_SPAN as usize)));
+        }
+    }
+
+    /// Show every uncompressed piece to `tap` once parsed. Call before
+    /// [`LayerIndexer::threaded`].
+    pub fn tap(&mut self, tap: Box<dyn TarTap>) {
+        if let Sink::Here(s) = &mut self.sink {
+            s.tap = Some(tap);
         }
     }
 

@@ -9,7 +9,7 @@ mod span;
 mod store;
 
 pub use indexer::{
-    IndexSink, LayerIndexer, PushError, SpanOut, SpanSink, index_blob, push_to_index_error,
+    IndexSink, LayerIndexer, PushError, SpanOut, SpanSink, TarTap, index_blob, push_to_index_error,
 };
 pub use span::SpanError;
 pub use store::{IndexStore, decode, decode_body, encode, encode_body};

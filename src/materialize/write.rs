@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::MaterializeError;
+use super::early::Early;
 use crate::digest::Digest;
 use crate::fs::{DataExtent, FsImage, Region};
 use crate::image_format::ImageFormat;
@@ -76,7 +77,63 @@ pub(super) fn write_image(
             Sink::Qcow2(Box::new(Assembler::new(writer, dir, promised)?))
         }
     };
-    let total = fs.metadata.values().map(|b| b.len() as u64).sum::<u64>() + fs.data_bytes();
+    fill(
+        &mut sink,
+        fs,
+        layers,
+        |i| fs.extents_of_layer(i),
+        output,
+        progress,
+    )?;
+    if let Sink::Qcow2(a) = sink {
+        a.finish()?;
+    }
+    let file = partial.commit()?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata().map_err(werr)?.blocks() * 512)
+}
+
+/// Finish an image whose file data the pull's pass already wrote where it
+/// guessed ([`Early`]): size it, punch out what the plan does not want
+/// there, then write the metadata and the extents still missing. Returns
+/// the bytes the file takes on disk and the file bytes the pass wrote.
+pub(super) fn finish_early(
+    partial: PartialFile,
+    early: &Early,
+    fs: &FsImage,
+    layers: &[LayerBlob],
+    output: &Path,
+    progress: &dyn PullProgress,
+) -> Result<(u64, u64), MaterializeError> {
+    let werr = |source| MaterializeError::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    let left = early.reconcile(fs, layers.len());
+    let file = partial.file();
+    file.set_len(fs.size).map_err(werr)?;
+    for &(start, len) in &left.punch {
+        crate::sparse::punch(file, start, len).map_err(werr)?;
+    }
+    let extents = |i: usize| left.extents.get(i).cloned().unwrap_or_default();
+    fill(&mut Sink::Raw(file), fs, layers, extents, output, progress)?;
+    let file = partial.commit()?;
+    use std::os::unix::fs::MetadataExt;
+    Ok((file.metadata().map_err(werr)?.blocks() * 512, left.streamed))
+}
+
+/// Write the metadata blocks, then the data `extents` gives for each
+/// layer, reporting progress against both.
+fn fill(
+    sink: &mut Sink<'_>,
+    fs: &FsImage,
+    layers: &[LayerBlob],
+    extents: impl Fn(usize) -> Vec<DataExtent>,
+    output: &Path,
+    progress: &dyn PullProgress,
+) -> Result<(), MaterializeError> {
+    let data: u64 = (0..layers.len()).flat_map(&extents).map(|e| e.len).sum();
+    let total = fs.metadata.values().map(|b| b.len() as u64).sum::<u64>() + data;
     let mut written = 0u64;
     progress.writing(0, total);
     for (offset, region) in fs.regions(0, fs.size) {
@@ -88,19 +145,14 @@ pub(super) fn write_image(
     progress.writing(written, total);
     copy_layers(
         layers,
-        |i| fs.extents_of_layer(i),
-        &mut sink,
+        extents,
+        sink,
         output,
         progress,
         (&mut written, total),
     )?;
-    if let Sink::Qcow2(a) = sink {
-        a.finish()?;
-    }
-    let file = partial.commit()?;
     progress.writing(total, total);
-    use std::os::unix::fs::MetadataExt;
-    Ok(file.metadata().map_err(werr)?.blocks() * 512)
+    Ok(())
 }
 
 /// Stream each layer that `extents` gives pieces for (sorted by tar
@@ -159,15 +211,25 @@ pub(super) fn copy_layers(
 /// Write `data` at `offset`, skipping 4 KiB-aligned all-zero pieces (the file
 /// is sparse and reads zeros there already).
 pub(super) fn write_nonzero(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    // Consecutive non-zero pieces go in one write.
+    let mut run: Option<usize> = None;
     let mut i = 0usize;
     while i < data.len() {
         let next = ((offset + i as u64) / 4096 + 1) * 4096;
         let end = ((next - offset) as usize).min(data.len());
-        let piece = &data[i..end];
-        if piece.iter().any(|b| *b != 0) {
-            file.write_all_at(piece, offset + i as u64)?;
+        let zero = data[i..end].iter().all(|b| *b == 0);
+        match (zero, run) {
+            (false, None) => run = Some(i),
+            (true, Some(from)) => {
+                file.write_all_at(&data[from..i], offset + from as u64)?;
+                run = None;
+            }
+            _ => {}
         }
         i = end;
+    }
+    if let Some(from) = run {
+        file.write_all_at(&data[from..], offset + from as u64)?;
     }
     Ok(())
 }
@@ -192,5 +254,26 @@ mod tests {
         let mut back = vec![0u8; 3 * 4096];
         f.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(back, data);
+        // Only the middle block was written: the others are still holes.
+        assert_eq!(allocated(&f), 4096);
+        // Unaligned, with runs of non-zero pieces on both sides of a hole.
+        let g = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(d.path().join("y"))
+            .unwrap();
+        let mut data = vec![7u8; 5 * 4096];
+        data[4096 - 100..2 * 4096 - 100].fill(0);
+        write_nonzero(&g, &data, 100).unwrap();
+        let mut back = vec![0u8; 5 * 4096 + 100];
+        g.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back[100..], &data[..]);
+        assert_eq!(allocated(&g), 5 * 4096);
+    }
+
+    fn allocated(f: &File) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        f.metadata().unwrap().blocks() * 512
     }
 }

@@ -116,6 +116,9 @@ What an image may hold, and what is refused or clamped: docs/input-rules.md.")]
         /// Update from OLD, a raw image ocidisk wrote for an earlier version (may be OUTPUT itself): only what changed is written
         #[arg(long, value_name = "OLD")]
         base: Option<PathBuf>,
+        /// Also print what was written as JSON on standard output
+        #[arg(long)]
+        json: bool,
     },
 
     /// Compare two image versions' disks: shared and added layers, and the 512 KiB chunks NEW keeps from OLD
@@ -347,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             uuid,
             init,
             base,
+            json,
         } => {
             let format = format.request().resolve(&output)?;
             let opts = MaterializeOptions {
@@ -360,8 +364,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Ctrl-C or SIGTERM must not leave a multi-GiB partial file.
             ocidisk::partial::remove_on_signals().context("installing signal handlers")?;
             let r = materialize(&opts, &cache, Arc::new(StderrProgress::new())).await?;
+            let streamed = if r.streamed_bytes > 0 {
+                format!(
+                    ", {} of it as the layers streamed",
+                    human_size(r.streamed_bytes)
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "wrote {} ({} {}, {} on disk, {} of file data) from {} ({})",
+                "wrote {} ({} {}, {} on disk, {} of file data{streamed}) from {} ({})",
                 r.output.display(),
                 human_size(r.size),
                 r.format,
@@ -384,6 +396,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ""
                     }
                 );
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
             }
         }
         Command::Diff {

@@ -273,6 +273,19 @@ pub struct ExtOptions {
     pub hash_seed: [u32; 4],
 }
 
+/// The data zone's map of every ext4 image up to 1 TiB, before its size
+/// is known: with `flex_bg` the zone skips only the superblock copies and
+/// descriptor tables of the backup groups, each rounded up to
+/// [`zone::ALIGN`], and the tables of up to 8,128 groups fit in that.
+pub fn predicted_zone_map() -> zone::ZoneMap {
+    let groups = (1u64 << 40) / (BPG * BS);
+    zone::ZoneMap::new(
+        (0..groups)
+            .filter(|g| geometry::backup_group(*g))
+            .map(|g| (g * BPG, 1)),
+    )
+}
+
 /// Build an ext4 or ext3 image of `tree`.
 pub fn build(tree: &Tree, opts: &ExtOptions, profile: Profile) -> Result<FsImage, ExtError> {
     let order = Order::new(tree)?;
