@@ -226,6 +226,26 @@ impl BlobCache {
         w.commit(digest)
     }
 
+    /// A scratch file in the cache's tmp directory, already unlinked: it
+    /// takes disk space only while open and leaves nothing behind. `what`
+    /// names it while it is being made.
+    pub fn scratch_file(&self, what: &str) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = self.root().join("tmp");
+        fs::create_dir_all(&dir)?;
+        let n = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{what}-{}-{n}", std::process::id()));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)?;
+        fs::remove_file(&path)?;
+        Ok(f)
+    }
+
     /// Start writing a blob into a temp file.
     pub fn begin(&self) -> Result<BlobWriter, CacheError> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -304,6 +304,8 @@ struct LayerVerifier {
     spans: Option<Arc<dyn SpanSink>>,
     /// Who taps the layer's bytes, and its position, for a restart too.
     taps: Option<(Arc<dyn LayerTaps>, usize)>,
+    /// Where gzip checkpoint windows go as they are made.
+    cache: BlobCache,
 }
 
 /// Compressed chunks queued for the inflate thread: bounded, so a fast
@@ -318,6 +320,7 @@ impl LayerVerifier {
         layer: &Layer,
         spans: Option<Arc<dyn SpanSink>>,
         taps: Option<(Arc<dyn LayerTaps>, usize)>,
+        cache: &BlobCache,
     ) -> Result<LayerVerifier, String> {
         let mut indexer = LayerIndexer::new(layer.compression, layer.diff_id.algorithm()).map_err(
             |e| match e {
@@ -331,6 +334,14 @@ impl LayerVerifier {
         }
         if let Some(tap) = taps.as_ref().and_then(|(t, i)| t.tap(*i)) {
             indexer.tap(tap);
+        }
+        if layer.compression == Compression::Gzip {
+            // Windows (32 KiB each per access point) would otherwise be held
+            // until the index is dropped: a GB-sized layer's add up.
+            match cache.scratch_file("windows") {
+                Ok(f) => indexer.spill_windows_to(Arc::new(f)),
+                Err(e) => tracing::debug!("no scratch file for windows: {e}"),
+            }
         }
         let mut indexer = indexer.threaded().map_err(|e| match e {
             PushError::Decode(d) => d,
@@ -352,12 +363,13 @@ impl LayerVerifier {
             inflate,
             spans,
             taps,
+            cache: cache.clone(),
         })
     }
 
     /// A fresh verifier for the same layer (the stream restarts at 0).
     fn restart(&self, layer: &Layer) -> Result<LayerVerifier, String> {
-        LayerVerifier::new(layer, self.spans.clone(), self.taps.clone())
+        LayerVerifier::new(layer, self.spans.clone(), self.taps.clone(), &self.cache)
     }
 
     async fn update(&mut self, bytes: bytes::Bytes) {
@@ -488,7 +500,7 @@ async fn fetch_layer(
         len: 0,
     };
     let mut verifier =
-        LayerVerifier::new(layer, span_store(keep, layer), taps).map_err(|detail| {
+        LayerVerifier::new(layer, span_store(keep, layer), taps, cache).map_err(|detail| {
             PullError::Decode {
                 image: image.location.clone(),
                 layer: desc.digest.clone(),

@@ -25,6 +25,7 @@ use lru::LruCache;
 
 pub mod chunks;
 pub mod flush_to;
+pub mod metadata;
 pub mod overlay;
 pub mod profile;
 mod spans;
@@ -103,6 +104,9 @@ pub enum DiskError {
     /// The consumer of `read_with` could not take the bytes.
     #[error("delivering read data: {0}")]
     Sink(std::io::Error),
+    /// A metadata block could not be read back.
+    #[error(transparent)]
+    Metadata(#[from] metadata::MetadataError),
 }
 
 /// How to open a disk.
@@ -162,6 +166,8 @@ struct Inner {
     last_span: Mutex<HashMap<usize, (usize, usize)>>,
     readahead: Mutex<Option<std::sync::mpsc::Sender<(usize, usize)>>>,
     image: FsImage,
+    /// The image's metadata blocks, out of the heap.
+    moved: metadata::MovedMetadata,
     /// The image identity (manifest digest hex; config digest for archives).
     image_id: String,
     layers: Vec<(Arc<LayerIndex>, Descriptor)>,
@@ -259,6 +265,18 @@ impl Inner {
             )?),
             None => None,
         };
+        let mut fs = fs;
+        let moved = cache
+            .scratch_file("metadata")
+            .and_then(|f| metadata::MovedMetadata::take(&mut fs, f))
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e}; the metadata blocks stay in memory");
+                metadata::MovedMetadata::default()
+            });
+        tracing::debug!(
+            blocks = moved.len(),
+            "metadata blocks moved to a scratch file"
+        );
         Ok(Arc::new(Inner {
             blob_cache: cache.clone(),
             flush_to,
@@ -267,6 +285,7 @@ impl Inner {
             overlay,
             temp_overlay,
             image: fs,
+            moved,
             image_id: image.id().hex().to_string(),
             layers,
             source,
@@ -413,7 +432,7 @@ impl Inner {
             let out = &mut buf[(at - offset) as usize..(at - offset + region.len()) as usize];
             match region {
                 Region::Metadata(bytes) => out.copy_from_slice(bytes),
-                Region::Zeros(_) => out.fill(0),
+                Region::Zeros(_) => self.moved.overlay(at, out)?,
                 Region::Data {
                     layer, tar_offset, ..
                 } => self.read_layer(layer, tar_offset, out)?,
@@ -447,9 +466,14 @@ impl Inner {
             return Ok(());
         }
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        for (_, region) in self.image.regions(offset, len as u64) {
+        for (at, region) in self.image.regions(offset, len as u64) {
             match region {
                 Region::Metadata(bytes) => emit(bytes)?,
+                Region::Zeros(n) if self.moved.touches(at, n) => {
+                    let mut buf = vec![0u8; n as usize];
+                    self.moved.overlay(at, &mut buf)?;
+                    emit(&buf)?;
+                }
                 Region::Data {
                     layer,
                     tar_offset,
@@ -479,37 +503,19 @@ pub struct Disk {
 /// tmp directory (gone with the disk). Best effort: windows that cannot be
 /// moved stay in memory.
 fn spill_windows(indexes: &mut [LayerIndex], cache: &BlobCache) {
-    let dir = cache.root().join("tmp");
-    let path = dir.join(format!(
-        "windows-{}-{}",
-        std::process::id(),
-        SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let file = std::fs::create_dir_all(&dir).and_then(|_| {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)?;
-        std::fs::remove_file(&path)?;
-        Ok(Arc::new(f))
-    });
-    let result = file.and_then(|file| {
-        let mut at = 0;
+    let result = cache.scratch_file("windows").and_then(|file| {
+        let (file, mut at) = (Arc::new(file), 0);
         indexes
             .iter_mut()
             .try_for_each(|ix| ix.spill_windows(&file, &mut at))
     });
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&path);
-        tracing::warn!("{}: {e}; checkpoint windows stay in memory", path.display());
+        tracing::warn!(
+            "{}: {e}; checkpoint windows stay in memory",
+            cache.root().join("tmp").display()
+        );
     }
 }
-
-/// Spill files made by this process, for unique names.
-static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Disk {
     /// Open the image: resolve, index (without keeping layer blobs), plan;

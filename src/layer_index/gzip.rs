@@ -293,6 +293,8 @@ pub struct Indexer {
     checkpoints: Vec<Checkpoint>,
     done: bool,
     member_end: bool,
+    /// Where windows go as they are made, and the next free offset there.
+    spill: Option<(Arc<File>, u64)>,
 }
 
 impl Indexer {
@@ -314,7 +316,15 @@ impl Indexer {
             checkpoints: Vec::new(),
             done: false,
             member_end: false,
+            spill: None,
         }
+    }
+
+    /// Move each checkpoint's window to `file` as it is made, so that
+    /// indexing a layer of any size holds none of them in memory. A window
+    /// that cannot be written stays in memory.
+    pub fn spill_to(&mut self, file: Arc<File>) {
+        self.spill = Some((file, 0));
     }
 
     fn window(&self) -> Vec<u8> {
@@ -398,12 +408,12 @@ impl Indexer {
             };
             if at_boundary && due {
                 let window = self.window();
-                self.checkpoints.push(Checkpoint::new(
-                    self.total_in,
-                    (dt & 7) as u8,
-                    self.total_out,
-                    &window,
-                ));
+                let mut c = Checkpoint::new(self.total_in, (dt & 7) as u8, self.total_out, &window);
+                if let Some((file, at)) = &mut self.spill {
+                    // Best effort: on a write error the window stays here.
+                    let _ = c.spill(file, at);
+                }
+                self.checkpoints.push(c);
                 self.last = Some(self.total_out);
                 checkpoint(self.total_in);
             }

@@ -303,6 +303,14 @@ impl LayerIndexer {
         }
     }
 
+    /// Move gzip checkpoint windows to `file` as they are made (see
+    /// [`gzip::Indexer::spill_to`]); other compressions keep none.
+    pub fn spill_windows_to(&mut self, file: std::sync::Arc<std::fs::File>) {
+        if let Decoder::Gzip(g) = &mut self.decoder {
+            g.spill_to(file);
+        }
+    }
+
     /// Show every uncompressed piece to `tap` once parsed. Call before
     /// [`LayerIndexer::threaded`].
     pub fn tap(&mut self, tap: Box<dyn TarTap>) {

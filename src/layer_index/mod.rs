@@ -80,15 +80,12 @@ pub enum IndexError {
 
 /// Uncompressed bytes between access points (gzip checkpoints sit at the
 /// first deflate block boundary past this much output; each costs a 32 KiB
-/// window in the index, kept zstd-compressed). A read decodes from the
-/// access point before it, so this bounds what a small read costs, and the
-/// windows are what an index holds in memory. 512 KiB: a VM boot from the
-/// Debian benchmark image (bench/boot.sh) fetches 6.3% of the compressed
-/// image (4.5% at 256 KiB), but at 256 KiB the windows of the 1 GB scale
-/// image (bench/scale.sh, incompressible data) double to ~112 MB and its
-/// cold materialize peaks at 295 MB. Loading windows from the index file
-/// on demand would let this shrink without the memory.
-pub const SPAN: u64 = 512 << 10;
+/// window, kept zstd-compressed in a scratch file from the moment the
+/// indexing pass makes it, so memory does not grow with the layer). A read
+/// decodes from the access point before it, so this bounds what a small
+/// read costs. 256 KiB: a VM boot from the Debian benchmark image
+/// (bench/boot.sh) fetches 4.5% of the compressed image (6.3% at 512 KiB).
+pub const SPAN: u64 = 256 << 10;
 /// Uncompressed bytes per hashed span: the unit a read fetches and verifies.
 /// A read decodes from the access point before it to the end of the span it
 /// needs, so smaller spans fetch less for small files.
