@@ -4,7 +4,9 @@
 # ext3 and an XFS image, against what users do today, in the same run:
 #   skopeo copy docker://… oci:DIR + umoci unpack + mke2fs -t ext4|ext3 -d ROOTFS IMG SIZE
 #   (XFS: the same, then bench/protofile.py + mkfs.xfs -p PROTO IMG)
-# and against the decompression floor, `gzip -dc` of the layer.
+# and against the decompression floor, `gzip -dc` of the layer, beside the
+# in-process floor (bench/floor.rs: read + sha256 + zlib-rs inflate + sha256
+# on one thread, nothing else).
 # ocidisk starts from an empty cache each run (download, verify, index, write).
 # Usage: bench/materialize.sh [RUNS]   (default 5). Prints medians and ratios.
 set -euo pipefail
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 runs=${1:-5}
 bench_prepare
+cargo build --release --quiet --example floor
 
 work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
 trap 'stop_registry; rm -rf "$work"' EXIT
@@ -54,6 +57,7 @@ pipeline_s=$(time_runs pipeline ext4)
 pipeline3_s=$(time_runs pipeline ext3)
 pipelinex_s=$(time_runs pipeline xfs)
 gzip_s=$(time_runs sh -c "gzip -dc '$layout/blobs/sha256/$layer' >/dev/null")
+floor_s=$(target/release/examples/floor "$layout/blobs/sha256/$layer" "$runs")
 cold
 OCIDISK_CACHE_DIR="$work/cache" /usr/bin/time -f '%M' "$bin" materialize "$ref" "$work/ocidisk.img" >/dev/null 2>"$work/time.err"
 rss_kb=$(tail -1 "$work/time.err")
@@ -69,9 +73,10 @@ printf '%-58s %8s s\n' "skopeo copy + umoci unpack + mke2fs -t ext4 -d" "$pipeli
 printf '%-58s %8s s\n' "skopeo copy + umoci unpack + mke2fs -t ext3 -d" "$pipeline3_s"
 printf '%-58s %8s s\n' "skopeo + umoci + protofile + mkfs.xfs -p" "$pipelinex_s"
 printf '%-58s %8s s\n' "gzip -dc layer > /dev/null" "$gzip_s"
-printf 'ratio cold/pipeline: %.2f   cold/gzip -dc: %.2f   warm/gzip -dc: %.2f   peak RSS (cold): %d MiB\n' \
+printf '%-58s %8s s\n' "in-process floor: sha256 + inflate + sha256 (bench/floor.rs)" "$floor_s"
+printf 'ratio cold/pipeline: %.2f   cold/gzip -dc: %.2f   cold/floor: %.2f   warm/gzip -dc: %.2f   peak RSS (cold): %d MiB\n' \
   "$(echo "$ocidisk_s / $pipeline_s" | bc -l)" "$(echo "$ocidisk_s / $gzip_s" | bc -l)" \
-  "$(echo "$warm_s / $gzip_s" | bc -l)" "$((rss_kb / 1024))"
+  "$(echo "$ocidisk_s / $floor_s" | bc -l)" "$(echo "$warm_s / $gzip_s" | bc -l)" "$((rss_kb / 1024))"
 printf 'ext3: ratio ext3/ext4 cold: %.2f   warm: %.2f   ext3 cold/pipeline (mke2fs -t ext3): %.2f\n' \
   "$(echo "$ext3_s / $ocidisk_s" | bc -l)" "$(echo "$ext3_warm_s / $warm_s" | bc -l)" \
   "$(echo "$ext3_s / $pipeline3_s" | bc -l)"

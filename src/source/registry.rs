@@ -303,8 +303,10 @@ impl RegistrySource {
         self.client
             .get_or_try_init(|| async {
                 let registry = self.registry();
-                let plain_http = if self.insecure || is_loopback(&registry) {
-                    probe_plain_http(&registry, &self.certs, self.insecure, &self.retry).await?
+                let loopback = is_loopback(&registry);
+                let plain_http = if self.insecure || loopback {
+                    probe_plain_http(&registry, &self.certs, self.insecure, loopback, &self.retry)
+                        .await?
                 } else {
                     false
                 };
@@ -691,12 +693,27 @@ fn tag_or_digest(r: &Reference) -> String {
     }
 }
 
+/// Whether a `/v2/` answer over plain HTTP comes from a registry.
+fn answers_as_registry(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .contains_key("docker-distribution-api-version")
+        || matches!(resp.status().as_u16(), 200 | 401)
+}
+
 /// For loopback and `--insecure` registries: does the registry speak plain
 /// HTTP rather than TLS? Connection failures are retried like any fetch.
+///
+/// A loopback registry is asked over plain HTTP first: a port that answers
+/// `/v2/` there as a registry does not speak TLS, and the TLS attempt (a
+/// handshake the plain server never finishes, and the TLS library's entropy
+/// setup) costs tens of milliseconds. Nothing leaves the host, and the probe
+/// carries no credentials. Other `--insecure` registries are tried over TLS
+/// first, as docker does.
 async fn probe_plain_http(
     registry: &str,
     certs: &[Certificate],
     insecure: bool,
+    loopback: bool,
     retry: &RetryPolicy,
 ) -> Result<bool, RegistryError> {
     let mut builder = reqwest::Client::builder()
@@ -714,6 +731,16 @@ async fn probe_plain_http(
     let client = builder
         .build()
         .map_err(|e| RegistryError::Client(e.to_string()))?;
+    if loopback {
+        let quick = client
+            .get(format!("http://{registry}/v2/"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if quick.as_ref().is_ok_and(answers_as_registry) {
+            return Ok(true);
+        }
+    }
     let started = Instant::now();
     let mut attempt = 1;
     loop {
@@ -724,10 +751,7 @@ async fn probe_plain_http(
         let tls_chain = error_chain(&tls_err);
         let detail = match client.get(format!("http://{registry}/v2/")).send().await {
             Ok(resp) => {
-                let api = resp
-                    .headers()
-                    .contains_key("docker-distribution-api-version");
-                if api || matches!(resp.status().as_u16(), 200 | 401) {
+                if answers_as_registry(&resp) {
                     return Ok(true);
                 }
                 return Err(RegistryError::Tls {
