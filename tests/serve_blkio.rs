@@ -122,3 +122,32 @@ fn libblkio_writes_flushes_and_zeroes_a_writable_device() {
     let mut c = Client::connect(sock, 1, false);
     assert_eq!(c.read(at, pattern.len()), pattern);
 }
+
+/// A driver maps its buffers (ADD_MEM_REG) right before its first
+/// requests, while the queue's worker may already be in a turn started by
+/// the kick: that turn's memory snapshot lacks the new region, and a
+/// request served with it failed as a malformed chain with no status byte
+/// (the driver then saw stale bytes as a successful read). The server
+/// pauses each turn after its snapshot (a test hook), so that every
+/// connect hits that window.
+#[test]
+fn requests_into_a_just_added_region_are_served() {
+    let f = Fixture::standard(true, Compression::Gzip);
+    let (o, image, img, sock) = (&f.o, &f.image, &f.img, &f.sock);
+    let _served = Served::start_env(
+        o,
+        image,
+        sock,
+        &["--read-only", "--queues", "2"],
+        &[("OCIDISK_TEST_TURN_PAUSE_MS", "40")],
+    );
+    for round in 0..8 {
+        let mut c = Client::connect(sock, 2, true);
+        let at = (round * 65536) as u64 % (img.len() as u64 - 65536);
+        c.buf()[..65536].fill(0xa5);
+        assert!(
+            c.read(at, 65536) == img[at as usize..at as usize + 65536],
+            "round {round}: read at {at} differs"
+        );
+    }
+}

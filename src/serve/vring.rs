@@ -174,6 +174,7 @@ impl Vring {
                 return;
             }
             let mem = shared.mem.memory();
+            test_pause();
             let mut st = self.lock();
             if !(st.started && st.enabled) || st.broken {
                 return;
@@ -192,6 +193,10 @@ impl Vring {
             match more {
                 Ok(true) => continue,
                 Ok(false) | Err(virtio_queue::Error::QueueNotReady) => return,
+                // The ring itself may lie in a region the driver added
+                // after this turn's snapshot: not broken, just seen with
+                // an old table. Take the new one and look again.
+                Err(_) if !std::ptr::eq(&*mem, &*shared.mem.memory()) => continue,
                 Err(e) => {
                     st.broken = true;
                     tracing::error!(
@@ -203,6 +208,22 @@ impl Vring {
                 }
             }
         }
+    }
+}
+
+/// For tests: `OCIDISK_TEST_TURN_PAUSE_MS` makes each worker turn pause
+/// right after it takes its memory snapshot, so that a driver's memory
+/// table changes during the turn (tests/serve_blkio.rs).
+fn test_pause() {
+    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("OCIDISK_TEST_TURN_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(p) = pause {
+        std::thread::sleep(*p);
     }
 }
 
@@ -415,6 +436,17 @@ impl State {
             self.queue.disable_notification(mem)?;
         }
         let chains: Vec<_> = self.queue.iter(mem)?.take(BATCH).collect();
+        // A driver adds a memory region (ADD_MEM_REG, acknowledged) before
+        // it publishes requests into it: a request seen here may need a
+        // region newer than this turn's snapshot. If the table changed, put
+        // the requests back and take them again with the new one.
+        if !chains.is_empty() && !std::ptr::eq(mem, &*turn.shared.mem.memory()) {
+            let n = chains.len() as u16;
+            drop(chains);
+            let next = self.queue.next_avail().wrapping_sub(n);
+            self.queue.set_next_avail(next);
+            return Ok(true);
+        }
         let full = chains.len() == BATCH;
         if let Some(i) = self.inflight.as_mut() {
             for c in &chains {

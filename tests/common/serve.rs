@@ -59,6 +59,17 @@ impl Served {
     /// `ocidisk serve IMAGE --socket SOCKET EXTRA...`, waiting (up to 120 s)
     /// for the ready line.
     pub fn start(o: &Ocidisk, image: &str, socket: &Path, extra: &[&str]) -> Served {
+        Served::start_env(o, image, socket, extra, &[])
+    }
+
+    /// [`Served::start`] with more environment variables for the server.
+    pub fn start_env(
+        o: &Ocidisk,
+        image: &str,
+        socket: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Served {
         let mut args = vec!["serve", image, "--socket", socket.to_str().unwrap()];
         args.extend_from_slice(extra);
         let mut child = o
@@ -67,6 +78,7 @@ impl Served {
                 "RUST_LOG",
                 std::env::var("SERVE_LOG").unwrap_or("ocidisk=info".into()),
             )
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn ocidisk serve");
         let stderr = Arc::new(Mutex::new(String::new()));
