@@ -156,25 +156,43 @@ pub async fn pull_image(
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
 ) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>), PullError> {
-    let (report, _, image, indexes) = pull_inner(opts, cache, progress, None, None).await?;
+    let (report, _, image, indexes, _) = pull_inner(opts, cache, progress, None, None).await?;
     Ok((report, image, indexes))
 }
 
 /// [`pull_image`], showing each layer to `taps` as it streams. Layers are
 /// then fetched one at a time, bottom first, so that a tap of layer `i`
 /// starts after [`LayerTaps::indexed`] has seen every layer below.
+///
+/// The indexes of the layers that streamed are not saved yet (the
+/// returned flags say which): the caller saves them with
+/// [`save_indexes`] while it does something else with them.
 pub async fn pull_image_tapped(
     opts: &PullOptions,
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
     taps: Arc<dyn LayerTaps>,
-) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>), PullError> {
+) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>, Vec<bool>), PullError> {
     let opts = PullOptions {
         concurrency: 1,
         ..opts.clone()
     };
-    let (report, _, image, indexes) = pull_inner(&opts, cache, progress, None, Some(taps)).await?;
-    Ok((report, image, indexes))
+    let (report, _, image, indexes, unsaved) =
+        pull_inner(&opts, cache, progress, None, Some(taps)).await?;
+    Ok((report, image, indexes, unsaved))
+}
+
+/// Save the indexes `unsaved` marks (see [`pull_image_tapped`]).
+pub fn save_indexes(
+    cache: &BlobCache,
+    indexes: &[LayerIndex],
+    unsaved: &[bool],
+) -> Result<(), PullError> {
+    let store = IndexStore::new(cache)?;
+    for (ix, _) in indexes.iter().zip(unsaved).filter(|(_, u)| **u) {
+        store.save(ix)?;
+    }
+    Ok(())
 }
 
 /// The lazy disk's cold pass: resolve the image and make sure every layer
@@ -192,7 +210,7 @@ pub async fn index_image(
         keep_blobs: false,
         ..opts.clone()
     };
-    let (_, source, image, indexes) =
+    let (_, source, image, indexes, _) =
         pull_inner(&opts, cache, Arc::new(NoProgress), Some(spans), None).await?;
     Ok((source, image, indexes))
 }
@@ -203,7 +221,16 @@ async fn pull_inner(
     progress: Arc<dyn PullProgress>,
     spans: Option<Arc<dyn SpanSink>>,
     taps: Option<Arc<dyn LayerTaps>>,
-) -> Result<(PullReport, Source, ResolvedImage, Vec<LayerIndex>), PullError> {
+) -> Result<
+    (
+        PullReport,
+        Source,
+        ResolvedImage,
+        Vec<LayerIndex>,
+        Vec<bool>,
+    ),
+    PullError,
+> {
     let source = Source::open(&opts.location, &opts.source).await?;
     let image = resolve(
         &source,
@@ -221,6 +248,8 @@ async fn pull_inner(
                 let keep = Keep {
                     blobs: opts.keep_blobs,
                     spans: spans.as_ref(),
+                    // A tapped pull's caller saves the indexes later.
+                    save_index: taps.is_none(),
                 };
                 let progress = progress.as_ref();
                 async move {
@@ -266,8 +295,12 @@ async fn pull_inner(
         }
         tracing::warn!("{e}; the image is not listed in the cache");
     }
+    let unsaved = results
+        .iter()
+        .map(|(downloaded, _, _)| *downloaded && taps.is_some())
+        .collect();
     let indexes = results.into_iter().map(|(_, _, ix)| ix).collect();
-    Ok((report, source, image, indexes))
+    Ok((report, source, image, indexes, unsaved))
 }
 
 /// The index of a cached layer: from the store, or built from the blob.
@@ -460,6 +493,8 @@ struct Keep<'a> {
     blobs: bool,
     /// The decoded spans of zstd layers.
     spans: Option<&'a Arc<dyn SpanSink>>,
+    /// Save the index of a layer that streamed (else the caller does).
+    save_index: bool,
 }
 
 /// Fetch one layer into the cache unless it is there. Returns whether it was
@@ -590,6 +625,10 @@ async fn fetch_layer(
     };
     if let Some(w) = received.writer {
         w.commit(&desc.digest)?;
+    }
+    if !keep.save_index {
+        progress.finish(layer, true);
+        return Ok((true, transferred, index));
     }
     if let Err(e) = indexes.save(&index) {
         // `pull` fills the cache: failing to is its error. A lazy disk

@@ -52,6 +52,19 @@ fn cold_one_pass_equals_the_warm_write() {
                 streamed, data,
                 "{c:?} {mode}: every file byte of all three layers goes in while they stream"
             );
+            // The pass's indexes were saved (beside the planning): the warm
+            // run below finds them instead of indexing the blobs again.
+            let saved = std::fs::read_dir(o.cache_dir().join("index"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".idx")
+                })
+                .count();
+            assert_eq!(saved, 3, "{c:?} {mode}: an index per layer");
             // The same cache, now warm: the write pass streams the layers.
             let warm = dir.path().join(format!("warm-{mode}.img"));
             let (data2, streamed2) = materialize(&o, &r, &warm, extra);

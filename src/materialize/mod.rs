@@ -167,16 +167,30 @@ pub async fn materialize(
         Some((_, taps)) => {
             pull_image_tapped(&opts.pull, cache, progress.clone(), taps.clone()).await
         }
-        None => pull_image(&opts.pull, cache, progress.clone()).await,
+        None => pull_image(&opts.pull, cache, progress.clone())
+            .await
+            .map(|(r, i, ix)| (r, i, ix, Vec::new())),
     };
-    let (report, mut image, mut indexes) = pulled.map_err(Box::new)?;
+    let (report, mut image, mut indexes, unsaved) = pulled.map_err(Box::new)?;
     if opts.init {
         crate::init_layer::append(&mut image, &mut indexes, cache)?;
     }
-    let (id, fs_opts) = (image.id().clone(), opts.fs.clone());
-    let fs = tokio::task::spawn_blocking(move || fs::plan_layers(&id, &indexes, &fs_opts))
-        .await
-        .map_err(|e| MaterializeError::Internal("planning the filesystem", e.to_string()))??;
+    let (id, fs_opts, store) = (image.id().clone(), opts.fs.clone(), cache.clone());
+    let fs = tokio::task::spawn_blocking(move || {
+        // The indexes the one pass left unsaved go to the cache on another
+        // core while this one plans.
+        std::thread::scope(|s| {
+            let saving = s.spawn(|| crate::pull::save_indexes(&store, &indexes, &unsaved));
+            let fs = fs::plan_layers(&id, &indexes, &fs_opts);
+            let saved = saving.join().map_err(|_| {
+                MaterializeError::Internal("saving the layer indexes", "a panic".into())
+            })?;
+            saved.map_err(|e| MaterializeError::Pull(Box::new(e)))?;
+            Ok::<_, MaterializeError>(fs?)
+        })
+    })
+    .await
+    .map_err(|e| MaterializeError::Internal("planning the filesystem", e.to_string()))??;
     let layers: Vec<LayerBlob> = image
         .layers
         .iter()
