@@ -19,6 +19,7 @@ fn options(r: &str) -> DiskOptions {
             concurrency: 3,
             keep_blobs: false,
             trust: None,
+            soci_v1: false,
         },
         fs: ocidisk::fs::FsOptions {
             read_only: true,

@@ -27,6 +27,7 @@ packages=(
   fio               # in-guest and host benchmarks
   gnupg             # trust tests: keys and signatures for skopeo copy --sign-by
   containerd        # containerd:NS/REF source tests (a private daemon per test, CRI off)
+  flatbuffers-compiler # flatc: reads and writes zTOCs to cross-check ocidisk's SOCI codec
 )
 # From bookworm-backports: bookworm's QEMU 7.2 does not work beside the
 # machine's qemu-utils 10, which also comes from backports.

@@ -46,6 +46,7 @@
 //!     concurrency: 3,
 //!     keep_blobs: true,
 //!     trust: None,
+//!     soci_v1: false,
 //! };
 //! let report = ocidisk::pull::pull(&opts, &cache, Arc::new(NoProgress)).await?;
 //! println!("{} is {}", report.reference, report.image_id);
@@ -75,6 +76,7 @@ pub mod source;
 pub mod sparse;
 pub mod sync;
 pub mod tar;
+pub mod toc;
 pub mod tree;
 pub mod trust;
 pub mod units;

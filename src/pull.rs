@@ -118,6 +118,10 @@ pub struct PullOptions {
     /// The trust policy the image must satisfy before any layer is
     /// fetched (`None`: accept every image).
     pub trust: Option<std::sync::Arc<crate::trust::Trust>>,
+    /// A lazy disk may start from a SOCI v1 index found among the image
+    /// manifest's referrers instead of streaming the layers it covers
+    /// (`--soci-v1`: anyone who can push to the repository can add one).
+    pub soci_v1: bool,
 }
 
 /// What a pull did.
@@ -241,6 +245,22 @@ async fn pull_inner(
     )
     .await?;
     let indexes = IndexStore::new(cache)?;
+    // A lazy disk with layers not yet indexed here may start from the
+    // image's SOCI index instead of streaming them.
+    let tocs = if opts.soci_v1
+        && !opts.keep_blobs
+        && taps.is_none()
+        && image
+            .layers
+            .iter()
+            .any(|l| !indexes.contains(&l.descriptor.digest))
+    {
+        crate::toc::soci::load(&source, &image, cache)
+            .await
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
     let results: Vec<(bool, u64, LayerIndex)> =
         futures_util::stream::iter(image.layers.iter().enumerate())
             .map(|(i, layer)| {
@@ -252,7 +272,14 @@ async fn pull_inner(
                     save_index: taps.is_none(),
                 };
                 let progress = progress.as_ref();
+                let toc = tocs
+                    .get(&layer.descriptor.digest)
+                    .filter(|_| !indexes.contains(&layer.descriptor.digest));
                 async move {
+                    if let Some(ix) = toc {
+                        progress.finish(layer, false);
+                        return Ok((false, 0, ix.clone()));
+                    }
                     let tap = taps.map(|t| (t.clone(), i));
                     let r = fetch_layer(source, cache, indexes, image, layer, progress, keep, tap)
                         .await?;

@@ -100,6 +100,10 @@ pub enum Access {
     Gzip(Vec<gzip::Checkpoint>),
     /// zstd: (compressed, uncompressed) offsets where frames start.
     Zstd(Vec<(u64, u64)>),
+    /// gzip checkpoints from a SOCI zTOC: one span per checkpoint, each
+    /// span's hash taken over its *compressed* bytes (from its checkpoint
+    /// to the next, as fetched) instead of its output.
+    GzipRanges(Vec<gzip::Checkpoint>),
 }
 
 /// A piece of the uncompressed stream with the sha256 taken in the verified
@@ -160,7 +164,7 @@ impl LayerIndex {
         file: &std::sync::Arc<std::fs::File>,
         at: &mut u64,
     ) -> std::io::Result<()> {
-        if let Access::Gzip(cps) = &mut self.access {
+        if let Access::Gzip(cps) | Access::GzipRanges(cps) = &mut self.access {
             for c in cps {
                 c.spill(file, at)?;
             }
@@ -238,7 +242,7 @@ impl LayerIndex {
         let start = self.spans[i].start;
         let (c, u) = match &self.access {
             Access::Tar => (start, start),
-            Access::Gzip(cps) => {
+            Access::Gzip(cps) | Access::GzipRanges(cps) => {
                 let cp = &cps[cps.partition_point(|c| c.uncompressed <= start) - 1];
                 (cp.compressed - u64::from(cp.bits > 0), cp.uncompressed)
             }
@@ -258,10 +262,29 @@ impl LayerIndex {
             // (block header and checksum: a few bytes).
             Access::Gzip(_) => self.spans[i].cend.saturating_add(16),
             Access::Zstd(_) => self.spans[i].cend.saturating_add(64),
+            // Exactly the hashed range.
+            Access::GzipRanges(_) => self.spans[i].cend,
         };
         SpanFetch {
             start: c,
             end: end.min(blob_size),
+        }
+    }
+
+    /// The key span `i`'s decoded bytes are stored under in the shared
+    /// chunk store: its sha256, or for a compressed-range hash, a key
+    /// derived from it (a compressed range's hash must never name the
+    /// output of a span whose bytes happen to equal that range).
+    pub fn chunk_key(&self, i: usize) -> [u8; 32] {
+        use sha2::Digest as _;
+        match self.access {
+            Access::GzipRanges(_) => {
+                let mut h = sha2::Sha256::new();
+                h.update(b"ocidisk compressed-range span\0");
+                h.update(self.spans[i].sha256);
+                h.finalize().into()
+            }
+            _ => self.spans[i].sha256,
         }
     }
 
@@ -303,6 +326,19 @@ impl LayerIndex {
             }
             Access::Zstd(frames) => {
                 frames.first() == Some(&(0, 0)) && increasing(frames.iter().map(|f| f.1))
+            }
+            Access::GzipRanges(cps) => {
+                cps.first().is_some_and(|c| c.uncompressed == 0)
+                    && increasing(cps.iter().map(|c| c.uncompressed))
+                    && increasing(cps.iter().map(|c| c.compressed))
+                    && cps.iter().all(|c| c.compressed >= u64::from(c.bits > 0))
+                    && cps.len() == self.spans.len()
+                    && cps.iter().zip(&self.spans).enumerate().all(|(i, (c, s))| {
+                        let next = cps.get(i + 1).map(|n| n.compressed);
+                        s.start == c.uncompressed
+                            && s.cend > c.compressed
+                            && next.is_none_or(|n| s.cend == n)
+                    })
             }
         };
         if !access_ok {

@@ -43,6 +43,11 @@ impl IndexStore {
             .join(format!("{}-{}.idx", layer.algorithm().name(), layer.hex()))
     }
 
+    /// Whether an index of `layer` is stored (not checked: [`IndexStore::load`] does that).
+    pub fn contains(&self, layer: &Digest) -> bool {
+        self.path(layer).is_file()
+    }
+
     /// The stored index of `layer`, if present and intact. The file is
     /// decompressed as it is read (and its checksum checked at the end),
     /// so only the body is ever held, not the compressed file too.
@@ -219,8 +224,12 @@ pub fn encode_body(ix: &LayerIndex) -> Vec<u8> {
     }
     match &ix.access {
         Access::Tar => body.push(0),
-        Access::Gzip(cps) => {
-            body.push(1);
+        Access::Gzip(cps) | Access::GzipRanges(cps) => {
+            body.push(if matches!(ix.access, Access::Gzip(_)) {
+                1
+            } else {
+                3
+            });
             put_var(&mut body, cps.len() as u64);
             for c in cps {
                 put_var(&mut body, c.compressed);
@@ -412,7 +421,7 @@ pub fn decode_body(body: &[u8]) -> Option<LayerIndex> {
     }
     let access = match r.byte()? {
         0 => Access::Tar,
-        1 => {
+        tag @ (1 | 3) => {
             let n = usize::try_from(r.var()?).ok()?;
             let mut cps = Vec::with_capacity(r.room(n, 4));
             for _ in 0..n {
@@ -424,7 +433,11 @@ pub fn decode_body(body: &[u8]) -> Option<LayerIndex> {
                     r.bytes()?,
                 )?);
             }
-            Access::Gzip(cps)
+            if tag == 1 {
+                Access::Gzip(cps)
+            } else {
+                Access::GzipRanges(cps)
+            }
         }
         2 => {
             let n = usize::try_from(r.var()?).ok()?;

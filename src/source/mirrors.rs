@@ -162,6 +162,21 @@ impl MirroredRegistry {
         Err(last.unwrap_or_else(|| RegistryError::Client("no place to pull from".into())))
     }
 
+    /// The registry itself (not a mirror): where pushes go.
+    pub fn primary(&self) -> Option<&RegistrySource> {
+        self.places.iter().find(|p| !p.mirror).map(|p| &p.source)
+    }
+
+    /// See [`RegistrySource::referrers`]: the first place that answers.
+    pub async fn referrers(
+        &self,
+        subject: &super::Digest,
+        artifact_type: &str,
+    ) -> Result<Vec<super::registry::Referrer>, RegistryError> {
+        self.first("referrers", |s| s.referrers(subject, artifact_type))
+            .await
+    }
+
     /// See [`RegistrySource::manifest`].
     pub async fn manifest(
         &self,

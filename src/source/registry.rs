@@ -25,6 +25,9 @@ use super::auth::{self, AuthError, Credentials};
 use super::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor};
 use crate::digest::{Digest, DigestError};
 
+mod push;
+pub use push::{OCI_INDEX, Referrer, referrers_tag};
+
 /// Errors talking to a registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

@@ -19,6 +19,7 @@ pub fn disk_options(location: &str, read_only: bool) -> DiskOptions {
             concurrency: 2,
             keep_blobs: false,
             trust: None,
+            soci_v1: false,
         },
         fs: ocidisk::fs::FsOptions {
             read_only,

@@ -92,6 +92,9 @@ pub(crate) struct DiskArgs {
     /// Fetch the data a recorded profile names first, in its order, in the background
     #[arg(long, value_name = "FILE")]
     prefetch_profile: Option<PathBuf>,
+    /// Start from a SOCI v1 index among the image's referrers (ocidisk index push makes one) instead of streaming its layers; anyone who can push to the repository can add one, so use it only where you trust its writers
+    #[arg(long)]
+    soci_v1: bool,
 }
 
 impl DiskArgs {
@@ -120,7 +123,10 @@ impl DiskArgs {
             None => ImageFormat::Raw,
         };
         Ok(DiskOptions {
-            pull,
+            pull: PullOptions {
+                soci_v1: self.soci_v1,
+                ..pull
+            },
             fs: FsOptions {
                 filesystem: self.fs.into(),
                 size: self.size,
@@ -293,6 +299,7 @@ impl ImageArgs {
                 registries_d: self.registries_d.clone(),
             })?
             .map(std::sync::Arc::new),
+            soci_v1: false,
         })
     }
 }

@@ -208,6 +208,38 @@ writes and exits.")]
     /// Manage the blob cache
     #[command(subcommand)]
     Cache(CacheCommand),
+
+    /// Publish an image's table of contents, so lazy disks start without streaming its layers
+    #[command(subcommand)]
+    Index(IndexCommand),
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Make a SOCI v1 index of an image (a zTOC per gzip layer) and push it beside the image as a referrer
+    #[command(after_help = "Examples:
+  ocidisk index push registry.example.com/app:v1
+  ocidisk index push --span-size 1M --json localhost:5000/debian:bookworm
+
+The image is pulled (verified) into the cache first. The index is an OCI manifest whose
+subject is the image manifest, listed by the registry's referrers API and, for registries
+without one, in the referrers tag sha256-<hex>. Its bytes depend only on the image and the
+span size, so hosts that push concurrently push the same digests. Pushing needs write access
+(--username with --password-stdin, or the docker config). Readers use it with
+ocidisk serve --soci-v1 / ocidisk mount --soci-v1.")]
+    Push {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Uncompressed bytes between checkpoints: smaller spans mean smaller first reads and a bigger index
+        #[arg(long, value_name = "SIZE", value_parser = args::parse_bytes, default_value = "4M")]
+        span_size: u64,
+        /// Layers smaller than this get no zTOC (they stream instead)
+        #[arg(long, value_name = "SIZE", value_parser = args::parse_bytes, default_value = "0")]
+        min_layer_size: u64,
+        /// Print what was pushed as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn run_sync(cli: Cli) -> anyhow::Result<()> {
@@ -460,6 +492,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Mount { .. } | Command::Umount { .. } | Command::Serve { .. } => {
             unreachable!("mount and umount run outside the async runtime")
+        }
+        Command::Index(IndexCommand::Push {
+            image,
+            span_size,
+            min_layer_size,
+            json,
+        }) => {
+            if span_size < 64 << 10 {
+                anyhow::bail!(
+                    "--span-size {span_size}: at least 64K (each span costs a 32 KiB window)"
+                );
+            }
+            let opts = ocidisk::toc::publish::PublishOptions {
+                pull: image.options()?,
+                span_size,
+                min_layer_size,
+            };
+            let r = ocidisk::toc::publish::publish(&opts, &cache, Arc::new(StderrProgress::new()))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for l in &r.layers {
+                    match (&l.ztoc, &l.skipped) {
+                        (Some(z), _) => eprintln!(
+                            "layer {}: zTOC {} ({} for {})",
+                            l.layer.short(),
+                            z.short(),
+                            human_size(l.ztoc_size),
+                            human_size(l.layer_size)
+                        ),
+                        (None, why) => eprintln!(
+                            "layer {}: no zTOC ({})",
+                            l.layer.short(),
+                            why.as_deref().unwrap_or("skipped")
+                        ),
+                    }
+                }
+                println!(
+                    "pushed SOCI index {} for {} ({}), listed under tag {}",
+                    r.index, r.reference, r.subject, r.referrers_tag
+                );
+            }
         }
         Command::Cache(CacheCommand::Prune { max_size }) => {
             let r = cache.prune(max_size)?;

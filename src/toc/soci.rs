@@ -1,0 +1,337 @@
+//! SOCI v1 indexes (awslabs/soci-snapshotter `soci/soci_index.go`): an OCI
+//! image manifest whose config media type says "SOCI index v1", whose
+//! `layers` are zTOCs (each naming its image layer in an annotation) and
+//! whose `subject` is the image manifest. Found through the registry's
+//! referrers of the image manifest; turned into the layer indexes a lazy
+//! disk reads through ([`load`]).
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use super::ztoc;
+use crate::cache::BlobCache;
+use crate::digest::Digest;
+use crate::layer_index::LayerIndex;
+use crate::source::manifest::{Compression, Descriptor};
+use crate::source::{ResolvedImage, Source};
+
+/// artifactType (and config media type) of a SOCI v1 index.
+pub const ARTIFACT_TYPE_V1: &str = "application/vnd.amazon.soci.index.v1+json";
+/// Media type of a zTOC blob.
+pub const ZTOC_MEDIA_TYPE: &str = "application/octet-stream";
+/// The zTOC annotation naming its image layer.
+pub const LAYER_DIGEST: &str = "com.amazon.soci.image-layer-digest";
+/// The zTOC annotation with its image layer's media type.
+pub const LAYER_MEDIA_TYPE: &str = "com.amazon.soci.image-layer-mediaType";
+/// The zTOC annotation with its span size.
+pub const SPAN_SIZE: &str = "com.amazon.soci.span-size";
+/// The index annotation naming the tool that built it.
+pub const BUILD_TOOL: &str = "com.amazon.soci.build-tool-identifier";
+/// The 2-byte config blob `{}` every SOCI index points at.
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+/// Media type of an OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The largest SOCI index manifest read.
+const MANIFEST_LIMIT: u64 = 4 << 20;
+/// The largest zTOC read (4 MiB spans of a 30 GB layer).
+const ZTOC_LIMIT: u64 = 512 << 20;
+
+/// Errors finding or reading a SOCI index.
+#[derive(Debug, thiserror::Error)]
+pub enum SociError {
+    /// The registry failed.
+    #[error("SOCI index of {image}: {source}")]
+    Source {
+        /// The image.
+        image: String,
+        /// What failed.
+        source: Box<crate::source::SourceError>,
+    },
+    /// The registry failed.
+    #[error("SOCI index of {image}: {source}")]
+    Registry {
+        /// The image.
+        image: String,
+        /// What failed.
+        source: crate::source::registry::RegistryError,
+    },
+    /// The index manifest is not a SOCI v1 index of this image.
+    #[error("SOCI index {digest} of {image}: {what}")]
+    Invalid {
+        /// The image.
+        image: String,
+        /// The index manifest.
+        digest: Digest,
+        /// What is wrong.
+        what: String,
+    },
+    /// A zTOC is unusable.
+    #[error(transparent)]
+    Ztoc(#[from] ztoc::ZtocError),
+}
+
+/// One zTOC an index lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZtocRef {
+    /// The zTOC blob.
+    pub ztoc: Descriptor,
+    /// The image layer it describes.
+    pub layer: Digest,
+}
+
+/// A zTOC to list in an index manifest.
+#[derive(Debug, Clone)]
+pub struct ZtocEntry {
+    /// The zTOC blob's digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// The image layer.
+    pub layer: Descriptor,
+    /// Its span size.
+    pub span_size: u64,
+}
+
+/// The SOCI v1 index manifest for `subject` (the image manifest) listing
+/// `ztocs` in image layer order: deterministic JSON (keys sorted, no
+/// whitespace), so every host that indexes the image pushes the same
+/// digest.
+pub fn index_manifest(subject: &Descriptor, ztocs: &[ZtocEntry], build_tool: &str) -> Vec<u8> {
+    let layers: Vec<Value> = ztocs
+        .iter()
+        .map(|z| {
+            json!({
+                "mediaType": ZTOC_MEDIA_TYPE,
+                "digest": z.digest.to_string(),
+                "size": z.size,
+                "annotations": {
+                    LAYER_DIGEST: z.layer.digest.to_string(),
+                    LAYER_MEDIA_TYPE: z.layer.media_type,
+                    SPAN_SIZE: z.span_size.to_string(),
+                },
+            })
+        })
+        .collect();
+    let v = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": ARTIFACT_TYPE_V1,
+            "digest": Digest::sha256_of(EMPTY_CONFIG).to_string(),
+            "size": EMPTY_CONFIG.len(),
+        },
+        "layers": layers,
+        "subject": {
+            "mediaType": subject.media_type,
+            "digest": subject.digest.to_string(),
+            "size": subject.size,
+        },
+        "annotations": { BUILD_TOOL: build_tool },
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// The zTOCs of a SOCI v1 index manifest, checked to be one for the
+/// image manifest `subject`.
+pub fn parse_index_manifest(bytes: &[u8], subject: &Digest) -> Result<Vec<ZtocRef>, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    if v.pointer("/config/mediaType").and_then(Value::as_str) != Some(ARTIFACT_TYPE_V1) {
+        return Err(format!("config media type is not {ARTIFACT_TYPE_V1}"));
+    }
+    let named = v.pointer("/subject/digest").and_then(Value::as_str);
+    if named != Some(subject.to_string().as_str()) {
+        return Err(format!(
+            "made for {}, not for the image manifest {subject}",
+            named.unwrap_or("no subject")
+        ));
+    }
+    let layers = v
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or("no layers list")?;
+    let mut out = Vec::new();
+    for l in layers {
+        if s(l, "mediaType").as_deref() != Some(ZTOC_MEDIA_TYPE) {
+            // A prefetch artifact or something newer: not a zTOC.
+            continue;
+        }
+        let digest: Digest = s(l, "digest")
+            .ok_or("a zTOC without a digest")?
+            .parse()
+            .map_err(|e| format!("zTOC digest: {e}"))?;
+        let size = l
+            .get("size")
+            .and_then(Value::as_u64)
+            .ok_or("a zTOC without a size")?;
+        let layer: Digest = l
+            .pointer(&format!("/annotations/{}", LAYER_DIGEST.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("zTOC {digest} names no image layer"))?
+            .parse()
+            .map_err(|e| format!("zTOC {digest}'s layer digest: {e}"))?;
+        out.push(ZtocRef {
+            ztoc: Descriptor {
+                media_type: ZTOC_MEDIA_TYPE.into(),
+                digest,
+                size,
+                platform: None,
+                annotations: None,
+                urls: None,
+            },
+            layer,
+        });
+    }
+    Ok(out)
+}
+
+/// Layer indexes from the image's SOCI v1 index, for the layers it has a
+/// usable zTOC for (the others stream as usual). `None`: no index, or one
+/// this reader refuses (the reason is logged). Every zTOC is fetched by
+/// digest and checked; each span read later is checked against the
+/// digests it holds.
+pub async fn load(
+    source: &Source,
+    image: &ResolvedImage,
+    cache: &BlobCache,
+) -> Option<HashMap<Digest, LayerIndex>> {
+    let (Source::Registry(reg), Some(subject)) = (source, &image.manifest_digest) else {
+        return None;
+    };
+    let found = match reg.referrers(subject, ARTIFACT_TYPE_V1).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(
+                "looking for a SOCI index of {}: {e}; streaming the layers",
+                image.location
+            );
+            return None;
+        }
+    };
+    // soci-snapshotter's SelectFirstPolicy: the first one listed.
+    let chosen = found.first()?;
+    match read_index(source, image, cache, subject, &chosen.digest).await {
+        Ok(m) => {
+            tracing::info!(index = %chosen.digest, layers = m.len(), "using the SOCI index");
+            Some(m)
+        }
+        Err(e) => {
+            tracing::warn!("{e}; streaming the layers instead");
+            None
+        }
+    }
+}
+
+async fn read_index(
+    source: &Source,
+    image: &ResolvedImage,
+    cache: &BlobCache,
+    subject: &Digest,
+    digest: &Digest,
+) -> Result<HashMap<Digest, LayerIndex>, SociError> {
+    let Source::Registry(reg) = source else {
+        return Ok(HashMap::new());
+    };
+    let (bytes, _) = reg
+        .manifest(Some(digest), MANIFEST_LIMIT)
+        .await
+        .map_err(|source| SociError::Registry {
+            image: image.location.clone(),
+            source,
+        })?;
+    let refs = parse_index_manifest(&bytes, subject).map_err(|what| SociError::Invalid {
+        image: image.location.clone(),
+        digest: digest.clone(),
+        what,
+    })?;
+    let mut out = HashMap::new();
+    for layer in &image.layers {
+        if layer.compression != Compression::Gzip {
+            continue;
+        }
+        let Some(r) = refs.iter().find(|r| r.layer == layer.descriptor.digest) else {
+            continue;
+        };
+        if r.ztoc.size > ZTOC_LIMIT {
+            tracing::warn!(ztoc = %r.ztoc.digest, size = r.ztoc.size, "zTOC too large; streaming its layer");
+            continue;
+        }
+        let bytes = source
+            .read_range(&r.ztoc, 0, r.ztoc.size, cache)
+            .await
+            .map_err(|e| SociError::Source {
+                image: image.location.clone(),
+                source: Box::new(e),
+            })?;
+        let actual = Digest::sha256_of(&bytes);
+        if actual != r.ztoc.digest {
+            return Err(SociError::Invalid {
+                image: image.location.clone(),
+                digest: digest.clone(),
+                what: format!("zTOC {} hashes to {actual}", r.ztoc.digest),
+            });
+        }
+        let parsed = ztoc::parse(&layer.descriptor.digest, &bytes)?;
+        let ix = parsed.into_index(
+            &layer.descriptor.digest,
+            &layer.diff_id,
+            layer.descriptor.size,
+        )?;
+        out.insert(layer.descriptor.digest.clone(), ix);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_manifests_round_trip_and_name_their_subject() {
+        let subject = Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: Digest::sha256_of(b"image"),
+            size: 500,
+            platform: None,
+            annotations: None,
+            urls: None,
+        };
+        let layer = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::sha256_of(b"layer"),
+            size: 1 << 20,
+            platform: None,
+            annotations: None,
+            urls: None,
+        };
+        let z = ZtocEntry {
+            digest: Digest::sha256_of(b"ztoc"),
+            size: 99,
+            layer: layer.clone(),
+            span_size: 4 << 20,
+        };
+        let m = index_manifest(&subject, std::slice::from_ref(&z), "ocidisk");
+        assert_eq!(
+            m,
+            index_manifest(&subject, &[z], "ocidisk"),
+            "deterministic"
+        );
+        let refs = parse_index_manifest(&m, &subject.digest).unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(
+            (refs[0].layer.clone(), refs[0].ztoc.size),
+            (layer.digest, 99)
+        );
+        let other = Digest::sha256_of(b"another image");
+        assert!(
+            parse_index_manifest(&m, &other)
+                .unwrap_err()
+                .contains("not for the image")
+        );
+        let v2 = String::from_utf8(m)
+            .unwrap()
+            .replace("index.v1", "index.v2");
+        assert!(parse_index_manifest(v2.as_bytes(), &subject.digest).is_err());
+    }
+}

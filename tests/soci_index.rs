@@ -1,0 +1,298 @@
+//! SOCI v1 indexes (#18): `ocidisk index push` publishes one beside an
+//! image in a real registry (distribution 2.8, referrers through the tag
+//! fallback), and a lazy disk on a fresh host starts from it: ready after
+//! a few percent of the image, serving exactly what `materialize` writes.
+//! The zTOC codec is checked against flatc, a second implementation of
+//! FlatBuffers, with soci's schema.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::cli::Ocidisk;
+use common::debian;
+use common::lazy::disk_options;
+use common::proxy::FaultProxy;
+use common::registry::{Registry, run_ok};
+use common::serve::Served;
+use ocidisk::cache::BlobCache;
+use ocidisk::digest::Digest;
+use ocidisk::disk::Disk;
+use ocidisk::source::manifest::Compression;
+use sha2::Digest as _;
+
+/// A gzip layer with assorted entries: (tar, gzip blob, its verified index).
+fn small_layer(dir: &Path) -> (Vec<u8>, Vec<u8>, ocidisk::layer_index::LayerIndex) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "etc/", &[][..]).unwrap();
+    let mut x = 7u64;
+    for f in 0..40u64 {
+        let mut data = Vec::new();
+        while data.len() < 30_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            data.extend_from_slice(format!("{:x} line of file {f}\n", x >> 48).as_bytes());
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o640);
+        h.set_uid(f);
+        h.set_gid(100);
+        h.set_mtime(1_600_000_000 + f);
+        b.append_data(&mut h, format!("etc/file{f}"), &data[..])
+            .unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "etc/link", "file1").unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&tar).unwrap();
+    let gz = e.finish().unwrap();
+    let path = dir.join("layer.gz");
+    std::fs::write(&path, &gz).unwrap();
+    let ix = ocidisk::layer_index::index_blob(
+        &path,
+        &Digest::sha256_of(&gz),
+        &Digest::sha256_of(&tar),
+        Compression::Gzip,
+    )
+    .unwrap();
+    (tar, gz, ix)
+}
+
+/// `flatc OPTIONS SCHEMA FILES` in `dir`, with soci's zTOC schema.
+fn flatc(options: &[&str], files: &[&str], dir: &Path) {
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ztoc.fbs");
+    let mut cmd = Command::new("flatc");
+    cmd.current_dir(dir).args(options).arg(schema).args(files);
+    run_ok(&mut cmd, Duration::from_secs(60));
+}
+
+#[test]
+fn flatc_reads_our_ztocs_and_we_read_flatcs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tar, gz, ix) = small_layer(dir.path());
+    let blob = std::fs::File::open(dir.path().join("layer.gz")).unwrap();
+    let ours = ocidisk::toc::ztoc::build(&ix, &blob, gz.len() as u64, 64 << 10, "tests").unwrap();
+    std::fs::write(dir.path().join("ours.ztoc"), &ours).unwrap();
+
+    // flatc decodes ours (its verifier checks offsets and alignment) ...
+    flatc(
+        &["--json", "--strict-json", "--raw-binary", "-o", "json"],
+        &["--", "ours.ztoc"],
+        dir.path(),
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("json/ours.json")).unwrap()).unwrap();
+    assert_eq!(json["version"], "0.9");
+    assert_eq!(json["compressed_archive_size"], gz.len() as u64);
+    assert_eq!(json["uncompressed_archive_size"], tar.len() as u64);
+    let files = json["toc"]["metadata"].as_array().unwrap();
+    assert_eq!(files.len(), ix.entries().len());
+    assert_eq!(files[0]["name"], "etc/");
+    assert_eq!(files[0]["type"], "dir");
+    assert_eq!(files[2]["name"], "etc/file1");
+    assert_eq!(files[2]["uid"], 1);
+    assert_eq!(files[2]["mode"], 0o640);
+    assert_eq!(files[2]["uncompressed_offset"], ix.entries()[2].data_offset);
+    assert_eq!(files[2]["mod_time"], "2020-09-13T12:26:41Z");
+    assert_eq!(files.last().unwrap()["linkname"], "file1");
+    let info = &json["compression_info"];
+    let spans = info["span_digests"].as_array().unwrap();
+    assert!(spans.len() >= 3, "{} spans", spans.len());
+    assert_eq!(info["max_span_id"], spans.len() as u64 - 1);
+    assert_eq!(
+        info["checkpoints"].as_array().unwrap().len(),
+        12 + spans.len() * (17 + 32768),
+        "zinfo v2: a header and every checkpoint"
+    );
+
+    // ... and encodes it again its own way (other layout, every field
+    // written), which ours reads back to the same index.
+    flatc(&["--binary", "-o", "bin"], &["json/ours.json"], dir.path());
+    let theirs = std::fs::read(dir.path().join("bin/ours.bin")).unwrap();
+    assert_ne!(theirs, ours, "flatc lays the buffer out differently");
+    let index = |bytes: &[u8]| {
+        ocidisk::toc::ztoc::parse(ix.layer(), bytes)
+            .unwrap()
+            .into_index(ix.layer(), ix.diff_id(), gz.len() as u64)
+            .unwrap()
+    };
+    let (a, b) = (index(&ours), index(&theirs));
+    assert_eq!(a, b);
+    assert_eq!(a.entries(), ix.entries());
+    for i in 0..b.spans().len() {
+        let f = b.span_fetch(i, gz.len() as u64);
+        let (s, e) = b.span_range(i);
+        let got = b
+            .decode_spans(i, &gz[f.start as usize..f.end as usize])
+            .unwrap();
+        assert_eq!(got[0].1, &tar[s as usize..e as usize]);
+    }
+}
+
+/// The Debian image in a fresh registry with its SOCI index pushed by
+/// `ocidisk index push`.
+struct Published {
+    reg: Registry,
+    layout: std::path::PathBuf,
+    /// The index push's JSON report.
+    report: serde_json::Value,
+    /// Compressed size of the image's layers.
+    layers_size: u64,
+}
+
+fn published() -> Published {
+    let reg = Registry::start();
+    let layout = debian::layout();
+    let r = debian::push(&reg, &layout);
+    let out = Ocidisk::new().ok(&["index", "push", "--json", &r]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let layers_size = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["layer_size"].as_u64().unwrap())
+        .sum();
+    Published {
+        reg,
+        layout,
+        report,
+        layers_size,
+    }
+}
+
+fn sha256_file(path: &Path) -> String {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+#[test]
+fn a_pushed_index_starts_a_fresh_host_from_a_few_percent_and_serves_what_materialize_writes() {
+    let p = published();
+    let ztocs: Vec<&serde_json::Value> = p.report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["ztoc"].is_string())
+        .collect();
+    assert!(!ztocs.is_empty(), "no zTOC pushed: {}", p.report);
+    // Listed where a registry without the referrers API lists referrers.
+    let tag = p.report["referrers_tag"].as_str().unwrap();
+    let listed = p.reg.curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.index.v1+json",
+        &format!("{}/v2/debian/manifests/{tag}", p.reg.url()),
+    ]);
+    assert!(listed.success(), "{}", listed.stderr);
+    let index = p.report["index"].as_str().unwrap();
+    assert!(listed.stdout.contains(index), "{}", listed.stdout);
+    assert!(
+        listed
+            .stdout
+            .contains("application/vnd.amazon.soci.index.v1+json")
+    );
+    // Pushing again pushes the same digests (deterministic) and lists once.
+    let again: serde_json::Value = serde_json::from_str(&Ocidisk::new().ok(&[
+        "index",
+        "push",
+        "--json",
+        &format!("{}/debian:bookworm", p.reg.host()),
+    ]))
+    .unwrap();
+    assert_eq!(again["index"], p.report["index"]);
+    let relisted = p.reg.curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.index.v1+json",
+        &format!("{}/v2/debian/manifests/{tag}", p.reg.url()),
+    ]);
+    assert_eq!(relisted.stdout.matches(index).count(), 1);
+
+    let want_dir = tempfile::tempdir().unwrap();
+    let want = want_dir.path().join("m.img");
+    let r = format!("{}/debian:bookworm", p.reg.host());
+    Ocidisk::new().ok(&["materialize", "--read-only", &r, want.to_str().unwrap()]);
+
+    // serve on a fresh host: ready after the index, not the layers.
+    let proxy = FaultProxy::start(&p.reg.host());
+    let via = format!("{}/debian:bookworm", proxy.host());
+    let sock = want_dir.path().join("s.sock");
+    let o = Ocidisk::new();
+    let mut served = Served::start(&o, &via, &sock, &["--read-only", "--soci-v1"]);
+    let to_ready = proxy.bytes_down();
+    served.stop();
+    assert!(
+        (to_ready as f64) < 0.05 * p.layers_size as f64,
+        "ready after {to_ready} bytes of a {} byte image",
+        p.layers_size
+    );
+    eprintln!(
+        "serve --soci-v1 ready after {to_ready} bytes ({:.2}% of {})",
+        100.0 * to_ready as f64 / p.layers_size as f64,
+        p.layers_size
+    );
+
+    // Not asked to trust referrers: the index is ignored, layers stream.
+    let proxy2 = FaultProxy::start(&p.reg.host());
+    let o2 = Ocidisk::new();
+    let mut plain = Served::start(
+        &o2,
+        &format!("{}/debian:bookworm", proxy2.host()),
+        &want_dir.path().join("s2.sock"),
+        &["--read-only"],
+    );
+    plain.stop();
+    assert!(
+        proxy2.bytes_down() >= p.layers_size,
+        "without --soci-v1 the layers stream: {} of {}",
+        proxy2.bytes_down(),
+        p.layers_size
+    );
+
+    // The lazy disk from the index reads exactly what materialize wrote,
+    // and that filesystem is the tar extraction of the layers.
+    let o3 = Ocidisk::new();
+    let cache = BlobCache::open(o3.cache_dir()).unwrap();
+    let mut opts = disk_options(&via, true);
+    opts.pull.soci_v1 = true;
+    let before = proxy.bytes_down();
+    let disk = Disk::open(&opts, &cache).unwrap();
+    assert!(proxy.bytes_down() - before < p.layers_size / 20);
+    let got = want_dir.path().join("lazy.img");
+    let mut out = std::fs::File::create(&got).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0;
+    while at < disk.size() {
+        let n = ((disk.size() - at) as usize).min(buf.len());
+        disk.read_at(at, &mut buf[..n]).unwrap();
+        out.write_all(&buf[..n]).unwrap();
+        at += n as u64;
+    }
+    drop(out);
+    assert_eq!(
+        sha256_file(&got),
+        sha256_file(&want),
+        "lazy disk from the SOCI index"
+    );
+    debian::assert_equals_tar_extraction(&p.layout, &got, None);
+}
