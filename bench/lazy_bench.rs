@@ -34,6 +34,7 @@ fn options(r: &str) -> DiskOptions {
         prefetch: false,
         init: false,
         profile: Default::default(),
+        toc_check_delay: std::time::Duration::ZERO,
     }
 }
 

@@ -330,6 +330,35 @@ async fn pull_inner(
     Ok((report, source, image, indexes, unsaved))
 }
 
+/// Fetch one layer through the verified pass (blob digest, diff_id) into
+/// the cache, unless it is there, and index it (the index is stored):
+/// what re-derives a layer a table of contents described.
+pub async fn fetch_verified(
+    source: &Source,
+    cache: &BlobCache,
+    image: &ResolvedImage,
+    layer: &Layer,
+) -> Result<LayerIndex, PullError> {
+    let indexes = IndexStore::new(cache)?;
+    let keep = Keep {
+        blobs: true,
+        spans: None,
+        save_index: true,
+    };
+    fetch_layer(
+        source,
+        cache,
+        &indexes,
+        image,
+        layer,
+        &NoProgress,
+        keep,
+        None,
+    )
+    .await
+    .map(|r| r.2)
+}
+
 /// The index of a cached layer: from the store, or built from the blob.
 pub async fn ensure_index(
     cache: &BlobCache,

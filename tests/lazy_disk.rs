@@ -545,6 +545,7 @@ fn prefetch_frees_the_disk_from_the_registry_and_flush_to_keeps_a_full_image() {
             prefetch: false,
             init: false,
             profile: Default::default(),
+            toc_check_delay: std::time::Duration::ZERO,
             flush_to: None,
             flush_format: Default::default(),
             ..opts.clone()

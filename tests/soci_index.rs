@@ -269,6 +269,14 @@ fn a_pushed_index_starts_a_fresh_host_from_a_few_percent_and_serves_what_materia
         p.layers_size
     );
 
+    // ocidisk mount from the index shows exactly what materialize wrote.
+    let o4 = Ocidisk::new();
+    let at = want_dir.path().join("mounted.img");
+    std::fs::write(&at, b"").unwrap();
+    let m = common::mount::MountProc::start(&o4, &via, &at, &["--read-only", "--soci-v1"]);
+    assert_eq!(sha256_file(&m.image), sha256_file(&want), "mount --soci-v1");
+    assert_eq!(m.stop(), Some(0));
+
     // The lazy disk from the index reads exactly what materialize wrote,
     // and that filesystem is the tar extraction of the layers.
     let o3 = Ocidisk::new();
@@ -295,4 +303,245 @@ fn a_pushed_index_starts_a_fresh_host_from_a_few_percent_and_serves_what_materia
         "lazy disk from the SOCI index"
     );
     debian::assert_equals_tar_extraction(&p.layout, &got, None);
+    // The re-derivation in the background finds the index honest, and
+    // the disk keeps serving.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !disk.toc_held() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index was never re-derived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    disk.read_at(0, &mut [0u8; 4096]).unwrap();
+}
+
+/// The Debian image pushed to `repo`, with a SOCI index made from its
+/// layer by `lie` (which may change the layer's index before the zTOC is
+/// built, or the zTOC bytes after) pushed beside it as its only referrer.
+fn push_lying_index(
+    reg: &Registry,
+    layout: &Path,
+    repo: &str,
+    lie: &dyn Fn(ocidisk::layer_index::LayerIndex) -> ocidisk::layer_index::LayerIndex,
+    lie_bytes: &dyn Fn(Vec<u8>) -> Vec<u8>,
+) -> String {
+    use ocidisk::source::manifest::Descriptor;
+    use ocidisk::toc::soci;
+    reg.push(
+        &format!("oci:{}:bookworm", layout.display()),
+        &format!("{repo}:bookworm"),
+        false,
+    );
+    let manifest = reg.curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("{}/v2/{repo}/manifests/bookworm", reg.url()),
+    ]);
+    let m: serde_json::Value = serde_json::from_str(&manifest.stdout).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::imagegen::blob_path(
+            layout,
+            m["config"]["digest"].as_str().unwrap(),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let subject = Descriptor {
+        media_type: soci::OCI_MANIFEST.into(),
+        digest: Digest::sha256_of(manifest.stdout.as_bytes()),
+        size: manifest.stdout.len() as u64,
+        platform: None,
+        annotations: None,
+        urls: None,
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    for (i, l) in m["layers"].as_array().unwrap().iter().enumerate() {
+        let layer: Descriptor = serde_json::from_value(l.clone()).unwrap();
+        let blob = common::imagegen::blob_path(layout, &layer.digest.to_string());
+        let diff_id: Digest = config["rootfs"]["diff_ids"][i]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ix =
+            ocidisk::layer_index::index_blob(&blob, &layer.digest, &diff_id, Compression::Gzip)
+                .unwrap();
+        let f = std::fs::File::open(&blob).unwrap();
+        let z = ocidisk::toc::ztoc::build(&lie(ix), &f, layer.size, 4 << 20, "liar").unwrap();
+        let z = lie_bytes(z);
+        let digest = Digest::sha256_of(&z);
+        let path = work.path().join(format!("ztoc{i}"));
+        std::fs::write(&path, &z).unwrap();
+        reg.upload_blob(repo, &digest.to_string(), &path);
+        entries.push(soci::ZtocEntry {
+            digest,
+            size: z.len() as u64,
+            layer,
+            span_size: 4 << 20,
+        });
+    }
+    let cfg = work.path().join("config");
+    std::fs::write(&cfg, soci::EMPTY_CONFIG).unwrap();
+    reg.upload_blob(
+        repo,
+        &Digest::sha256_of(soci::EMPTY_CONFIG).to_string(),
+        &cfg,
+    );
+    let index = soci::index_manifest(&subject, &entries, "liar");
+    let index_digest = Digest::sha256_of(&index);
+    reg.put_manifest(repo, &index_digest.to_string(), soci::OCI_MANIFEST, &index);
+    let referrers = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": soci::OCI_MANIFEST,
+            "digest": index_digest.to_string(),
+            "size": index.len(),
+            "artifactType": soci::ARTIFACT_TYPE_V1,
+        }],
+    });
+    reg.put_manifest(
+        repo,
+        &ocidisk::source::registry::referrers_tag(&subject.digest),
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&referrers).unwrap(),
+    );
+    format!("{}/{repo}:bookworm", reg.host())
+}
+
+/// Read the whole disk in 1 MiB pieces: every piece that reads must
+/// equal `want`'s; returns how many failed.
+fn read_all_checked(disk: &Disk, want: &Path) -> usize {
+    use std::os::unix::fs::FileExt as _;
+    let want = std::fs::File::open(want).unwrap();
+    let (mut failed, mut at) = (0, 0u64);
+    let mut got = vec![0u8; 1 << 20];
+    let mut exp = vec![0u8; 1 << 20];
+    while at < disk.size() {
+        let n = ((disk.size() - at) as usize).min(got.len());
+        if disk.read_at(at, &mut got[..n]).is_ok() {
+            want.read_exact_at(&mut exp[..n], at).unwrap();
+            assert!(got[..n] == exp[..n], "wrong bytes served at {at}");
+        } else {
+            failed += 1;
+        }
+        at += n as u64;
+    }
+    failed
+}
+
+/// The disk withdraws itself within two minutes, naming why.
+fn assert_withdrawn(disk: &Disk, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match disk.read_at(0, &mut [0u8; 512]) {
+            Err(e) if e.to_string().contains("withdrawn") => {
+                assert!(e.to_string().contains(why), "{e}");
+                return;
+            }
+            _ if std::time::Instant::now() > deadline => {
+                panic!("the disk still serves after a lying index was re-derived")
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[test]
+fn lying_indexes_fail_reads_or_withdraw_the_disk() {
+    let reg = Registry::start();
+    let layout = debian::layout();
+    let r = debian::push(&reg, &layout);
+    let want_dir = tempfile::tempdir().unwrap();
+    let want = want_dir.path().join("m.img");
+    Ocidisk::new().ok(&["materialize", "--read-only", &r, want.to_str().unwrap()]);
+    let open = |reference: &str| {
+        let o = Ocidisk::new();
+        let cache = BlobCache::open(o.cache_dir()).unwrap();
+        let mut opts = disk_options(reference, true);
+        opts.pull.soci_v1 = true;
+        (Disk::open(&opts, &cache).unwrap(), o)
+    };
+    let same = |ix| ix;
+    let keep = |z| z;
+
+    // A span digest that does not match the blob: reads of that span fail,
+    // no read returns other bytes, and the re-derivation withdraws the disk.
+    let wrong_digest = |mut z: Vec<u8>| {
+        let at = z
+            .windows(7)
+            .enumerate()
+            .filter(|(_, w)| *w == b"sha256:")
+            .nth(1)
+            .map(|(i, _)| i + 7)
+            .expect("a second span digest");
+        z[at] = if z[at] == b'0' { b'1' } else { b'0' };
+        z
+    };
+    let (disk, _o) = open(&push_lying_index(
+        &reg,
+        &layout,
+        "digest",
+        &same,
+        &wrong_digest,
+    ));
+    assert!(
+        read_all_checked(&disk, &want) > 0,
+        "the tampered span was read"
+    );
+    assert_withdrawn(&disk, "span 1");
+
+    // A file's data offset moved by a byte, spans intact: the
+    // re-derivation finds the entries differ.
+    let moved = |ix: ocidisk::layer_index::LayerIndex| {
+        let mut entries = ix.entries().to_vec();
+        let f = entries
+            .iter_mut()
+            .find(|e| e.kind == ocidisk::tar::EntryKind::File && e.size > 4096)
+            .unwrap();
+        f.data_offset += 1;
+        ocidisk::layer_index::LayerIndex::new(
+            ix.layer().clone(),
+            ix.diff_id().clone(),
+            ix.tar_size(),
+            entries,
+            ix.access().clone(),
+            ix.spans().to_vec(),
+        )
+        .unwrap()
+    };
+    let (disk, _o) = open(&push_lying_index(&reg, &layout, "offsets", &moved, &keep));
+    assert_withdrawn(&disk, "entries differ");
+
+    // Checkpoint windows that are not the stream's: the compressed ranges
+    // still match their digests, but they decode to other bytes.
+    let windows = |ix: ocidisk::layer_index::LayerIndex| {
+        let ocidisk::layer_index::Access::Gzip(cps) = ix.access() else {
+            panic!("gzip")
+        };
+        let forged = cps
+            .iter()
+            .map(|c| {
+                ocidisk::layer_index::gzip::Checkpoint::new(
+                    c.compressed,
+                    c.bits,
+                    c.uncompressed,
+                    &[b'x'; 32768],
+                )
+            })
+            .collect();
+        ocidisk::layer_index::LayerIndex::new(
+            ix.layer().clone(),
+            ix.diff_id().clone(),
+            ix.tar_size(),
+            ix.entries().to_vec(),
+            ocidisk::layer_index::Access::Gzip(forged),
+            ix.spans().to_vec(),
+        )
+        .unwrap()
+    };
+    let (disk, _o) = open(&push_lying_index(&reg, &layout, "windows", &windows, &keep));
+    assert_withdrawn(&disk, "decodes to other bytes");
 }

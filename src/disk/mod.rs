@@ -29,6 +29,7 @@ pub mod metadata;
 pub mod overlay;
 pub mod profile;
 mod spans;
+mod toc_check;
 
 use chunks::ChunkStore;
 use overlay::{Overlay, OverlayError};
@@ -107,6 +108,9 @@ pub enum DiskError {
     /// A metadata block could not be read back.
     #[error(transparent)]
     Metadata(#[from] metadata::MetadataError),
+    /// The table of contents the disk started from proved wrong.
+    #[error("the disk is withdrawn: {0}")]
+    Withdrawn(String),
 }
 
 /// How to open a disk.
@@ -137,6 +141,9 @@ pub struct DiskOptions {
     pub init: bool,
     /// Record a prefetch profile, or replay one.
     pub profile: profile::ProfileOptions,
+    /// How long after opening the layers a table of contents described
+    /// start streaming to re-derive it (`--soci-v1`).
+    pub toc_check_delay: std::time::Duration,
 }
 
 /// Counters, for tests and benchmarks.
@@ -184,6 +191,12 @@ struct Inner {
     recorder: Option<(std::path::PathBuf, Mutex<profile::Recorder>)>,
     overlay: Option<Overlay>,
     temp_overlay: Option<std::path::PathBuf>,
+    /// The layers a table of contents described, to re-derive.
+    toc_check: Option<toc_check::TocCheck>,
+    /// Why the disk refuses all I/O (its table of contents proved wrong).
+    withdrawn: std::sync::OnceLock<String>,
+    /// The table of contents was re-derived from the layers and held.
+    toc_held: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -215,6 +228,11 @@ impl Inner {
         if opts.init {
             crate::init_layer::append(&mut image, &mut indexes, cache)?;
         }
+        let toc_layers = toc_check::toc_layers(&indexes);
+        let toc_check = (!toc_layers.is_empty()).then(|| toc_check::TocCheck {
+            image: image.clone(),
+            layers: toc_layers,
+        });
         let fs = fs::plan_layers(image.id(), &indexes, &opts.fs).map_err(Box::new)?;
         // Planned: the entries are no longer needed, only the spans; and
         // the checkpoint windows wait in a file until a read needs one.
@@ -300,6 +318,9 @@ impl Inner {
                 std::num::NonZeroUsize::new(64).expect("non-zero"),
             )),
             chunks,
+            toc_check,
+            withdrawn: std::sync::OnceLock::new(),
+            toc_held: std::sync::atomic::AtomicBool::new(false),
             stats: DiskStats::default(),
             recorder: opts
                 .profile
@@ -415,6 +436,9 @@ impl Inner {
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<u64, DiskError> {
+        if let Some(why) = self.withdrawn.get() {
+            return Err(DiskError::Withdrawn(why.clone()));
+        }
         offset
             .checked_add(len as u64)
             .filter(|e| *e <= self.image.size)
@@ -423,6 +447,21 @@ impl Inner {
                 len,
                 size: self.image.size,
             })
+    }
+
+    /// Refuse all further I/O, for `why`, and forget every span decoded
+    /// so far.
+    fn poison(&self, why: String) {
+        tracing::error!("{why}; the disk refuses all I/O from now on");
+        crate::metrics::global().error(crate::metrics::ErrorKind::Verify);
+        let _ = self.withdrawn.set(why);
+        let mut c = crate::sync::lock(&self.cache);
+        c.lru.clear();
+        c.bytes = 0;
+        drop(c);
+        crate::sync::lock(&self.prefixes).clear();
+        // Spans decoded through a table of contents never go to the shared
+        // chunk store (see `LayerIndex::chunk_key`): nothing to drop there.
     }
 
     /// The device bytes below the overlay.
@@ -554,7 +593,22 @@ impl Disk {
         if opts.prefetch {
             disk.start_prefetch()?;
         }
+        if disk.inner.toc_check.is_some() {
+            let h = toc_check::spawn(
+                Arc::downgrade(&disk.inner),
+                disk.stop.clone(),
+                opts.toc_check_delay,
+            )
+            .map_err(DiskError::Runtime)?;
+            crate::sync::lock(&disk.workers).push(h);
+        }
         Ok(disk)
+    }
+
+    /// Whether the table of contents the disk started from (`--soci-v1`)
+    /// has been re-derived from the layers and held.
+    pub fn toc_held(&self) -> bool {
+        self.inner.toc_held.load(Ordering::Relaxed)
     }
 
     /// Fetch `spans` in order in the background.

@@ -121,7 +121,7 @@ impl Inner {
 
     fn fetch_span(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>, DiskError> {
         let (index, desc) = &self.layers[layer];
-        if let Some(d) = self.chunks.get(&index.chunk_key(span)) {
+        if let Some(d) = index.chunk_key(span).and_then(|k| self.chunks.get(&k)) {
             self.stats.chunk_hits.fetch_add(1, Ordering::Relaxed);
             crate::metrics::global().span_hit_disk();
             self.arrived(layer, span, &d)?;
@@ -165,7 +165,9 @@ impl Inner {
         // keep them, a neighbouring read is likely.
         let mut wanted = None;
         for (k, data) in decoded {
-            self.chunks.put(&index.chunk_key(k), &data);
+            if let Some(key) = index.chunk_key(k) {
+                self.chunks.put(&key, &data);
+            }
             self.arrived(layer, k, &data)?;
             let data = Arc::new(data);
             if k == span {

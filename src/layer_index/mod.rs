@@ -272,19 +272,13 @@ impl LayerIndex {
     }
 
     /// The key span `i`'s decoded bytes are stored under in the shared
-    /// chunk store: its sha256, or for a compressed-range hash, a key
-    /// derived from it (a compressed range's hash must never name the
-    /// output of a span whose bytes happen to equal that range).
-    pub fn chunk_key(&self, i: usize) -> [u8; 32] {
-        use sha2::Digest as _;
+    /// chunk store, which is content-addressed: the sha256 of the bytes.
+    /// `None` for spans hashed as compressed bytes (their output's hash is
+    /// not known before they are fetched, so the store cannot serve them).
+    pub fn chunk_key(&self, i: usize) -> Option<[u8; 32]> {
         match self.access {
-            Access::GzipRanges(_) => {
-                let mut h = sha2::Sha256::new();
-                h.update(b"ocidisk compressed-range span\0");
-                h.update(self.spans[i].sha256);
-                h.finalize().into()
-            }
-            _ => self.spans[i].sha256,
+            Access::GzipRanges(_) => None,
+            _ => Some(self.spans[i].sha256),
         }
     }
 

@@ -34,5 +34,6 @@ pub fn disk_options(location: &str, read_only: bool) -> DiskOptions {
         prefetch: false,
         init: false,
         profile: Default::default(),
+        toc_check_delay: std::time::Duration::ZERO,
     }
 }

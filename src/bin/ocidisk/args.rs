@@ -95,6 +95,9 @@ pub(crate) struct DiskArgs {
     /// Start from a SOCI v1 index among the image's referrers (ocidisk index push makes one) instead of streaming its layers; anyone who can push to the repository can add one, so use it only where you trust its writers
     #[arg(long)]
     soci_v1: bool,
+    /// Seconds after start before the layers a --soci-v1 index described stream in the background to re-derive it (on any difference the disk refuses all I/O)
+    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "soci_v1")]
+    soci_check_delay: u64,
 }
 
 impl DiskArgs {
@@ -146,6 +149,7 @@ impl DiskArgs {
                 record: self.record_profile.clone(),
                 prefetch: self.prefetch_profile.clone(),
             },
+            toc_check_delay: std::time::Duration::from_secs(self.soci_check_delay),
         })
     }
 }
