@@ -160,8 +160,8 @@ pub async fn pull_image(
     cache: &BlobCache,
     progress: Arc<dyn PullProgress>,
 ) -> Result<(PullReport, ResolvedImage, Vec<LayerIndex>), PullError> {
-    let (report, _, image, indexes, _) = pull_inner(opts, cache, progress, None, None).await?;
-    Ok((report, image, indexes))
+    let p = pull_inner(opts, cache, progress, None, None).await?;
+    Ok((p.report, p.image, p.indexes))
 }
 
 /// [`pull_image`], showing each layer to `taps` as it streams. Layers are
@@ -181,9 +181,8 @@ pub async fn pull_image_tapped(
         concurrency: 1,
         ..opts.clone()
     };
-    let (report, _, image, indexes, unsaved) =
-        pull_inner(&opts, cache, progress, None, Some(taps)).await?;
-    Ok((report, image, indexes, unsaved))
+    let p = pull_inner(&opts, cache, progress, None, Some(taps)).await?;
+    Ok((p.report, p.image, p.indexes, p.unsaved))
 }
 
 /// Save the indexes `unsaved` marks (see [`pull_image_tapped`]).
@@ -204,19 +203,32 @@ pub fn save_indexes(
 /// cached costs no fetch). The decoded spans of zstd layers, whose only
 /// access point may be their start, and of small layers go to `spans` as
 /// the pass meets them.
-/// Returns the opened source for later range reads.
+/// Returns the opened source for later range reads, and per layer whether
+/// its index came from a table of contents that must be re-derived (a
+/// `--soci-v1` referrer: nothing the manifest vouches for).
 pub async fn index_image(
     opts: &PullOptions,
     cache: &BlobCache,
     spans: Arc<dyn SpanSink>,
-) -> Result<(Source, ResolvedImage, Vec<LayerIndex>), PullError> {
+) -> Result<(Source, ResolvedImage, Vec<LayerIndex>, Vec<bool>), PullError> {
     let opts = PullOptions {
         keep_blobs: false,
         ..opts.clone()
     };
-    let (_, source, image, indexes, _) =
-        pull_inner(&opts, cache, Arc::new(NoProgress), Some(spans), None).await?;
-    Ok((source, image, indexes))
+    let p = pull_inner(&opts, cache, Arc::new(NoProgress), Some(spans), None).await?;
+    Ok((p.source, p.image, p.indexes, p.rederive))
+}
+
+/// What [`pull_inner`] did and found.
+struct Pulled {
+    report: PullReport,
+    source: Source,
+    image: ResolvedImage,
+    indexes: Vec<LayerIndex>,
+    /// Per layer: streamed by a tapped pull, its index not yet saved.
+    unsaved: Vec<bool>,
+    /// Per layer: indexed from a table of contents to re-derive.
+    rederive: Vec<bool>,
 }
 
 async fn pull_inner(
@@ -225,16 +237,7 @@ async fn pull_inner(
     progress: Arc<dyn PullProgress>,
     spans: Option<Arc<dyn SpanSink>>,
     taps: Option<Arc<dyn LayerTaps>>,
-) -> Result<
-    (
-        PullReport,
-        Source,
-        ResolvedImage,
-        Vec<LayerIndex>,
-        Vec<bool>,
-    ),
-    PullError,
-> {
+) -> Result<Pulled, PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
     let image = resolve(
         &source,
@@ -247,15 +250,14 @@ async fn pull_inner(
     let indexes = IndexStore::new(cache)?;
     // A lazy disk with layers not yet indexed here may start from the
     // image's SOCI index instead of streaming them.
-    let tocs = if opts.soci_v1
-        && !opts.keep_blobs
+    let tocs = if !opts.keep_blobs
         && taps.is_none()
         && image
             .layers
             .iter()
             .any(|l| !indexes.contains(&l.descriptor.digest))
     {
-        crate::toc::soci::load(&source, &image, cache)
+        crate::toc::soci::load(&source, &image, cache, opts.soci_v1)
             .await
             .unwrap_or_default()
     } else {
@@ -273,6 +275,7 @@ async fn pull_inner(
                 };
                 let progress = progress.as_ref();
                 let toc = tocs
+                    .indexes
                     .get(&layer.descriptor.digest)
                     .filter(|_| !indexes.contains(&layer.descriptor.digest));
                 async move {
@@ -326,8 +329,25 @@ async fn pull_inner(
         .iter()
         .map(|(downloaded, _, _)| *downloaded && taps.is_some())
         .collect();
+    let rederive = image
+        .layers
+        .iter()
+        .zip(&results)
+        .map(|(l, (_, _, ix))| {
+            tocs.rederive
+                && matches!(ix.access(), crate::layer_index::Access::GzipRanges(_))
+                && tocs.indexes.contains_key(&l.descriptor.digest)
+        })
+        .collect();
     let indexes = results.into_iter().map(|(_, _, ix)| ix).collect();
-    Ok((report, source, image, indexes, unsaved))
+    Ok(Pulled {
+        report,
+        source,
+        image,
+        indexes,
+        unsaved,
+        rederive,
+    })
 }
 
 /// Fetch one layer through the verified pass (blob digest, diff_id) into

@@ -545,3 +545,68 @@ fn lying_indexes_fail_reads_or_withdraw_the_disk() {
     let (disk, _o) = open(&push_lying_index(&reg, &layout, "windows", &windows, &keep));
     assert_withdrawn(&disk, "decodes to other bytes");
 }
+
+#[test]
+fn a_soci_v2_index_the_manifest_names_is_used_without_asking() {
+    let p = published();
+    let get = |what: &str, accept: &str| {
+        let out = p.reg.curl(&[
+            "-H",
+            &format!("Accept: {accept}"),
+            &format!("{}/v2/debian/manifests/{what}", p.reg.url()),
+        ]);
+        assert!(out.success(), "{}", out.stderr);
+        out.stdout
+    };
+    // soci convert's shape, built here from the v1 index: the same zTOCs
+    // under a v2 config and no subject, named by an annotation in a new
+    // image manifest.
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let mut index: serde_json::Value =
+        serde_json::from_str(&get(p.report["index"].as_str().unwrap(), oci)).unwrap();
+    index["config"]["mediaType"] = "application/vnd.amazon.soci.index.v2+json".into();
+    index.as_object_mut().unwrap().remove("subject");
+    let index = serde_json::to_vec(&index).unwrap();
+    let index_digest = Digest::sha256_of(&index).to_string();
+    p.reg.put_manifest("debian", &index_digest, oci, &index);
+    let mut image: serde_json::Value = serde_json::from_str(&get("bookworm", oci)).unwrap();
+    image["annotations"] = serde_json::json!({ "com.amazon.soci.index-digest": index_digest });
+    p.reg
+        .put_manifest("debian", "soci", oci, &serde_json::to_vec(&image).unwrap());
+
+    let proxy = FaultProxy::start(&p.reg.host());
+    let via = format!("{}/debian:soci", proxy.host());
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(
+        &Ocidisk::new(),
+        &via,
+        &dir.path().join("s.sock"),
+        &["--read-only"],
+    );
+    let to_ready = proxy.bytes_down();
+    served.stop();
+    assert!(
+        (to_ready as f64) < 0.05 * p.layers_size as f64,
+        "ready after {to_ready} bytes of a {} byte image",
+        p.layers_size
+    );
+
+    // What it serves is what materialize writes; the manifest vouches for
+    // the index, so nothing streams in the background to re-derive it.
+    let want = dir.path().join("m.img");
+    Ocidisk::new().ok(&["materialize", "--read-only", &via, want.to_str().unwrap()]);
+    let o = Ocidisk::new();
+    let cache = BlobCache::open(o.cache_dir()).unwrap();
+    let before = proxy.bytes_down();
+    let disk = Disk::open(&disk_options(&via, true), &cache).unwrap();
+    assert!(proxy.bytes_down() - before < p.layers_size / 20);
+    assert_eq!(read_all_checked(&disk, &want), 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!disk.toc_held(), "a v2 index is not re-derived");
+    assert!(
+        !o.cached_blobs()
+            .iter()
+            .any(|b| std::fs::metadata(o.cached_blob_path(b)).unwrap().len() > 1 << 20),
+        "no layer blob fetched in the background"
+    );
+}

@@ -222,13 +222,13 @@ impl Inner {
             &cache.root().join("tmp"),
             opts.cache_disk,
         ));
-        let (source, mut image, mut indexes) = rt
+        let (source, mut image, mut indexes, rederive) = rt
             .block_on(index_image(&opts.pull, cache, chunks.clone()))
             .map_err(Box::new)?;
         if opts.init {
             crate::init_layer::append(&mut image, &mut indexes, cache)?;
         }
-        let toc_layers = toc_check::toc_layers(&indexes);
+        let toc_layers = toc_check::toc_layers(&indexes, &rederive);
         let toc_check = (!toc_layers.is_empty()).then(|| toc_check::TocCheck {
             image: image.clone(),
             layers: toc_layers,

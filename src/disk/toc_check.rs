@@ -27,14 +27,15 @@ pub(super) struct TocCheck {
     pub(super) layers: Vec<(usize, [u8; 32])>,
 }
 
-/// The layers of `indexes` that came from a table of contents, with the
-/// digest of their entries.
-pub(super) fn toc_layers(indexes: &[LayerIndex]) -> Vec<(usize, [u8; 32])> {
+/// The layers of `indexes` that came from a table of contents to
+/// re-derive (`rederive`, per layer), with the digest of their entries.
+pub(super) fn toc_layers(indexes: &[LayerIndex], rederive: &[bool]) -> Vec<(usize, [u8; 32])> {
     indexes
         .iter()
+        .zip(rederive.iter().chain(std::iter::repeat(&false)))
         .enumerate()
-        .filter(|(_, ix)| matches!(ix.access(), Access::GzipRanges(_)))
-        .map(|(i, ix)| (i, entries_digest(ix.entries())))
+        .filter(|(_, (ix, r))| **r && matches!(ix.access(), Access::GzipRanges(_)))
+        .map(|(i, (ix, _))| (i, entries_digest(ix.entries())))
         .collect()
 }
 

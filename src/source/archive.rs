@@ -291,6 +291,7 @@ impl ArchiveSource {
                 urls: None,
             },
             layers,
+            annotations: None,
         };
         let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         Ok(ArchiveSource {

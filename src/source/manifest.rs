@@ -155,6 +155,9 @@ pub struct ImageManifest {
     pub config: Descriptor,
     /// Layers, bottom first.
     pub layers: Vec<Descriptor>,
+    /// Annotations (e.g. `com.amazon.soci.index-digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// An image index / manifest list.
@@ -172,6 +175,8 @@ pub struct ImageIndex {
 
 /// A parsed manifest: an image or an index of images.
 #[derive(Debug, Clone)]
+// One per pull, moved a few times: boxing the image would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Manifest {
     /// One image.
     Image(ImageManifest),

@@ -18,6 +18,10 @@ use crate::source::{ResolvedImage, Source};
 
 /// artifactType (and config media type) of a SOCI v1 index.
 pub const ARTIFACT_TYPE_V1: &str = "application/vnd.amazon.soci.index.v1+json";
+/// Config media type of a SOCI v2 index.
+pub const ARTIFACT_TYPE_V2: &str = "application/vnd.amazon.soci.index.v2+json";
+/// The image manifest annotation naming its SOCI v2 index.
+pub const INDEX_DIGEST: &str = "com.amazon.soci.index-digest";
 /// Media type of a zTOC blob.
 pub const ZTOC_MEDIA_TYPE: &str = "application/octet-stream";
 /// The zTOC annotation naming its image layer.
@@ -132,16 +136,33 @@ pub fn index_manifest(subject: &Descriptor, ztocs: &[ZtocEntry], build_tool: &st
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-/// The zTOCs of a SOCI v1 index manifest, checked to be one for the
-/// image manifest `subject`.
-pub fn parse_index_manifest(bytes: &[u8], subject: &Digest) -> Result<Vec<ZtocRef>, String> {
+/// Which kind of SOCI index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// v1: a referrer of the image manifest (its `subject`).
+    V1,
+    /// v2: named by the image manifest's annotation; no subject.
+    V2,
+}
+
+/// The zTOCs of a SOCI index manifest, checked to be of `version` (and,
+/// for v1, made for the image manifest `subject`).
+pub fn parse_index_manifest(
+    bytes: &[u8],
+    subject: &Digest,
+    version: Version,
+) -> Result<Vec<ZtocRef>, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    if v.pointer("/config/mediaType").and_then(Value::as_str) != Some(ARTIFACT_TYPE_V1) {
-        return Err(format!("config media type is not {ARTIFACT_TYPE_V1}"));
+    let want = match version {
+        Version::V1 => ARTIFACT_TYPE_V1,
+        Version::V2 => ARTIFACT_TYPE_V2,
+    };
+    if v.pointer("/config/mediaType").and_then(Value::as_str) != Some(want) {
+        return Err(format!("config media type is not {want}"));
     }
     let named = v.pointer("/subject/digest").and_then(Value::as_str);
-    if named != Some(subject.to_string().as_str()) {
+    if version == Version::V1 && named != Some(subject.to_string().as_str()) {
         return Err(format!(
             "made for {}, not for the image manifest {subject}",
             named.unwrap_or("no subject")
@@ -186,19 +207,60 @@ pub fn parse_index_manifest(bytes: &[u8], subject: &Digest) -> Result<Vec<ZtocRe
     Ok(out)
 }
 
-/// Layer indexes from the image's SOCI v1 index, for the layers it has a
-/// usable zTOC for (the others stream as usual). `None`: no index, or one
-/// this reader refuses (the reason is logged). Every zTOC is fetched by
-/// digest and checked; each span read later is checked against the
-/// digests it holds.
+/// Layer indexes read from a SOCI index.
+#[derive(Default)]
+pub struct Loaded {
+    /// By image layer digest, for the layers the index has a usable zTOC for.
+    pub indexes: HashMap<Digest, LayerIndex>,
+    /// The index is a referrer the manifest does not vouch for (v1): the
+    /// disk re-derives it in the background.
+    pub rederive: bool,
+}
+
+/// Layer indexes from the image's SOCI index, for the layers it has a
+/// usable zTOC for (the others stream as usual): the v2 index the image
+/// manifest names (the manifest vouches for it through its digest), else,
+/// if `v1`, the first SOCI v1 index among the manifest's referrers. `None`:
+/// no index, or one this reader refuses (the reason is logged). Every zTOC
+/// is fetched by digest and checked; each span read later is checked
+/// against the digests it holds.
 pub async fn load(
     source: &Source,
     image: &ResolvedImage,
     cache: &BlobCache,
-) -> Option<HashMap<Digest, LayerIndex>> {
+    v1: bool,
+) -> Option<Loaded> {
     let (Source::Registry(reg), Some(subject)) = (source, &image.manifest_digest) else {
         return None;
     };
+    let named = image
+        .manifest
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INDEX_DIGEST));
+    if let Some(named) = named {
+        let read = match named.parse::<Digest>() {
+            Ok(d) => read_index(source, image, cache, subject, &d, Version::V2).await,
+            Err(e) => Err(SociError::Invalid {
+                image: image.location.clone(),
+                digest: subject.clone(),
+                what: format!("annotation {INDEX_DIGEST}: {e}"),
+            }),
+        };
+        match read {
+            Ok(indexes) => {
+                tracing::info!(index = %named, layers = indexes.len(), "using the image's SOCI v2 index");
+                return Some(Loaded {
+                    indexes,
+                    rederive: false,
+                });
+            }
+            Err(e) => tracing::warn!("{e}; not using it"),
+        }
+    }
+    if !v1 {
+        return None;
+    }
     let found = match reg.referrers(subject, ARTIFACT_TYPE_V1).await {
         Ok(f) => f,
         Err(e) => {
@@ -211,10 +273,13 @@ pub async fn load(
     };
     // soci-snapshotter's SelectFirstPolicy: the first one listed.
     let chosen = found.first()?;
-    match read_index(source, image, cache, subject, &chosen.digest).await {
-        Ok(m) => {
-            tracing::info!(index = %chosen.digest, layers = m.len(), "using the SOCI index");
-            Some(m)
+    match read_index(source, image, cache, subject, &chosen.digest, Version::V1).await {
+        Ok(indexes) => {
+            tracing::info!(index = %chosen.digest, layers = indexes.len(), "using the SOCI v1 index");
+            Some(Loaded {
+                indexes,
+                rederive: true,
+            })
         }
         Err(e) => {
             tracing::warn!("{e}; streaming the layers instead");
@@ -229,6 +294,7 @@ async fn read_index(
     cache: &BlobCache,
     subject: &Digest,
     digest: &Digest,
+    version: Version,
 ) -> Result<HashMap<Digest, LayerIndex>, SociError> {
     let Source::Registry(reg) = source else {
         return Ok(HashMap::new());
@@ -240,11 +306,12 @@ async fn read_index(
             image: image.location.clone(),
             source,
         })?;
-    let refs = parse_index_manifest(&bytes, subject).map_err(|what| SociError::Invalid {
-        image: image.location.clone(),
-        digest: digest.clone(),
-        what,
-    })?;
+    let refs =
+        parse_index_manifest(&bytes, subject, version).map_err(|what| SociError::Invalid {
+            image: image.location.clone(),
+            digest: digest.clone(),
+            what,
+        })?;
     let mut out = HashMap::new();
     for layer in &image.layers {
         if layer.compression != Compression::Gzip {
@@ -317,21 +384,21 @@ mod tests {
             index_manifest(&subject, &[z], "ocidisk"),
             "deterministic"
         );
-        let refs = parse_index_manifest(&m, &subject.digest).unwrap();
+        let refs = parse_index_manifest(&m, &subject.digest, Version::V1).unwrap();
         assert_eq!(refs.len(), 1);
         assert_eq!(
             (refs[0].layer.clone(), refs[0].ztoc.size),
             (layer.digest, 99)
         );
         let other = Digest::sha256_of(b"another image");
-        assert!(
-            parse_index_manifest(&m, &other)
-                .unwrap_err()
-                .contains("not for the image")
-        );
+        let err = parse_index_manifest(&m, &other, Version::V1).unwrap_err();
+        assert!(err.contains("not for the image"), "{err}");
         let v2 = String::from_utf8(m)
             .unwrap()
             .replace("index.v1", "index.v2");
-        assert!(parse_index_manifest(v2.as_bytes(), &subject.digest).is_err());
+        assert!(parse_index_manifest(v2.as_bytes(), &subject.digest, Version::V1).is_err());
+        // A v2 index has no subject to check; its config says v2.
+        let refs = parse_index_manifest(v2.as_bytes(), &other, Version::V2).unwrap();
+        assert_eq!(refs.len(), 1);
     }
 }
