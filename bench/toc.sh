@@ -15,13 +15,7 @@ source scripts/lib.sh
 runs=${1:-3}
 scale=${2:-5}
 bench_prepare
-fixtures=${OCIDISK_FIXTURES:-/var/cache/ocidisk-fixtures}
-slayout=$fixtures/scale-v1-s$scale
-if [ ! -f "$slayout/index.json" ]; then
-  mkdir -p "$fixtures"
-  OCIDISK_SCALE_OUT=$slayout OCIDISK_SCALE_SIZE=$scale \
-    cargo test --release --quiet --test scale write_scale_layout -- --ignored >/dev/null
-fi
+scale_layout "$scale"
 
 work=$(mktemp -d /tmp/ocidisk-bench.XXXXXX)
 trap 'kill "${serve_pid:-}" 2>/dev/null || true; stop_registry; rm -rf "$work"' EXIT

@@ -61,6 +61,20 @@ bench_prepare() {
   layer=$(ls -S "$layout/blobs/sha256" | head -1)
 }
 
+# scale_layout SCALE: the generated scale image's OCI layout (3 gzip layers,
+# ~108,000 entries; SCALE 5 is about 1 GB of file data), made once and
+# cached in $OCIDISK_FIXTURES (default /var/cache/ocidisk-fixtures). Sets
+# `slayout`.
+scale_layout() {
+  local fixtures=${OCIDISK_FIXTURES:-/var/cache/ocidisk-fixtures}
+  slayout=$fixtures/scale-v1-s$1
+  if [ ! -f "$slayout/index.json" ]; then
+    mkdir -p "$fixtures"
+    OCIDISK_SCALE_OUT=$slayout OCIDISK_SCALE_SIZE=$1 \
+      cargo test --release --quiet --test scale write_scale_layout -- --ignored >/dev/null
+  fi
+}
+
 # push_debian DIR: a quiet registry under DIR holding the Debian image, with
 # the layout's digests. Sets `ref`. Stop it with stop_registry.
 push_debian() {
