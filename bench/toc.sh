@@ -67,7 +67,7 @@ for img in debian:bookworm scale:v1; do
   read -r full_s full_b < <(runs_of "$ref")
   read -r toc_s toc_b < <(runs_of "$ref" --soci-v1)
   printf '%s: layers %d bytes; index push %.2f s (pull, zTOCs, push)\n' "$img" "$layers" "$push_secs"
-  printf '  serve ready, full pass   %8.3f s  %12d bytes fetched (%.1f%%)\n' "$full_s" "$full_b" "$(echo "100 * $full_b / $layers" | bc -l)"
-  printf '  serve ready, --soci-v1   %8.3f s  %12d bytes fetched (%.2f%%)\n' "$toc_s" "$toc_b" "$(echo "100 * $toc_b / $layers" | bc -l)"
+  printf '  serve ready, full pass   %8.3f s  %12.0f bytes fetched (%.1f%%)\n' "$full_s" "$full_b" "$(echo "100 * $full_b / $layers" | bc -l)"
+  printf '  serve ready, --soci-v1   %8.3f s  %12.0f bytes fetched (%.2f%%)\n' "$toc_s" "$toc_b" "$(echo "100 * $toc_b / $layers" | bc -l)"
   printf '  ratio --soci-v1 / full pass: %.3f (time)\n' "$(echo "$toc_s / $full_s" | bc -l)"
 done

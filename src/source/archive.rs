@@ -361,7 +361,7 @@ impl ArchiveSource {
 
 /// `alpine` and `docker.io/library/alpine:latest` name the same image.
 fn normalize_name(name: &str) -> String {
-    name.parse::<oci_client::Reference>()
+    super::reference::parse(name)
         .map(|r| r.whole())
         .unwrap_or_else(|_| name.to_string())
 }

@@ -106,9 +106,9 @@ impl FromStr for ImageLocation {
         if r.is_empty() {
             return Err(bad("empty reference"));
         }
-        r.parse::<oci_client::Reference>()
+        super::reference::parse(r)
             .map(ImageLocation::Registry)
-            .map_err(|e| bad(&e.to_string()))
+            .map_err(bad)
     }
 }
 

@@ -85,7 +85,7 @@ impl MirroredRegistry {
             }
             for e in endpoints {
                 let rewritten: Reference =
-                    e.reference.parse().map_err(|err: oci_client::ParseError| {
+                    super::reference::parse(&e.reference).map_err(|err| {
                         MirrorsError::BadRewrite {
                             reference: r.whole(),
                             rewritten: e.reference.clone(),

@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod layout;
 pub mod manifest;
 pub mod mirrors;
+pub mod reference;
 pub mod registries_conf;
 
 pub mod registry;
