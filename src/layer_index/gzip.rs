@@ -124,6 +124,23 @@ impl Checkpoint {
         }
     }
 
+    /// A checkpoint whose window is kept as given, uncompressed (for
+    /// windows about to be spilled to a file, where compressing them
+    /// would cost more than it saves); `None` if malformed.
+    pub fn with_raw_window(
+        compressed: u64,
+        bits: u8,
+        uncompressed: u64,
+        window: &[u8],
+    ) -> Option<Checkpoint> {
+        Checkpoint::from_stored(
+            compressed,
+            bits,
+            uncompressed,
+            [&[RAW][..], window].concat(),
+        )
+    }
+
     /// A checkpoint with its window as [`Checkpoint::window_bytes`]
     /// returned it (from an index file); `None` if it is malformed.
     pub fn from_stored(

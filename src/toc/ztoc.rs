@@ -372,7 +372,11 @@ fn zinfo_checkpoints(b: &[u8]) -> Result<(u64, Vec<gzip::Checkpoint>), &'static 
         if bits > 7 || (bits > 0 && input == 0) {
             return Err("a checkpoint with impossible bit position");
         }
-        cps.push(gzip::Checkpoint::new(input, bits, output, &p[17..]));
+        // Raw: the disk spills windows to a file right after planning.
+        cps.push(
+            gzip::Checkpoint::with_raw_window(input, bits, output, &p[17..])
+                .ok_or("a checkpoint with impossible bit position")?,
+        );
     }
     Ok((span, cps))
 }
