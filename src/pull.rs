@@ -278,10 +278,17 @@ async fn pull_inner(
                     .indexes
                     .get(&layer.descriptor.digest)
                     .filter(|_| !indexes.contains(&layer.descriptor.digest));
+                let lazy = !opts.keep_blobs
+                    && taps.is_none()
+                    && !indexes.contains(&layer.descriptor.digest);
                 async move {
                     if let Some(ix) = toc {
                         progress.finish(layer, false);
                         return Ok((false, 0, ix.clone()));
+                    }
+                    if lazy && let Some(ix) = crate::toc::layer_toc(source, layer, cache).await {
+                        progress.finish(layer, false);
+                        return Ok((false, 0, ix));
                     }
                     let tap = taps.map(|t| (t.clone(), i));
                     let r = fetch_layer(source, cache, indexes, image, layer, progress, keep, tap)

@@ -104,6 +104,29 @@ pub enum Access {
     /// span's hash taken over its *compressed* bytes (from its checkpoint
     /// to the next, as fetched) instead of its output.
     GzipRanges(Vec<gzip::Checkpoint>),
+    /// File data compressed chunk by chunk (eStargz gzip members,
+    /// zstd:chunked frames), described by a table of contents: one span per
+    /// chunk, in a stream of its own where the chunks lie back to back
+    /// (offsets are not the tar's), each hashed over its output.
+    Chunks(ChunkCodec, Vec<ChunkAt>),
+}
+
+/// How a chunk is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkCodec {
+    /// One or more gzip members.
+    Gzip,
+    /// One or more zstd frames.
+    Zstd,
+}
+
+/// Where a chunk's bytes start in the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkAt {
+    /// The compressed offset decoding starts at (a member or frame start).
+    pub compressed: u64,
+    /// Decoded bytes before the chunk's first byte (eStargz `innerOffset`).
+    pub skip: u64,
 }
 
 /// A piece of the uncompressed stream with the sha256 taken in the verified
@@ -247,6 +270,7 @@ impl LayerIndex {
                 (cp.compressed - u64::from(cp.bits > 0), cp.uncompressed)
             }
             Access::Zstd(frames) => frames[frames.partition_point(|f| f.1 <= start) - 1],
+            Access::Chunks(_, at) => return (at[i].compressed, start, i),
         };
         (c, u, self.spans.partition_point(|s| s.start < u))
     }
@@ -262,8 +286,8 @@ impl LayerIndex {
             // (block header and checksum: a few bytes).
             Access::Gzip(_) => self.spans[i].cend.saturating_add(16),
             Access::Zstd(_) => self.spans[i].cend.saturating_add(64),
-            // Exactly the hashed range.
-            Access::GzipRanges(_) => self.spans[i].cend,
+            // Exactly the hashed range; a chunk's members or frames.
+            Access::GzipRanges(_) | Access::Chunks(..) => self.spans[i].cend,
         };
         SpanFetch {
             start: c,
@@ -320,6 +344,13 @@ impl LayerIndex {
             }
             Access::Zstd(frames) => {
                 frames.first() == Some(&(0, 0)) && increasing(frames.iter().map(|f| f.1))
+            }
+            Access::Chunks(_, at) => {
+                at.len() == self.spans.len()
+                    && at
+                        .iter()
+                        .zip(&self.spans)
+                        .all(|(a, s)| s.cend > a.compressed)
             }
             Access::GzipRanges(cps) => {
                 cps.first().is_some_and(|c| c.uncompressed == 0)

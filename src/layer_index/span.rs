@@ -2,7 +2,7 @@
 //! point and check every span decoded on the way against the sha256 the
 //! verified first pass recorded.
 
-use super::{Access, LayerIndex, gzip};
+use super::{Access, ChunkCodec, LayerIndex, gzip};
 use crate::digest::Digest;
 
 /// Errors decoding a fetched span.
@@ -56,6 +56,12 @@ impl LayerIndex {
                 gzip::read_span(cp, compressed, from - base, len).map_err(|e| err(e.to_string()))?
             }
             Access::Zstd(_) => zstd_range(compressed, from - base, len).map_err(err)?,
+            Access::Chunks(ChunkCodec::Zstd, at) => {
+                zstd_range(compressed, at[i].skip, len).map_err(err)?
+            }
+            Access::Chunks(ChunkCodec::Gzip, at) => {
+                gzip_members(compressed, at[i].skip, len).map_err(err)?
+            }
             Access::GzipRanges(cps) => {
                 // The hash covers the compressed range: check it before
                 // inflating a byte of it.
@@ -97,6 +103,17 @@ impl LayerIndex {
         let mut all = self.decode_spans(i, compressed)?;
         Ok(all.pop().expect("at least span i").1)
     }
+}
+
+/// Decode `len` bytes after skipping `skip`, from gzip data that starts at
+/// a member's header and may run on through further members.
+fn gzip_members(compressed: &[u8], skip: u64, len: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut d = flate2::read::MultiGzDecoder::new(compressed);
+    std::io::copy(&mut (&mut d).take(skip), &mut std::io::sink()).map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; len];
+    d.read_exact(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Decode `len` bytes after skipping `skip`, from zstd data that starts at a

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use super::{Access, LayerIndex, Span, gzip};
+use super::{Access, ChunkAt, ChunkCodec, LayerIndex, Span, gzip};
 use crate::cache::{BlobCache, CacheError};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::tar::{EntryKind, SparseSegment, TarEntry};
@@ -240,6 +240,14 @@ pub fn encode_body(ix: &LayerIndex) -> Vec<u8> {
                 put_bytes(&mut body, &c.window_bytes().unwrap_or_default());
             }
         }
+        Access::Chunks(codec, at) => {
+            body.push(if *codec == ChunkCodec::Gzip { 4 } else { 5 });
+            put_var(&mut body, at.len() as u64);
+            for a in at {
+                put_var(&mut body, a.compressed);
+                put_var(&mut body, a.skip);
+            }
+        }
         Access::Zstd(frames) => {
             body.push(2);
             put_var(&mut body, frames.len() as u64);
@@ -438,6 +446,22 @@ pub fn decode_body(body: &[u8]) -> Option<LayerIndex> {
             } else {
                 Access::GzipRanges(cps)
             }
+        }
+        tag @ (4 | 5) => {
+            let n = usize::try_from(r.var()?).ok()?;
+            let mut at = Vec::with_capacity(r.room(n, 2));
+            for _ in 0..n {
+                at.push(ChunkAt {
+                    compressed: r.var()?,
+                    skip: r.var()?,
+                });
+            }
+            let codec = if tag == 4 {
+                ChunkCodec::Gzip
+            } else {
+                ChunkCodec::Zstd
+            };
+            Access::Chunks(codec, at)
         }
         2 => {
             let n = usize::try_from(r.var()?).ok()?;

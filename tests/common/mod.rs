@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod containerd;
 pub mod debian;
+pub mod estargz;
 pub mod fscheck;
 pub mod imagegen;
 pub mod lazy;
