@@ -115,3 +115,58 @@ fn an_estargz_image_starts_from_its_toc_and_serves_what_materialize_writes() {
     assert!(std::fs::read(&m.image).unwrap() == std::fs::read(&want).unwrap());
     assert_eq!(m.stop(), Some(0));
 }
+
+#[test]
+fn a_zstd_chunked_image_from_skopeo_starts_from_its_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    imagegen::write_image(
+        &layout,
+        "v1",
+        &layers(),
+        imagegen::Compression::None,
+        &imagegen::Platform::linux_amd64(),
+    );
+    let reg = Registry::start();
+    reg.push_with(
+        &format!("oci:{}:v1", layout.display()),
+        "chunked:v1",
+        &["--dest-compress-format", "zstd:chunked"],
+    );
+    let r = format!("{}/chunked:v1", reg.host());
+    let manifest = reg.curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("{}/v2/chunked/manifests/v1", reg.url()),
+    ]);
+    assert!(
+        manifest.stdout.contains("io.containers.zstd-chunked.manifest-checksum"),
+        "skopeo wrote no zstd:chunked manifest: {}",
+        manifest.stdout
+    );
+    let m: serde_json::Value = serde_json::from_str(&manifest.stdout).unwrap();
+    let size: u64 = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+
+    let want = dir.path().join("want.img");
+    Ocidisk::new().ok(&["materialize", "--read-only", &r, want.to_str().unwrap()]);
+
+    // From the table: ready after a few percent, the bytes materialize
+    // writes, the tree the layers make.
+    let proxy = FaultProxy::start(&reg.host());
+    let via = format!("{}/chunked:v1", proxy.host());
+    let n = ready_bytes(&proxy, &via, &[]);
+    eprintln!("zstd:chunked: ready after {n} of {size} bytes");
+    assert!((n as f64) < 0.05 * size as f64, "ready after {n} of {size} bytes");
+    let got = dir.path().join("got.img");
+    dump(&via, &got);
+    assert!(
+        std::fs::read(&got).unwrap() == std::fs::read(&want).unwrap(),
+        "the disk from the zstd:chunked table differs from materialize's image"
+    );
+    compare_mounted(&with_lost_found(imagegen::oracle(&layers())), &got);
+}
