@@ -6,7 +6,6 @@
 pub mod cli;
 pub mod containerd;
 pub mod debian;
-pub mod estargz;
 pub mod fscheck;
 pub mod imagegen;
 pub mod lazy;
@@ -17,5 +16,6 @@ pub mod rawtar;
 pub mod registry;
 pub mod scale;
 pub mod serve;
+pub mod tocgen;
 pub mod vhost_driver;
 pub mod vm;
