@@ -612,3 +612,67 @@ fn a_soci_v2_index_the_manifest_names_is_used_without_asking() {
         "no layer blob fetched in the background"
     );
 }
+
+#[test]
+fn serve_push_index_publishes_what_the_next_host_starts_from() {
+    let reg = Registry::start();
+    let layout = debian::layout();
+    let r = debian::push(&reg, &layout);
+    let dir = tempfile::tempdir().unwrap();
+    let home = Ocidisk::new();
+    let mut first = Served::start(
+        &home,
+        &r,
+        &dir.path().join("a.sock"),
+        &["--read-only", "--push-index"],
+    );
+    // The index appears beside the image while the first host serves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let listed = loop {
+        let tags = reg.curl(&[&format!("{}/v2/debian/tags/list", reg.url())]);
+        if tags.stdout.contains("sha256-") {
+            break tags.stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no referrers tag after 2 minutes; serve said:\n{}",
+            first.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(first.running(), "serve stopped while pushing: {listed}");
+    first.stop();
+    let p = Published {
+        report: serde_json::Value::Null,
+        layers_size: std::fs::metadata(common::imagegen::blob_path(
+            &layout,
+            &layer_digest(&layout),
+        ))
+        .unwrap()
+        .len(),
+        layout,
+        reg,
+    };
+    let proxy = FaultProxy::start(&p.reg.host());
+    assert_ready_from_a_few_percent(
+        &p,
+        &proxy,
+        &format!("{}/debian:bookworm", proxy.host()),
+        &["--soci-v1"],
+    );
+}
+
+/// The Debian layout's one layer.
+fn layer_digest(layout: &Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::imagegen::blob_path(
+            layout,
+            index["manifests"][0]["digest"].as_str().unwrap(),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    m["layers"][0]["digest"].as_str().unwrap().to_string()
+}

@@ -171,6 +171,8 @@ Mounting needs root (a plain mount(2)) or fusermount3 from the fuse3 package.")]
   ocidisk serve --read-only debian:bookworm --socket /run/ocidisk/debian.sock
   ocidisk serve --overlay app.overlay --queues 2 registry.example.com/app:v1 --socket app.sock
   ocidisk serve --policy signed-only.json --read-only registry.example.com/app:v1 --socket app.sock
+  ocidisk serve --push-index --read-only registry.example.com/app:v1 --socket app.sock
+      (publishes the image's SOCI index once serving; other hosts then start from it with --soci-v1)
 
 Then attach the socket to a VMM (guest RAM must be shared memory):
   qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \\
@@ -194,6 +196,9 @@ writes and exits.")]
         /// Write the server's pid here once the socket accepts connections
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Once serving, publish the image's SOCI index in the background, as ocidisk index push does (needs write access)
+        #[arg(long)]
+        push_index: bool,
         #[command(flatten)]
         disk: DiskArgs,
     },
@@ -274,10 +279,16 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             socket,
             queues,
             pid_file,
+            push_index,
             disk,
         } => {
             let cache = open_cache(cli.cache_dir)?;
             let pull = image.options()?;
+            let publish = push_index.then(|| ocidisk::toc::publish::PublishOptions {
+                pull: pull.clone(),
+                span_size: ocidisk::toc::publish::DEFAULT_SPAN,
+                min_layer_size: 0,
+            });
             let name = image.image.clone();
             // Before the (possibly slow) disk open.
             ocidisk::serve::check_queues(queues)?;
@@ -305,6 +316,9 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
             );
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
+            if let Some(opts) = publish {
+                push_index_later(opts, cache.clone())?;
+            }
             server.run()?;
             disk.save_profile()?;
             eprintln!("stopped serving {}", socket.display());
@@ -315,6 +329,35 @@ fn run_sync(cli: Cli) -> anyhow::Result<()> {
         }
         _ => unreachable!("only mount, umount and serve run synchronously"),
     }
+    Ok(())
+}
+
+/// `serve --push-index`: publish the image's SOCI index on a thread of
+/// its own while the disk serves; the outcome goes to the log.
+fn push_index_later(
+    opts: ocidisk::toc::publish::PublishOptions,
+    cache: BlobCache,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("ocidisk-push-index".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("--push-index: starting a runtime: {e}"),
+            };
+            let progress = Arc::new(ocidisk::pull::NoProgress);
+            match rt.block_on(ocidisk::toc::publish::publish(&opts, &cache, progress)) {
+                Ok(r) => eprintln!(
+                    "--push-index: pushed SOCI index {} for {}, listed under tag {}",
+                    r.index, r.reference, r.referrers_tag
+                ),
+                Err(e) => eprintln!("--push-index: {e}"),
+            }
+        })
+        .context("starting the --push-index thread")?;
     Ok(())
 }
 
