@@ -299,6 +299,55 @@ fn checkpoint_seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+#[test]
+fn toc_parse_corpus() {
+    seeds("toc_parse", toc_seeds());
+    replay("toc_parse", targets::toc_parse, 3);
+}
+
+/// A zTOC (kind byte 0) and eStargz / zstd:chunked JSON tables of a small
+/// gzip layer, as ocidisk and the formats' writers make them.
+fn toc_seeds() -> Vec<(String, Vec<u8>)> {
+    use std::io::Write as _;
+    let tar = tar_of(&[("a", 70_000), ("b", 3), ("c", 300_000)]);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&tar).unwrap();
+    let gz = e.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layer");
+    std::fs::write(&path, &gz).unwrap();
+    let ix = ocidisk::layer_index::index_blob(
+        &path,
+        &ocidisk::digest::Digest::sha256_of(&gz),
+        &ocidisk::digest::Digest::sha256_of(&tar),
+        ocidisk::source::manifest::Compression::Gzip,
+    )
+    .unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let z = ocidisk::toc::ztoc::build(&ix, &f, gz.len() as u64, 64 << 10, "seed").unwrap();
+    let sha = |b: &[u8]| format!("sha256:{}", ocidisk::digest::Digest::sha256_of(b).hex());
+    let body = |i: usize| {
+        let e = &ix.entries()[i];
+        &tar[e.data_offset as usize..(e.data_offset + e.data_len) as usize]
+    };
+    let json = serde_json::json!({"version": 1, "entries": [
+        {"name": "a", "type": "reg", "size": 70_000, "offset": 10, "chunkSize": 65_536,
+         "chunkDigest": sha(&body(0)[..65_536]), "digest": sha(body(0)), "modtime": "2024-01-02T03:04:05Z"},
+        {"name": "a", "type": "chunk", "offset": 900, "chunkOffset": 65_536,
+         "chunkDigest": sha(&body(0)[65_536..])},
+        {"name": "b", "type": "reg", "size": 3, "offset": 1200, "digest": sha(body(1)), "endOffset": 1300},
+        {"name": "d", "type": "dir", "mode": 493, "uid": 1, "gid": 2,
+         "xattrs": {"user.x": "eHl6"}},
+        {"name": "l", "type": "symlink", "linkName": "a"},
+    ]});
+    let json = serde_json::to_vec(&json).unwrap();
+    vec![
+        ("ztoc".into(), [&[0u8][..], &z].concat()),
+        ("estargz".into(), [&[1u8][..], &json].concat()),
+        ("zstd-chunked".into(), [&[2u8][..], &json].concat()),
+    ]
+}
+
 fn qcow2_seeds() -> Vec<(String, Vec<u8>)> {
     use ocidisk::qcow2::{Codec, Qcow2Options, Qcow2Writer};
     let dir = tempfile::tempdir().unwrap();

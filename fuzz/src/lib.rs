@@ -170,6 +170,49 @@ fn use_index(ix: &LayerIndex) {
     let _ = ix.span_at(ix.tar_size());
 }
 
+/// Fuzz target `toc_parse`: arbitrary bytes as a table of contents (the
+/// first byte picks the format: 0 a SOCI zTOC, odd an eStargz JSON table,
+/// other even values a zstd:chunked one): refused with an error, or made
+/// into a layer index that survives the store's round trip and answers
+/// every reader's question; decoding junk as its first span is an error,
+/// not a panic.
+pub fn toc_parse(data: &[u8]) {
+    use ocidisk::layer_index::{ChunkCodec, decode_body, encode_body};
+    use ocidisk::toc::{chunked, ztoc};
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    let layer = Digest::sha256_of(b"fuzz layer");
+    let diff_id = Digest::sha256_of(b"fuzz tar");
+    let ix = if kind == 0 {
+        ztoc::parse(&layer, body).ok().and_then(|p| {
+            let size = p.compressed_size;
+            p.into_index(&layer, &diff_id, size).ok()
+        })
+    } else {
+        let codec = if kind % 2 == 1 {
+            ChunkCodec::Gzip
+        } else {
+            ChunkCodec::Zstd
+        };
+        chunked::JsonToc::parse(body)
+            .ok()
+            .and_then(|t| chunked::build(&layer, &diff_id, t, codec, 1 << 40, None).ok())
+    };
+    let Some(ix) = ix else {
+        return;
+    };
+    assert_eq!(
+        decode_body(&encode_body(&ix)).as_ref(),
+        Some(&ix),
+        "body round trip"
+    );
+    use_index(&ix);
+    if !ix.spans().is_empty() {
+        let _ = ix.decode_spans(0, &body[..body.len().min(4096)]);
+    }
+}
+
 /// Content types a registry may send with a manifest.
 const CONTENT_TYPES: [Option<&str>; 6] = [
     None,

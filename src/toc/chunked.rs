@@ -85,6 +85,13 @@ pub struct JsonToc {
     pub entries: Vec<JsonEntry>,
 }
 
+impl JsonToc {
+    /// Parse a table's JSON.
+    pub fn parse(json: &[u8]) -> Result<JsonToc, String> {
+        serde_json::from_slice(json).map_err(|e| e.to_string())
+    }
+}
+
 /// A chunk's place beyond the JSON: an entry the reader adds itself
 /// (eStargz's own `stargz.index.json`, whose data sits in the TOC member).
 #[derive(Debug, Clone)]
