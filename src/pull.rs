@@ -248,20 +248,18 @@ async fn pull_inner(
     )
     .await?;
     let indexes = IndexStore::new(cache)?;
-    // A lazy disk with layers not yet indexed here may start from the
-    // image's SOCI index instead of streaming them.
-    let tocs = if !opts.keep_blobs
-        && taps.is_none()
-        && image
-            .layers
-            .iter()
-            .any(|l| !indexes.contains(&l.descriptor.digest))
-    {
-        crate::toc::soci::load(&source, &image, cache, opts.soci_v1)
-            .await
-            .unwrap_or_default()
+    // A lazy pass may start layers not yet indexed here from a table of
+    // contents instead of streaming them.
+    let lazy = !opts.keep_blobs && taps.is_none();
+    let stored: Vec<bool> = image
+        .layers
+        .iter()
+        .map(|l| indexes.contains(&l.descriptor.digest))
+        .collect();
+    let tables = if lazy && stored.contains(&false) {
+        crate::toc::Tables::find(&source, &image, cache, opts.soci_v1).await
     } else {
-        Default::default()
+        crate::toc::Tables::default()
     };
     let results: Vec<(bool, u64, LayerIndex)> =
         futures_util::stream::iter(image.layers.iter().enumerate())
@@ -274,19 +272,9 @@ async fn pull_inner(
                     save_index: taps.is_none(),
                 };
                 let progress = progress.as_ref();
-                let toc = tocs
-                    .indexes
-                    .get(&layer.descriptor.digest)
-                    .filter(|_| !indexes.contains(&layer.descriptor.digest));
-                let lazy = !opts.keep_blobs
-                    && taps.is_none()
-                    && !indexes.contains(&layer.descriptor.digest);
+                let (tables, from_table) = (&tables, lazy && !stored[i]);
                 async move {
-                    if let Some(ix) = toc {
-                        progress.finish(layer, false);
-                        return Ok((false, 0, ix.clone()));
-                    }
-                    if lazy && let Some(ix) = crate::toc::layer_toc(source, layer, cache).await {
+                    if from_table && let Some(ix) = tables.index(source, layer, cache).await {
                         progress.finish(layer, false);
                         return Ok((false, 0, ix));
                     }
@@ -340,11 +328,7 @@ async fn pull_inner(
         .layers
         .iter()
         .zip(&results)
-        .map(|(l, (_, _, ix))| {
-            tocs.rederive
-                && matches!(ix.access(), crate::layer_index::Access::GzipRanges(_))
-                && tocs.indexes.contains_key(&l.descriptor.digest)
-        })
+        .map(|(l, (_, _, ix))| tables.rederive(l, ix))
         .collect();
     let indexes = results.into_iter().map(|(_, _, ix)| ix).collect();
     Ok(Pulled {

@@ -301,16 +301,7 @@ fn a_pushed_index_starts_a_fresh_host_from_a_few_percent_and_serves_what_materia
     let disk = Disk::open(&opts, &cache).unwrap();
     assert!(proxy.bytes_down() - before < p.layers_size / 20);
     let got = want_dir.path().join("lazy.img");
-    let mut out = std::fs::File::create(&got).unwrap();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut at = 0;
-    while at < disk.size() {
-        let n = ((disk.size() - at) as usize).min(buf.len());
-        disk.read_at(at, &mut buf[..n]).unwrap();
-        out.write_all(&buf[..n]).unwrap();
-        at += n as u64;
-    }
-    drop(out);
+    common::lazy::dump(&disk, &got);
     assert_eq!(
         sha256_file(&got),
         sha256_file(&want),
@@ -428,22 +419,7 @@ fn push_lying_index(
 /// Read the whole disk in 1 MiB pieces: every piece that reads must
 /// equal `want`'s; returns how many failed.
 fn read_all_checked(disk: &Disk, want: &Path) -> usize {
-    use std::os::unix::fs::FileExt as _;
-    let want = std::fs::File::open(want).unwrap();
-    let (mut failed, mut at) = (0, 0u64);
-    let mut got = vec![0u8; 1 << 20];
-    let mut exp = vec![0u8; 1 << 20];
-    while at < disk.size() {
-        let n = ((disk.size() - at) as usize).min(got.len());
-        if disk.read_at(at, &mut got[..n]).is_ok() {
-            want.read_exact_at(&mut exp[..n], at).unwrap();
-            assert!(got[..n] == exp[..n], "wrong bytes served at {at}");
-        } else {
-            failed += 1;
-        }
-        at += n as u64;
-    }
-    failed
+    common::lazy::failed_reads(disk, &std::fs::read(want).unwrap(), 1 << 20)
 }
 
 /// The disk withdraws itself within two minutes, naming why.

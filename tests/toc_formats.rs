@@ -56,19 +56,10 @@ fn ready_bytes(proxy: &FaultProxy, via: &str, flags: &[&str]) -> u64 {
 
 /// Every byte of a lazy disk of `via` from an empty cache, into `out`.
 fn dump(via: &str, out: &Path) -> Disk {
-    use std::io::Write as _;
     let o = Ocidisk::new();
     let cache = BlobCache::open(o.cache_dir()).unwrap();
     let disk = Disk::open(&disk_options(via, true), &cache).unwrap();
-    let mut f = std::fs::File::create(out).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < disk.size() {
-        let n = ((disk.size() - at) as usize).min(buf.len());
-        disk.read_at(at, &mut buf[..n]).unwrap();
-        f.write_all(&buf[..n]).unwrap();
-        at += n as u64;
-    }
+    common::lazy::dump(&disk, out);
     disk
 }
 
@@ -218,18 +209,7 @@ fn failed_reads(via: &str, want: &[u8]) -> usize {
     let o = Ocidisk::new();
     let cache = BlobCache::open(o.cache_dir()).unwrap();
     let disk = Disk::open(&disk_options(via, true), &cache).unwrap();
-    assert_eq!(disk.size(), want.len() as u64);
-    let mut failed = 0;
-    let mut buf = vec![0u8; 64 << 10];
-    for (i, exp) in want.chunks(buf.len()).enumerate() {
-        let got = &mut buf[..exp.len()];
-        if disk.read_at((i * (64 << 10)) as u64, got).is_ok() {
-            assert!(got == exp, "wrong bytes served at {}", i * (64 << 10));
-        } else {
-            failed += 1;
-        }
-    }
-    failed
+    common::lazy::failed_reads(&disk, want, 64 << 10)
 }
 
 #[test]

@@ -85,6 +85,53 @@ impl LayerReader<'_> {
     }
 }
 
+/// The tables of contents a lazy pass may start an image's layers from.
+#[derive(Default)]
+pub struct Tables {
+    /// The image's SOCI index, read once for all its layers.
+    soci: soci::Loaded,
+}
+
+impl Tables {
+    /// For a lazy pass over `image`: its SOCI index, if it has one this
+    /// reader accepts (v1 only if `soci_v1`). Layers' own tables are read
+    /// per layer, by [`Tables::index`].
+    pub async fn find(
+        source: &Source,
+        image: &crate::source::ResolvedImage,
+        cache: &BlobCache,
+        soci_v1: bool,
+    ) -> Tables {
+        Tables {
+            soci: soci::load(source, image, cache, soci_v1)
+                .await
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The index of a layer not indexed here, from a table: the SOCI
+    /// index's zTOC, else the layer's own table; `None`: it streams.
+    pub async fn index(
+        &self,
+        source: &Source,
+        layer: &Layer,
+        cache: &BlobCache,
+    ) -> Option<LayerIndex> {
+        match self.soci.indexes.get(&layer.descriptor.digest) {
+            Some(ix) => Some(ix.clone()),
+            None => layer_toc(source, layer, cache).await,
+        }
+    }
+
+    /// Whether `layer`'s index `ix` came from a table nothing the manifest
+    /// vouches for (a SOCI v1 referrer): the disk re-derives it.
+    pub fn rederive(&self, layer: &Layer, ix: &LayerIndex) -> bool {
+        self.soci.rederive
+            && matches!(ix.access(), crate::layer_index::Access::GzipRanges(_))
+            && self.soci.indexes.contains_key(&layer.descriptor.digest)
+    }
+}
+
 /// The index of `layer` from its own table of contents (eStargz or
 /// zstd:chunked), if it has one this reader accepts; why not is logged,
 /// and the layer then streams.

@@ -177,24 +177,14 @@ impl RegistrySource {
     ) -> Result<(), RegistryError> {
         let tag = referrers_tag(subject);
         let existing = self.tagged_manifest(&tag, 4 << 20).await?;
-        let mut index: serde_json::Value = match existing
+        // What the tag lists now (a tag holding something else is replaced).
+        let existing: Option<serde_json::Value> = existing
             .as_deref()
-            .and_then(|b| serde_json::from_slice(b).ok())
-        {
-            Some(v @ serde_json::Value::Object(_))
-                if v.get("manifests").is_some_and(|m| m.is_array()) =>
-            {
-                v
-            }
-            _ => serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": [],
-            }),
+            .and_then(|b| serde_json::from_slice(b).ok());
+        let mut manifests = match existing.as_ref().and_then(|v| v.get("manifests")) {
+            Some(serde_json::Value::Array(m)) => m.clone(),
+            _ => Vec::new(),
         };
-        let manifests = index["manifests"]
-            .as_array_mut()
-            .expect("checked to be an array above");
         if manifests
             .iter()
             .any(|m| m.get("digest") == entry.get("digest"))
@@ -202,6 +192,11 @@ impl RegistrySource {
             return Ok(());
         }
         manifests.push(entry);
+        let mut index = match existing {
+            Some(v @ serde_json::Value::Object(_)) => v,
+            _ => serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX}),
+        };
+        index["manifests"] = serde_json::Value::Array(manifests);
         let body = serde_json::to_vec(&index).map_err(|e| RegistryError::Other {
             registry: self.registry(),
             what: format!("referrers tag {tag}"),
