@@ -173,8 +173,9 @@ struct Inner {
     last_span: Mutex<HashMap<usize, (usize, usize)>>,
     readahead: Mutex<Option<std::sync::mpsc::Sender<(usize, usize)>>>,
     image: FsImage,
-    /// The image's metadata blocks, out of the heap.
-    moved: metadata::MovedMetadata,
+    /// The image's metadata blocks (`image` keeps none): in the heap until
+    /// the settle thread moves them to a scratch file.
+    metadata: metadata::Metadata,
     /// The image identity (manifest digest hex; config digest for archives).
     image_id: String,
     layers: Vec<(Arc<LayerIndex>, Descriptor)>,
@@ -228,12 +229,22 @@ impl Inner {
         if opts.init {
             crate::init_layer::append(&mut image, &mut indexes, cache)?;
         }
-        let toc_layers = toc_check::toc_layers(&indexes, &rederive);
+        // What the tables of contents to re-derive say of each entry, taken
+        // on the other core while the filesystem is planned.
+        let (toc_layers, fs) = std::thread::scope(|s| {
+            let toc_layers = rederive
+                .contains(&true)
+                .then(|| s.spawn(|| toc_check::toc_layers(&indexes, &rederive)));
+            let fs = fs::plan_layers(image.id(), &indexes, &opts.fs);
+            let toc_layers =
+                toc_layers.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (toc_layers.unwrap_or_default(), fs)
+        });
+        let fs = fs.map_err(Box::new)?;
         let toc_check = (!toc_layers.is_empty()).then(|| toc_check::TocCheck {
             image: image.clone(),
             layers: toc_layers,
         });
-        let fs = fs::plan_layers(image.id(), &indexes, &opts.fs).map_err(Box::new)?;
         // Planned: the entries are no longer needed, only the spans; and
         // the checkpoint windows wait in a file until a read needs one.
         let mut indexes: Vec<LayerIndex> = indexes
@@ -284,17 +295,7 @@ impl Inner {
             None => None,
         };
         let mut fs = fs;
-        let moved = cache
-            .scratch_file("metadata")
-            .and_then(|f| metadata::MovedMetadata::take(&mut fs, f))
-            .unwrap_or_else(|e| {
-                tracing::warn!("{e}; the metadata blocks stay in memory");
-                metadata::MovedMetadata::default()
-            });
-        tracing::debug!(
-            blocks = moved.len(),
-            "metadata blocks moved to a scratch file"
-        );
+        let metadata = metadata::Metadata::new(std::mem::take(&mut fs.metadata));
         Ok(Arc::new(Inner {
             blob_cache: cache.clone(),
             flush_to,
@@ -303,7 +304,7 @@ impl Inner {
             overlay,
             temp_overlay,
             image: fs,
-            moved,
+            metadata,
             image_id: image.id().hex().to_string(),
             layers,
             source,
@@ -471,7 +472,7 @@ impl Inner {
             let out = &mut buf[(at - offset) as usize..(at - offset + region.len()) as usize];
             match region {
                 Region::Metadata(bytes) => out.copy_from_slice(bytes),
-                Region::Zeros(_) => self.moved.overlay(at, out)?,
+                Region::Zeros(_) => self.metadata.overlay(at, out)?,
                 Region::Data {
                     layer, tar_offset, ..
                 } => self.read_layer(layer, tar_offset, out)?,
@@ -508,9 +509,9 @@ impl Inner {
         for (at, region) in self.image.regions(offset, len as u64) {
             match region {
                 Region::Metadata(bytes) => emit(bytes)?,
-                Region::Zeros(n) if self.moved.touches(at, n) => {
+                Region::Zeros(n) if self.metadata.touches(at, n) => {
                     let mut buf = vec![0u8; n as usize];
-                    self.moved.overlay(at, &mut buf)?;
+                    self.metadata.overlay(at, &mut buf)?;
                     emit(&buf)?;
                 }
                 Region::Data {
@@ -538,6 +539,36 @@ pub struct Disk {
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
+/// Settle an open disk in the background, so that it is ready at once:
+/// move the metadata blocks out of the heap into an unlinked scratch file
+/// (best effort: on an error they stay in memory), then hand the heap the
+/// planner freed (the whole merged tree) back to the system, so that a
+/// long-running open disk costs what it keeps. Reads meanwhile find the
+/// blocks where they are.
+fn settle(inner: &Arc<Inner>) -> Result<std::thread::JoinHandle<()>, DiskError> {
+    let inner = inner.clone();
+    std::thread::Builder::new()
+        .name("ocidisk-settle".into())
+        .spawn(move || {
+            let moved = inner
+                .blob_cache
+                .scratch_file("metadata")
+                .and_then(|f| inner.metadata.move_to(f));
+            match moved {
+                Ok(n) => tracing::debug!(blocks = n, "metadata blocks moved to a scratch file"),
+                Err(e) => tracing::warn!(
+                    "{}: {e}; the metadata blocks stay in memory",
+                    inner.blob_cache.root().join("tmp").display()
+                ),
+            }
+            drop(inner);
+            // SAFETY: malloc_trim only releases free memory of glibc's
+            // heap; it touches no live allocation.
+            unsafe { libc::malloc_trim(0) };
+        })
+        .map_err(DiskError::Runtime)
+}
+
 /// Move the indexes' checkpoint windows to an unlinked file in the cache's
 /// tmp directory (gone with the disk). Best effort: windows that cannot be
 /// moved stay in memory.
@@ -561,11 +592,7 @@ impl Disk {
     /// start read-ahead, and `--prefetch` if asked.
     pub fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Disk, DiskError> {
         let inner = Inner::open(opts, cache)?;
-        // Planning built and dropped the whole merged tree; hand the freed
-        // heap back so a long-running open disk costs what it keeps.
-        // SAFETY: malloc_trim only releases free memory of glibc's heap;
-        // it touches no live allocation.
-        unsafe { libc::malloc_trim(0) };
+        let settle = settle(&inner)?;
         let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
         *crate::sync::lock(&inner.readahead) = Some(tx);
         let weak = Arc::downgrade(&inner);
@@ -583,7 +610,7 @@ impl Disk {
         let disk = Disk {
             inner,
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            workers: Mutex::new(vec![ra]),
+            workers: Mutex::new(vec![ra, settle]),
         };
         if let Some(p) = &opts.profile.prefetch {
             let spans = profile::load(p, &disk.inner.layers)?;
