@@ -222,6 +222,36 @@ pub struct BlobBody {
     pub start: u64,
 }
 
+/// What the HTTP client of a registry is built from.
+#[derive(Clone)]
+struct ClientSettings {
+    registry: String,
+    certs: Vec<Certificate>,
+    insecure: bool,
+    read_timeout: Duration,
+}
+
+impl ClientSettings {
+    /// The client, over plain HTTP or TLS.
+    fn build(&self, plain_http: bool) -> Result<Client, RegistryError> {
+        let config = ClientConfig {
+            protocol: if plain_http {
+                ClientProtocol::HttpsExcept(vec![self.registry.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: self.insecure,
+            extra_root_certificates: self.certs.clone(),
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(15)),
+            read_timeout: Some(self.read_timeout),
+            user_agent: concat!("ocidisk/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        Client::try_from(config).map_err(|e| RegistryError::Client(e.to_string()))
+    }
+}
+
 enum Failure {
     Transient(String),
     Final(RegistryError),
@@ -307,27 +337,30 @@ impl RegistrySource {
             .get_or_try_init(|| async {
                 let registry = self.registry();
                 let loopback = is_loopback(&registry);
-                let plain_http = if self.insecure || loopback {
+                let settings = ClientSettings {
+                    registry: registry.clone(),
+                    certs: self.certs.clone(),
+                    insecure: self.insecure,
+                    read_timeout: self.retry.read_timeout,
+                };
+                if !(self.insecure || loopback) {
+                    return settings.build(false);
+                }
+                // A loopback registry almost always speaks plain HTTP: build
+                // that client (milliseconds of TLS roots) while the probe runs.
+                let early = loopback.then(|| {
+                    let s = settings.clone();
+                    tokio::task::spawn_blocking(move || s.build(true))
+                });
+                let plain_http =
                     probe_plain_http(&registry, &self.certs, self.insecure, loopback, &self.retry)
-                        .await?
-                } else {
-                    false
-                };
-                let config = ClientConfig {
-                    protocol: if plain_http {
-                        ClientProtocol::HttpsExcept(vec![registry.clone()])
-                    } else {
-                        ClientProtocol::Https
-                    },
-                    accept_invalid_certificates: self.insecure,
-                    extra_root_certificates: self.certs.clone(),
-                    platform_resolver: None,
-                    connect_timeout: Some(Duration::from_secs(15)),
-                    read_timeout: Some(self.retry.read_timeout),
-                    user_agent: concat!("ocidisk/", env!("CARGO_PKG_VERSION")),
-                    ..ClientConfig::default()
-                };
-                Client::try_from(config).map_err(|e| RegistryError::Client(e.to_string()))
+                        .await?;
+                match early {
+                    Some(h) if plain_http => {
+                        h.await.map_err(|e| RegistryError::Client(e.to_string()))?
+                    }
+                    _ => settings.build(plain_http),
+                }
             })
             .await
     }
@@ -719,6 +752,21 @@ async fn probe_plain_http(
     loopback: bool,
     retry: &RetryPolicy,
 ) -> Result<bool, RegistryError> {
+    if loopback {
+        // Plain HTTP only: no TLS roots to load (milliseconds a client).
+        let quick = reqwest::Client::builder()
+            .tls_certs_only(Vec::new())
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| RegistryError::Client(e.to_string()))?
+            .get(format!("http://{registry}/v2/"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if quick.as_ref().is_ok_and(answers_as_registry) {
+            return Ok(true);
+        }
+    }
     let mut builder = reqwest::Client::builder()
         .danger_accept_invalid_certs(insecure)
         .connect_timeout(Duration::from_secs(10))
@@ -734,16 +782,6 @@ async fn probe_plain_http(
     let client = builder
         .build()
         .map_err(|e| RegistryError::Client(e.to_string()))?;
-    if loopback {
-        let quick = client
-            .get(format!("http://{registry}/v2/"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if quick.as_ref().is_ok_and(answers_as_registry) {
-            return Ok(true);
-        }
-    }
     let started = Instant::now();
     let mut attempt = 1;
     loop {
