@@ -21,10 +21,10 @@ use crate::layer_index::{
     index_blob,
 };
 use crate::platform::Platform;
-use crate::source::manifest::Compression;
+use crate::source::manifest::{Compression, ImageManifest};
 use crate::source::{
     ImageLocation, Layer, ResolvedImage, Source, SourceError, SourceOptions, is_digest_error,
-    resolve,
+    resolve_with,
 };
 
 /// Errors pulling an image.
@@ -239,28 +239,38 @@ async fn pull_inner(
     taps: Option<Arc<dyn LayerTaps>>,
 ) -> Result<Pulled, PullError> {
     let source = Source::open(&opts.location, &opts.source).await?;
-    let image = resolve(
+    let indexes = IndexStore::new(cache)?;
+    // A lazy pass may start layers not yet indexed here from a table of
+    // contents instead of streaming them; a SOCI index is looked up while
+    // the config is fetched.
+    let lazy = !opts.keep_blobs && taps.is_none();
+    let soci_lookup = async |location: &str, subject: Option<&Digest>, manifest: &ImageManifest| {
+        let unindexed = manifest.layers.iter().any(|l| !indexes.contains(&l.digest));
+        if !(lazy && unindexed) {
+            return None;
+        }
+        let head = crate::toc::soci::Head {
+            location,
+            subject,
+            manifest,
+        };
+        crate::toc::soci::fetch(&source, &head, cache, opts.soci_v1).await
+    };
+    let (image, soci) = resolve_with(
         &source,
         &opts.location,
         cache,
         opts.platform.as_ref(),
         opts.trust.as_deref(),
+        soci_lookup,
     )
     .await?;
-    let indexes = IndexStore::new(cache)?;
-    // A lazy pass may start layers not yet indexed here from a table of
-    // contents instead of streaming them.
-    let lazy = !opts.keep_blobs && taps.is_none();
     let stored: Vec<bool> = image
         .layers
         .iter()
         .map(|l| indexes.contains(&l.descriptor.digest))
         .collect();
-    let tables = if lazy && stored.contains(&false) {
-        crate::toc::Tables::find(&source, &image, cache, opts.soci_v1).await
-    } else {
-        crate::toc::Tables::default()
-    };
+    let tables = crate::toc::Tables::from_fetched(soci, &image);
     let results: Vec<(bool, u64, LayerIndex)> =
         futures_util::stream::iter(image.layers.iter().enumerate())
             .map(|(i, layer)| {

@@ -28,7 +28,7 @@ mod location;
 mod resolve;
 
 pub use location::ImageLocation;
-pub use resolve::resolve;
+pub use resolve::{resolve, resolve_with};
 
 use std::path::PathBuf;
 

@@ -2,7 +2,9 @@
 //! config, with the trust policy deciding on the top-level manifest before
 //! anything else is fetched.
 
-use super::manifest::{self, Descriptor, ImageConfig, MAX_MANIFEST_SIZE, Manifest, ManifestError};
+use super::manifest::{
+    self, Descriptor, ImageConfig, ImageManifest, MAX_MANIFEST_SIZE, Manifest, ManifestError,
+};
 use super::{ImageLocation, Layer, ResolvedImage, Source, SourceError};
 use crate::cache::BlobCache;
 use crate::digest::Digest;
@@ -24,6 +26,26 @@ pub async fn resolve(
     platform: Option<&Platform>,
     trust: Option<&Trust>,
 ) -> Result<ResolvedImage, SourceError> {
+    let nothing = async |_: &str, _: Option<&Digest>, _: &ImageManifest| {};
+    Ok(
+        resolve_with(source, location, cache, platform, trust, nothing)
+            .await?
+            .0,
+    )
+}
+
+/// [`resolve`], running `beside_config` (given the image's name, its
+/// manifest digest and manifest) while the config is fetched: work that
+/// needs the manifest but not the config need not wait for it. It runs
+/// after the trust policy accepted the image.
+pub async fn resolve_with<T>(
+    source: &Source,
+    location: &ImageLocation,
+    cache: &BlobCache,
+    platform: Option<&Platform>,
+    trust: Option<&Trust>,
+    beside_config: impl AsyncFnOnce(&str, Option<&Digest>, &ImageManifest) -> T,
+) -> Result<(ResolvedImage, T), SourceError> {
     let image = location.to_string();
     let manifest_err = |source| SourceError::Manifest {
         image: image.clone(),
@@ -79,7 +101,11 @@ pub async fn resolve(
             }
         };
     manifest::check_image_manifest(&manifest).map_err(manifest_err)?;
-    let config_bytes = source.config(&manifest.config, cache, &image).await?;
+    let (config_bytes, beside) = futures_util::join!(
+        source.config(&manifest.config, cache, &image),
+        beside_config(&image, manifest_digest.as_ref(), &manifest)
+    );
+    let config_bytes = config_bytes?;
     let config = ImageConfig::parse(&config_bytes).map_err(manifest_err)?;
     let have = config.platform();
     if index.is_none()
@@ -111,16 +137,19 @@ pub async fn resolve(
             })
         })
         .collect::<Result<Vec<_>, SourceError>>()?;
-    Ok(ResolvedImage {
-        location: image,
-        index,
-        manifest_digest,
-        manifest,
-        config,
-        config_bytes,
-        platform: have,
-        layers,
-    })
+    Ok((
+        ResolvedImage {
+            location: image,
+            index,
+            manifest_digest,
+            manifest,
+            config,
+            config_bytes,
+            platform: have,
+            layers,
+        },
+        beside,
+    ))
 }
 
 /// The image as a trust policy sees it. An image in containerd is the

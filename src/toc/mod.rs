@@ -24,6 +24,8 @@ pub mod time;
 pub mod zstd_chunked;
 pub mod ztoc;
 
+use std::collections::HashMap;
+
 use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::layer_index::LayerIndex;
@@ -88,24 +90,45 @@ impl LayerReader<'_> {
 /// The tables of contents a lazy pass may start an image's layers from.
 #[derive(Default)]
 pub struct Tables {
-    /// The image's SOCI index, read once for all its layers.
-    soci: soci::Loaded,
+    /// Layer indexes from the image's SOCI index, read once for all its
+    /// layers, each with how many layers of the image still want it (a
+    /// layer may occur twice): the last one takes it without a copy.
+    soci: std::sync::Mutex<HashMap<Digest, (LayerIndex, usize)>>,
+    /// The layers the SOCI index covers.
+    covered: std::collections::HashSet<Digest>,
+    /// The SOCI index is a referrer nothing the manifest vouches for.
+    rederive: bool,
 }
 
 impl Tables {
-    /// For a lazy pass over `image`: its SOCI index, if it has one this
-    /// reader accepts (v1 only if `soci_v1`). Layers' own tables are read
-    /// per layer, by [`Tables::index`].
-    pub async fn find(
-        source: &Source,
+    /// For a lazy pass over `image`: the SOCI index [`soci::fetch`] found
+    /// (while the config was fetched), if this reader accepts it. Layers'
+    /// own tables are read per layer, by [`Tables::index`].
+    pub fn from_fetched(
+        fetched: Option<soci::Fetched>,
         image: &crate::source::ResolvedImage,
-        cache: &BlobCache,
-        soci_v1: bool,
     ) -> Tables {
+        let loaded = fetched.and_then(|f| f.finish(image)).unwrap_or_default();
+        let uses = |d: &Digest| {
+            image
+                .layers
+                .iter()
+                .filter(|l| &l.descriptor.digest == d)
+                .count()
+        };
         Tables {
-            soci: soci::load(source, image, cache, soci_v1)
-                .await
-                .unwrap_or_default(),
+            covered: loaded.indexes.keys().cloned().collect(),
+            soci: std::sync::Mutex::new(
+                loaded
+                    .indexes
+                    .into_iter()
+                    .map(|(d, ix)| {
+                        let n = uses(&d);
+                        (d, (ix, n))
+                    })
+                    .collect(),
+            ),
+            rederive: loaded.rederive,
         }
     }
 
@@ -117,8 +140,20 @@ impl Tables {
         layer: &Layer,
         cache: &BlobCache,
     ) -> Option<LayerIndex> {
-        match self.soci.indexes.get(&layer.descriptor.digest) {
-            Some(ix) => Some(ix.clone()),
+        let digest = &layer.descriptor.digest;
+        let from_soci = {
+            let mut soci = crate::sync::lock(&self.soci);
+            match soci.get_mut(digest) {
+                Some((ix, n)) if *n > 1 => {
+                    *n -= 1;
+                    Some(ix.clone())
+                }
+                Some(_) => soci.remove(digest).map(|(ix, _)| ix),
+                None => None,
+            }
+        };
+        match from_soci {
+            Some(ix) => Some(ix),
             None => layer_toc(source, layer, cache).await,
         }
     }
@@ -126,9 +161,9 @@ impl Tables {
     /// Whether `layer`'s index `ix` came from a table nothing the manifest
     /// vouches for (a SOCI v1 referrer): the disk re-derives it.
     pub fn rederive(&self, layer: &Layer, ix: &LayerIndex) -> bool {
-        self.soci.rederive
+        self.rederive
             && matches!(ix.access(), crate::layer_index::Access::GzipRanges(_))
-            && self.soci.indexes.contains_key(&layer.descriptor.digest)
+            && self.covered.contains(&layer.descriptor.digest)
     }
 }
 

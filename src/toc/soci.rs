@@ -13,7 +13,7 @@ use super::ztoc;
 use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::layer_index::LayerIndex;
-use crate::source::manifest::{Compression, Descriptor};
+use crate::source::manifest::{Compression, Descriptor, ImageManifest, layer_compression};
 use crate::source::{ResolvedImage, Source};
 
 /// artifactType (and config media type) of a SOCI v1 index.
@@ -217,44 +217,59 @@ pub struct Loaded {
     pub rederive: bool,
 }
 
-/// Layer indexes from the image's SOCI index, for the layers it has a
-/// usable zTOC for (the others stream as usual): the v2 index the image
-/// manifest names (the manifest vouches for it through its digest), else,
-/// if `v1`, the first SOCI v1 index among the manifest's referrers. `None`:
-/// no index, or one this reader refuses (the reason is logged). Every zTOC
-/// is fetched by digest and checked; each span read later is checked
-/// against the digests it holds.
-pub async fn load(
+/// What a lookup needs of an image before its config is known, so that
+/// the lookup runs while the config is fetched.
+pub struct Head<'a> {
+    /// The image, for messages.
+    pub location: &'a str,
+    /// The image manifest's digest (`None`: not from a registry).
+    pub subject: Option<&'a Digest>,
+    /// The image manifest.
+    pub manifest: &'a ImageManifest,
+}
+
+/// A SOCI index found and its zTOCs fetched, checked and parsed; turned
+/// into layer indexes by [`Fetched::finish`] once the config's diff_ids
+/// are known.
+pub struct Fetched {
+    index: Digest,
+    version: Version,
+    /// (image layer digest, its zTOC).
+    ztocs: Vec<(Digest, ztoc::Parsed)>,
+}
+
+/// The image's SOCI index, for the layers it has a usable zTOC for (the
+/// others stream as usual): the v2 index the image manifest names (the
+/// manifest vouches for it through its digest), else, if `v1`, the first
+/// SOCI v1 index among the manifest's referrers. `None`: no index, or one
+/// this reader refuses (the reason is logged). Every zTOC is fetched by
+/// digest and checked; each span read later is checked against the
+/// digests it holds.
+pub async fn fetch(
     source: &Source,
-    image: &ResolvedImage,
+    head: &Head<'_>,
     cache: &BlobCache,
     v1: bool,
-) -> Option<Loaded> {
-    let (Source::Registry(reg), Some(subject)) = (source, &image.manifest_digest) else {
+) -> Option<Fetched> {
+    let (Source::Registry(reg), Some(subject)) = (source, head.subject) else {
         return None;
     };
-    let named = image
+    let named = head
         .manifest
         .annotations
         .as_ref()
         .and_then(|a| a.get(INDEX_DIGEST));
     if let Some(named) = named {
         let read = match named.parse::<Digest>() {
-            Ok(d) => read_index(source, image, cache, subject, &d, Version::V2).await,
+            Ok(d) => read_index(source, head, cache, subject, &d, Version::V2).await,
             Err(e) => Err(SociError::Invalid {
-                image: image.location.clone(),
+                image: head.location.to_string(),
                 digest: subject.clone(),
                 what: format!("annotation {INDEX_DIGEST}: {e}"),
             }),
         };
         match read {
-            Ok(indexes) => {
-                tracing::info!(index = %named, layers = indexes.len(), "using the image's SOCI v2 index");
-                return Some(Loaded {
-                    indexes,
-                    rederive: false,
-                });
-            }
+            Ok(f) => return Some(f),
             Err(e) => tracing::warn!("{e}; not using it"),
         }
     }
@@ -266,21 +281,15 @@ pub async fn load(
         Err(e) => {
             tracing::warn!(
                 "looking for a SOCI index of {}: {e}; streaming the layers",
-                image.location
+                head.location
             );
             return None;
         }
     };
     // soci-snapshotter's SelectFirstPolicy: the first one listed.
     let chosen = found.first()?;
-    match read_index(source, image, cache, subject, &chosen.digest, Version::V1).await {
-        Ok(indexes) => {
-            tracing::info!(index = %chosen.digest, layers = indexes.len(), "using the SOCI v1 index");
-            Some(Loaded {
-                indexes,
-                rederive: true,
-            })
-        }
+    match read_index(source, head, cache, subject, &chosen.digest, Version::V1).await {
+        Ok(f) => Some(f),
         Err(e) => {
             tracing::warn!("{e}; streaming the layers instead");
             None
@@ -288,36 +297,78 @@ pub async fn load(
     }
 }
 
+impl Fetched {
+    /// The layer indexes, with the config's diff_ids; `None` (logged) if a
+    /// zTOC does not fit its layer.
+    pub fn finish(self, image: &ResolvedImage) -> Option<Loaded> {
+        let mut indexes = HashMap::new();
+        for (digest, parsed) in self.ztocs {
+            let Some(layer) = image.layers.iter().find(|l| l.descriptor.digest == digest) else {
+                continue;
+            };
+            match parsed.into_index(&digest, &layer.diff_id, layer.descriptor.size) {
+                Ok(ix) => {
+                    indexes.insert(digest, ix);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "SOCI index {} of {}: {e}; streaming the layers instead",
+                        self.index,
+                        image.location
+                    );
+                    return None;
+                }
+            }
+        }
+        match self.version {
+            Version::V2 => {
+                tracing::info!(index = %self.index, layers = indexes.len(), "using the image's SOCI v2 index");
+            }
+            Version::V1 => {
+                tracing::info!(index = %self.index, layers = indexes.len(), "using the SOCI v1 index");
+            }
+        }
+        Some(Loaded {
+            indexes,
+            rederive: self.version == Version::V1,
+        })
+    }
+}
+
 async fn read_index(
     source: &Source,
-    image: &ResolvedImage,
+    head: &Head<'_>,
     cache: &BlobCache,
     subject: &Digest,
     digest: &Digest,
     version: Version,
-) -> Result<HashMap<Digest, LayerIndex>, SociError> {
+) -> Result<Fetched, SociError> {
+    let mut fetched = Fetched {
+        index: digest.clone(),
+        version,
+        ztocs: Vec::new(),
+    };
     let Source::Registry(reg) = source else {
-        return Ok(HashMap::new());
+        return Ok(fetched);
     };
     let (bytes, _) = reg
         .manifest(Some(digest), MANIFEST_LIMIT)
         .await
         .map_err(|source| SociError::Registry {
-            image: image.location.clone(),
+            image: head.location.to_string(),
             source,
         })?;
     let refs =
         parse_index_manifest(&bytes, subject, version).map_err(|what| SociError::Invalid {
-            image: image.location.clone(),
+            image: head.location.to_string(),
             digest: digest.clone(),
             what,
         })?;
-    let mut out = HashMap::new();
-    for layer in &image.layers {
-        if layer.compression != Compression::Gzip {
+    for layer in &head.manifest.layers {
+        if layer_compression(layer).ok() != Some(Compression::Gzip) {
             continue;
         }
-        let Some(r) = refs.iter().find(|r| r.layer == layer.descriptor.digest) else {
+        let Some(r) = refs.iter().find(|r| r.layer == layer.digest) else {
             continue;
         };
         if r.ztoc.size > ZTOC_LIMIT {
@@ -328,26 +379,21 @@ async fn read_index(
             .read_range(&r.ztoc, 0, r.ztoc.size, cache)
             .await
             .map_err(|e| SociError::Source {
-                image: image.location.clone(),
+                image: head.location.to_string(),
                 source: Box::new(e),
             })?;
         let actual = Digest::sha256_of(&bytes);
         if actual != r.ztoc.digest {
             return Err(SociError::Invalid {
-                image: image.location.clone(),
+                image: head.location.to_string(),
                 digest: digest.clone(),
                 what: format!("zTOC {} hashes to {actual}", r.ztoc.digest),
             });
         }
-        let parsed = ztoc::parse(&layer.descriptor.digest, &bytes)?;
-        let ix = parsed.into_index(
-            &layer.descriptor.digest,
-            &layer.diff_id,
-            layer.descriptor.size,
-        )?;
-        out.insert(layer.descriptor.digest.clone(), ix);
+        let parsed = ztoc::parse(&layer.digest, &bytes)?;
+        fetched.ztocs.push((layer.digest.clone(), parsed));
     }
-    Ok(out)
+    Ok(fetched)
 }
 
 #[cfg(test)]
