@@ -190,13 +190,24 @@ impl FsImage {
             let block = at / BLOCK_SIZE;
             let from = (at % BLOCK_SIZE) as usize;
             let n = (BLOCK_SIZE as usize - from).min(rest.len());
-            let mut b = self
-                .metadata
-                .remove(&block)
-                .map(|b| b.into_vec())
-                .unwrap_or_else(|| vec![0u8; BLOCK_SIZE as usize]);
-            b[from..from + n].copy_from_slice(&rest[..n]);
-            self.put_block(block, b);
+            let piece = &rest[..n];
+            let zeros = piece.iter().all(|b| *b == 0);
+            // In place: no copy of the block, and no scan of it unless the
+            // piece could have left it all zeros.
+            match self.metadata.get_mut(&block) {
+                Some(b) => {
+                    b[from..from + n].copy_from_slice(piece);
+                    if zeros && b.iter().all(|x| *x == 0) {
+                        self.metadata.remove(&block);
+                    }
+                }
+                None if zeros => {}
+                None => {
+                    let mut b = vec![0u8; BLOCK_SIZE as usize].into_boxed_slice();
+                    b[from..from + n].copy_from_slice(piece);
+                    self.metadata.insert(block, b);
+                }
+            }
             rest = &rest[n..];
             at += n as u64;
         }
@@ -355,6 +366,25 @@ mod tests {
         };
         assert_eq!(b.len(), 1030);
         assert_eq!(&b[1024..], &[2u8; 6]);
+    }
+
+    #[test]
+    fn sub_block_writes_keep_only_blocks_with_a_nonzero_byte() {
+        let mut img = FsImage {
+            size: 8 * BLOCK_SIZE,
+            ..FsImage::default()
+        };
+        img.put_bytes(2 * BLOCK_SIZE + 7, &[0, 0, 0]);
+        assert!(img.metadata.is_empty(), "zeros make no block");
+        img.put_bytes(2 * BLOCK_SIZE + 7, &[0, 5, 0]);
+        assert_eq!(img.metadata[&2][7..10], [0, 5, 0]);
+        img.put_bytes(2 * BLOCK_SIZE + 100, &[0; 8]);
+        assert!(img.metadata.contains_key(&2), "the 5 is still there");
+        img.put_bytes(2 * BLOCK_SIZE + 8, &[0]);
+        assert!(
+            img.metadata.is_empty(),
+            "a block written back to zeros goes"
+        );
     }
 
     #[test]
