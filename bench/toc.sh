@@ -30,20 +30,22 @@ sent_since() {
     awk '$6 ~ /^"(GET|HEAD)$/ && $10 ~ /^[0-9]+$/ {b += $10} END {print b + 0}'
 }
 
-# ready REF FLAGS...: "seconds bytes" from start to the ready line, cold cache
+# ready REF FLAGS...: "seconds bytes" from start to the ready line, cold
+# cache. The line is read from serve's stdout as it is written (a pipe, bash's
+# clock: no polling, no fork on the clock).
 ready() {
   local r=$1; shift
   rm -rf "$work/cache" "$work/s.sock"; sync
   local mark; mark=$(wc -l < "$work/registry.log")
-  local s; s=$(now)
-  OCIDISK_CACHE_DIR="$work/cache" "$bin" serve --read-only "$@" "$r" --socket "$work/s.sock" > "$work/serve.out" 2>"$work/serve.err" &
+  local s=$EPOCHREALTIME line fd
+  exec {fd}< <(OCIDISK_CACHE_DIR="$work/cache" exec "$bin" serve --read-only "$@" "$r" --socket "$work/s.sock" 2>"$work/serve.err")
   serve_pid=$!
-  while ! grep -q '^serving' "$work/serve.out" 2>/dev/null; do
-    kill -0 "$serve_pid" 2>/dev/null || { cat "$work/serve.err" >&2; echo "serve died" >&2; return 1; }
-    sleep 0.005
-  done
-  local e; e=$(now)
-  kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=
+  while IFS= read -r -u "$fd" line && [[ $line != serving* ]]; do :; done
+  local e=$EPOCHREALTIME
+  kill "$serve_pid" 2>/dev/null || true
+  exec {fd}<&-
+  if [[ $line != serving* ]]; then cat "$work/serve.err" >&2; echo "serve died" >&2; return 1; fi
+  while kill -0 "$serve_pid" 2>/dev/null; do sleep 0.01; done; serve_pid=
   sleep 0.2 # the registry logs a request once its response is done
   echo "$(echo "$e - $s" | bc -l) $(sent_since "$mark")"
 }
