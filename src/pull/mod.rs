@@ -241,19 +241,26 @@ async fn pull_inner(
     // contents instead of streaming them; a SOCI index is looked up while
     // the config is fetched.
     let lazy = !opts.keep_blobs && taps.is_none();
+    // Which layers are indexed here already, and (lazy, some are not) the
+    // SOCI index, both known from the manifest alone.
     let soci_lookup = async |location: &str, subject: Option<&Digest>, manifest: &ImageManifest| {
-        let unindexed = manifest.layers.iter().any(|l| !indexes.contains(&l.digest));
-        if !(lazy && unindexed) {
-            return None;
+        let stored: Vec<bool> = manifest
+            .layers
+            .iter()
+            .map(|l| indexes.contains(&l.digest))
+            .collect();
+        if !(lazy && stored.contains(&false)) {
+            return (stored, None);
         }
         let head = crate::toc::soci::Head {
             location,
             subject,
             manifest,
         };
-        crate::toc::soci::fetch(&source, &head, cache, opts.soci_v1).await
+        let found = crate::toc::soci::fetch(&source, &head, cache, opts.soci_v1).await;
+        (stored, found)
     };
-    let (image, soci) = resolve_with(
+    let (image, (stored, soci)) = resolve_with(
         &source,
         &opts.location,
         cache,
@@ -262,11 +269,6 @@ async fn pull_inner(
         soci_lookup,
     )
     .await?;
-    let stored: Vec<bool> = image
-        .layers
-        .iter()
-        .map(|l| indexes.contains(&l.descriptor.digest))
-        .collect();
     let tables = crate::toc::Tables::from_fetched(soci, &image);
     let results: Vec<(bool, u64, LayerIndex)> =
         futures_util::stream::iter(image.layers.iter().enumerate())
