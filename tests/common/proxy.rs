@@ -243,6 +243,10 @@ fn serve(mut client: TcpStream, s: &Shared) {
     let Ok(mut server) = TcpStream::connect(&s.upstream) else {
         return;
     };
+    // As Go's net/http and nginx do: a response head and body written
+    // apart would otherwise wait out the client's delayed ACK (40 ms).
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
     let mut from_client = Vec::new();
     let mut from_server = Vec::new();
     let mut carried = 0u64;
