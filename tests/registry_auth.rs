@@ -13,7 +13,11 @@ const USER: &str = "tester";
 const PASSWORD: &str = "s3cret-pass";
 
 fn registry_with_image() -> (Registry, String, imagegen::BuiltImage) {
-    let reg = Registry::start_tls_auth(USER, PASSWORD);
+    with_image(Registry::start_tls_auth(USER, PASSWORD))
+}
+
+/// `reg` holding the standard image as `private:v1`; its reference.
+fn with_image(reg: Registry) -> (Registry, String, imagegen::BuiltImage) {
     let dir = tempfile::tempdir().unwrap();
     let img = imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
     reg.push(
@@ -128,4 +132,47 @@ fn insecure_skips_certificate_verification() {
         PASSWORD,
     );
     assert_eq!(out.trim(), img.manifest_digest);
+}
+
+/// Token auth as Docker Hub, ghcr.io and Harbor run it: the registry's 401
+/// names a token service; the token for the pull scope is fetched once with
+/// the user's credentials and then reused for every manifest and blob.
+#[test]
+fn bearer_tokens_from_the_registrys_token_service() {
+    let (reg, r, img) = with_image(Registry::start_token_auth("private", USER, PASSWORD));
+    let tokens = reg.token_service().unwrap();
+    let (asked, granted) = (tokens.requests(), tokens.granted());
+    let o = Ocidisk::new();
+
+    // Anonymous: the token service refuses.
+    let err = o.fail(&["inspect", &r]);
+    assert!(
+        err.contains("denied") && err.contains("needs credentials"),
+        "{err}"
+    );
+    // Wrong password.
+    let err = o.fail_with_stdin(
+        &["pull", "--username", USER, "--password-stdin", &r],
+        "wrong\n",
+    );
+    assert!(err.contains("rejected the credentials"), "{err}");
+    assert!(o.cached_blobs().is_empty());
+    assert!(
+        tokens.requests() >= asked + 2,
+        "both asked the token service"
+    );
+    assert_eq!(tokens.granted(), granted, "no token for a wrong password");
+
+    let out = o.ok_with_stdin(
+        &["pull", "--username", USER, "--password-stdin", &r],
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(out.trim(), img.manifest_digest);
+    o.assert_cache_consistent();
+    assert_eq!(
+        tokens.granted(),
+        granted + 1,
+        "one token for the manifest, config and {} layers",
+        img.layers.len()
+    );
 }

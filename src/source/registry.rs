@@ -1,4 +1,5 @@
-//! Images from OCI distribution registries, through `oci-client`.
+//! Images from OCI distribution registries: reads over our own HTTP client
+//! (`read.rs`, authorized by `authorize.rs`), pushes through `oci-client`.
 //!
 //! HTTPS with certificate verification is the default. `--ca-cert` adds
 //! private roots. Plain HTTP is used only for loopback registries that do not
@@ -13,20 +14,20 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use oci_client::client::{Certificate, CertificateEncoding};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use super::auth::{self, AuthError, Credentials};
-use super::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor};
 use crate::digest::{Digest, DigestError};
 
+mod authorize;
 mod connect;
 mod push;
+mod read;
+use push::parse_referrers;
 pub use push::{OCI_INDEX, Referrer, referrers_tag};
 
 /// Errors talking to a registry.
@@ -205,10 +206,15 @@ pub struct RegistryOptions {
 /// `--insecure` registries probed) on first use, so a reference whose blobs
 /// are all cached never touches the network.
 pub struct RegistrySource {
+    /// How the registry is reached (probed on first use); every read.
+    conn: tokio::sync::OnceCell<connect::Conn>,
+    /// The `oci-client` client, built only to push.
     client: tokio::sync::OnceCell<Client>,
     reference: Reference,
+    /// Credentials as `oci-client` takes them (pushes).
     auth: RegistryAuth,
-    has_credentials: bool,
+    /// The challenge, credentials and tokens of reads.
+    authz: authorize::Authorizer,
     certs: Vec<Certificate>,
     insecure: bool,
     retry: RetryPolicy,
@@ -273,16 +279,16 @@ impl RegistrySource {
                 None => None,
             },
         };
-        let has_credentials = credentials.is_some();
-        let auth = match credentials {
-            Some(c) => RegistryAuth::Basic(c.username, c.password),
+        let auth = match &credentials {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
             None => RegistryAuth::Anonymous,
         };
         Ok(RegistrySource {
+            conn: tokio::sync::OnceCell::new(),
             client: tokio::sync::OnceCell::new(),
             reference,
             auth,
-            has_credentials,
+            authz: authorize::Authorizer::new(credentials),
             certs,
             insecure: opts.insecure,
             retry: opts.retry.clone(),
@@ -303,241 +309,32 @@ impl RegistrySource {
         self.reference.resolve_registry().to_string()
     }
 
-    /// Fetch a manifest: the reference's own (`digest = None`) or one by
-    /// digest in the same repository. Returns the bytes and their digest,
-    /// checked against the requested digest.
-    pub async fn manifest(
-        &self,
-        digest: Option<&Digest>,
-        limit: u64,
-    ) -> Result<(Vec<u8>, Digest), RegistryError> {
-        let reference = match digest {
-            Some(d) => self.reference.clone_with_digest(d.to_string()),
-            None => self.reference.clone(),
-        };
-        let what = match digest {
-            Some(d) => format!("manifest {d}"),
-            None => match reference.digest() {
-                Some(d) => format!("manifest {d}"),
-                None => format!("manifest for tag {}", tag_or_digest(&reference)),
-            },
-        };
-        let expected: Option<Digest> = match reference.digest() {
-            Some(d) => Some(d.parse().map_err(|source| RegistryError::BadDigest {
-                reference: reference.whole(),
-                source,
-            })?),
-            None => None,
-        };
-        let client = self.client().await?;
-        let (bytes, _) = self
-            .with_retry(&what, || async {
-                client
-                    .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFEST_TYPES)
-                    .await
-            })
-            .await?;
-        if bytes.len() as u64 > limit {
-            return Err(RegistryError::ManifestTooLarge {
-                registry: self.registry(),
-                what,
-                limit,
-            });
-        }
-        let actual = match &expected {
-            Some(e) => {
-                let mut h = crate::digest::Hasher::new(e.algorithm());
-                h.update(&bytes);
-                h.finish()
-            }
-            None => Digest::sha256_of(&bytes),
-        };
-        if let Some(expected) = expected
-            && expected != actual
-        {
-            return Err(RegistryError::ManifestDigest {
-                registry: self.registry(),
-                what,
-                expected,
-                actual,
-            });
-        }
-        Ok((bytes.to_vec(), actual))
-    }
-
-    /// The manifest tagged `tag` in this repository (signature
-    /// attachments live there), or `None` if the registry has none.
-    pub async fn tagged_manifest(
-        &self,
-        tag: &str,
-        limit: u64,
-    ) -> Result<Option<Vec<u8>>, RegistryError> {
-        let reference = Reference::with_tag(
-            self.reference.registry().to_string(),
-            self.reference.repository().to_string(),
-            tag.to_string(),
-        );
-        let what = format!("manifest for tag {tag}");
-        let client = self.client().await?;
-        let fetched = self
-            .with_retry(&what, || async {
-                client
-                    .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFEST_TYPES)
-                    .await
-            })
-            .await;
-        match fetched {
-            Ok((bytes, _)) if bytes.len() as u64 > limit => Err(RegistryError::ManifestTooLarge {
-                registry: self.registry(),
-                what,
-                limit,
-            }),
-            Ok((bytes, _)) => Ok(Some(bytes.to_vec())),
-            Err(RegistryError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Start streaming a blob from byte `offset`. The registry may answer a
-    /// range request with the whole blob; `BlobBody::start` says which.
-    pub async fn blob(&self, desc: &Descriptor, offset: u64) -> Result<BlobBody, RegistryError> {
-        let oci = OciDescriptor {
-            media_type: desc.media_type.clone(),
-            digest: desc.digest.to_string(),
-            size: i64::try_from(desc.size).unwrap_or(i64::MAX),
-            ..OciDescriptor::default()
-        };
-        let what = format!("blob {}", desc.digest);
-        let client = self.client().await?;
-        if offset == 0 {
-            let s = self
-                .with_retry(&what, || async {
-                    client.pull_blob_stream(&self.reference, &oci).await
-                })
-                .await?;
-            return Ok(BlobBody {
-                stream: s.stream.boxed(),
-                start: 0,
-            });
-        }
-        let r = self
-            .with_retry(&what, || async {
-                client
-                    .pull_blob_stream_partial(&self.reference, &oci, offset, None)
-                    .await
-            })
-            .await?;
-        Ok(match r {
-            oci_client::client::BlobResponse::Full(s) => BlobBody {
-                stream: s.stream.boxed(),
-                start: 0,
-            },
-            oci_client::client::BlobResponse::Partial(s) => BlobBody {
-                stream: s.stream.boxed(),
-                start: offset,
-            },
-        })
-    }
-
-    /// Fetch bytes `[start, end)` of a blob with an HTTP Range request,
-    /// retried like any fetch. A registry that ignores Range (answers 200)
-    /// is handled by reading through to the range.
-    pub async fn blob_range(
-        &self,
-        desc: &Descriptor,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<u8>, RegistryError> {
-        use futures_util::StreamExt as _;
-        let oci = OciDescriptor {
-            media_type: desc.media_type.clone(),
-            digest: desc.digest.to_string(),
-            size: i64::try_from(desc.size).unwrap_or(i64::MAX),
-            ..OciDescriptor::default()
-        };
-        let what = format!("bytes {start}-{end} of blob {}", desc.digest);
-        let client = self.client().await?;
-        let started = Instant::now();
-        let mut attempt = 1;
-        loop {
-            let r = self
-                .with_retry(&what, || async {
-                    client
-                        .pull_blob_stream_partial(&self.reference, &oci, start, Some(end - start))
-                        .await
-                })
-                .await?;
-            let (mut stream, at) = match r {
-                oci_client::client::BlobResponse::Full(_) if start > 0 || end < desc.size => {
-                    return Err(RegistryError::RangeIgnored {
-                        registry: self.registry(),
-                        digest: desc.digest.clone(),
-                    });
-                }
-                oci_client::client::BlobResponse::Full(s) => (s.stream, 0u64),
-                oci_client::client::BlobResponse::Partial(s) => (s.stream, start),
-            };
-            let mut pos = at;
-            let mut out = Vec::with_capacity((end - start) as usize);
-            let mut failed = None;
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(c) => {
-                        let c_end = pos + c.len() as u64;
-                        let lo = start.max(pos);
-                        let hi = end.min(c_end);
-                        if lo < hi {
-                            out.extend_from_slice(&c[(lo - pos) as usize..(hi - pos) as usize]);
-                        }
-                        pos = c_end;
-                        if pos >= end {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            if out.len() as u64 == end - start {
-                return Ok(out);
-            }
-            let detail =
-                failed.unwrap_or_else(|| format!("got {} of {} bytes", out.len(), end - start));
-            match self.retry.backoff(attempt, started) {
-                Some(pause) => {
-                    tracing::info!(what, attempt, "retrying in {pause:?}: {detail}");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                None => {
-                    return Err(RegistryError::Unreachable {
-                        registry: self.registry(),
-                        what,
-                        detail,
-                        attempts: attempt,
-                        secs: started.elapsed().as_secs_f64(),
-                    });
-                }
-            }
-        }
-    }
-
+    /// An `oci-client` call, retried on transient failures.
     async fn with_retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        self.retrying(what, || {
+            let call = op();
+            async move { call.await.map_err(|e| self.classify(e, what)) }
+        })
+        .await
+    }
+
+    /// `op` until it succeeds, fails for good, or the retry budget is spent.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let started = Instant::now();
         let mut attempt = 1;
         loop {
             let detail = match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) => match self.classify(e, what) {
-                    Failure::Final(e) => return Err(e),
-                    Failure::Transient(detail) => detail,
-                },
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(detail)) => detail,
             };
             match self.retry.backoff(attempt, started) {
                 Some(pause) => {
@@ -560,18 +357,41 @@ impl RegistrySource {
         }
     }
 
-    fn classify(&self, e: OciDistributionError, what: &str) -> Failure {
-        let registry = self.registry();
-        let repository = self.reference.repository().to_string();
-        let denied = |has_credentials: bool| RegistryError::Denied {
-            registry: registry.clone(),
-            repository: repository.clone(),
-            hint: if has_credentials {
+    /// Access denied, with what to do about it.
+    fn denied(&self) -> RegistryError {
+        RegistryError::Denied {
+            registry: self.registry(),
+            repository: self.reference.repository().to_string(),
+            hint: if self.authz.has_credentials() {
                 "the registry rejected the credentials (check --username/--password-stdin or the docker config)"
             } else {
                 "the repository does not exist or needs credentials (--username with --password-stdin, or docker login)"
             },
-        };
+        }
+    }
+
+    /// A request that got no answer (or a broken one).
+    fn request_failure(&self, re: &reqwest::Error, what: &str) -> Failure {
+        let chain = error_chain(re);
+        if re.is_connect() && looks_like_tls(&chain) {
+            Failure::Final(RegistryError::Tls {
+                registry: self.registry(),
+                detail: chain,
+            })
+        } else if re.is_connect() || re.is_timeout() || re.is_request() || re.is_body() {
+            Failure::Transient(chain)
+        } else {
+            Failure::Final(RegistryError::Other {
+                registry: self.registry(),
+                what: what.to_string(),
+                detail: chain,
+            })
+        }
+    }
+
+    fn classify(&self, e: OciDistributionError, what: &str) -> Failure {
+        let registry = self.registry();
+        let repository = self.reference.repository().to_string();
         let not_found = || RegistryError::NotFound {
             registry: registry.clone(),
             repository: repository.clone(),
@@ -585,9 +405,7 @@ impl RegistrySource {
         match e {
             OciDistributionError::ImageManifestNotFoundError(_) => Failure::Final(not_found()),
             OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => {
-                Failure::Final(denied(self.has_credentials))
-            }
+            | OciDistributionError::AuthenticationFailure(_) => Failure::Final(self.denied()),
             OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
                 let msg = envelope
@@ -610,7 +428,7 @@ impl RegistrySource {
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
                 {
-                    Failure::Final(denied(self.has_credentials))
+                    Failure::Final(self.denied())
                 } else if codes
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
@@ -622,23 +440,11 @@ impl RegistrySource {
             }
             OciDistributionError::ServerError { code, message, .. } => match code {
                 404 => Failure::Final(not_found()),
-                401 | 403 => Failure::Final(denied(self.has_credentials)),
+                401 | 403 => Failure::Final(self.denied()),
                 429 | 500..=599 => Failure::Transient(format!("HTTP {code}: {}", message.trim())),
                 _ => Failure::Final(other(format!("HTTP {code}: {}", message.trim()))),
             },
-            OciDistributionError::RequestError(re) => {
-                let chain = error_chain(&re);
-                if re.is_connect() && looks_like_tls(&chain) {
-                    Failure::Final(RegistryError::Tls {
-                        registry,
-                        detail: chain,
-                    })
-                } else if re.is_connect() || re.is_timeout() || re.is_request() || re.is_body() {
-                    Failure::Transient(chain)
-                } else {
-                    Failure::Final(other(chain))
-                }
-            }
+            OciDistributionError::RequestError(re) => self.request_failure(&re, what),
             OciDistributionError::IoError(io) => Failure::Transient(io.to_string()),
             e => Failure::Final(other(error_chain(&e))),
         }

@@ -17,5 +17,6 @@ pub mod registry;
 pub mod scale;
 pub mod serve;
 pub mod tocgen;
+pub mod token;
 pub mod vhost_driver;
 pub mod vm;

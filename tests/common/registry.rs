@@ -7,6 +7,8 @@
 //! value. Two flavours exist:
 //!
 //! * [`Registry::start`]: plain HTTP, no authentication.
+//! * [`Registry::start_token_auth`]: plain HTTP with token auth (the
+//!   distribution token spec) against a [`TokenService`] of the test's own.
 //! * [`Registry::start_tls_auth`]: HTTPS with a certificate issued by a
 //!   throw-away CA (generated with the `openssl` CLI; the server certificate
 //!   has `subjectAltName = IP:127.0.0.1, DNS:localhost`) and htpasswd (bcrypt)
@@ -43,6 +45,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use super::token::TokenService;
 
 /// User agent of the readiness probes; their requests are left out of
 /// [`Registry::requests`].
@@ -219,6 +223,10 @@ pub struct Registry {
     credentials: Option<(String, String)>,
     /// Pull-through cache of this upstream URL (`proxy: remoteurl`).
     upstream: Option<String>,
+    /// Token auth against this service (instead of htpasswd).
+    token: Option<TokenService>,
+    /// The token service's key and certificate.
+    token_dir: Option<TempDir>,
 }
 
 impl Registry {
@@ -232,6 +240,29 @@ impl Registry {
     /// and `DNS:localhost`) with htpasswd basic auth for `user`/`password`.
     pub fn start_tls_auth(user: &str, password: &str) -> Registry {
         Self::launch(true, Some((user.to_string(), password.to_string())))
+    }
+
+    /// Plain HTTP registry whose clients need a token from a
+    /// [`TokenService`] granting `repository` to `user`/`password`.
+    pub fn start_token_auth(repository: &str, user: &str, password: &str) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("ocidisk-token-")
+            .tempdir()
+            .expect("create token service dir");
+        let token = TokenService::start(dir.path(), repository, user, password);
+        let mut r = Self::launch_full(
+            false,
+            Some((user.to_string(), password.to_string())),
+            None,
+            Some(token),
+        );
+        r.token_dir = Some(dir);
+        r
+    }
+
+    /// The token service of a [`Registry::start_token_auth`] registry.
+    pub fn token_service(&self) -> Option<&TokenService> {
+        self.token.as_ref()
     }
 
     /// Plain HTTP pull-through cache (distribution's `proxy: remoteurl`)
@@ -249,13 +280,22 @@ impl Registry {
         credentials: Option<(String, String)>,
         upstream: Option<String>,
     ) -> Registry {
+        Self::launch_full(tls, credentials, upstream, None)
+    }
+
+    fn launch_full(
+        tls: bool,
+        credentials: Option<(String, String)>,
+        upstream: Option<String>,
+        token: Option<TokenService>,
+    ) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("ocidisk-registry-")
             .tempdir()
             .expect("create registry temp dir");
         fs::create_dir_all(dir.path().join("storage")).expect("create storage dir");
         let tls = tls.then(|| generate_tls(dir.path()));
-        if let Some((user, password)) = &credentials {
+        if let Some((user, password)) = credentials.as_ref().filter(|_| token.is_none()) {
             let out = run_ok(
                 Command::new("htpasswd").args(["-Bbn", user, password]),
                 Duration::from_secs(60),
@@ -273,6 +313,8 @@ impl Registry {
             tls,
             credentials,
             upstream,
+            token,
+            token_dir: None,
         };
         // The port is picked by binding :0 and releasing it, so another process
         // could grab it before the registry binds; retry on that race.
@@ -618,7 +660,15 @@ impl Registry {
                 q(&tls.server_key)
             ));
         }
-        if self.credentials.is_some() {
+        if let Some(t) = &self.token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm(),
+                super::token::SERVICE,
+                super::token::ISSUER,
+                q(t.cert())
+            ));
+        } else if self.credentials.is_some() {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: ocidisk-test\n    path: {}\n",
                 q(&self.dir.path().join("htpasswd"))

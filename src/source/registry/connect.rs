@@ -1,6 +1,7 @@
 //! Reaching a registry: whether it speaks plain HTTP or TLS (probed for
 //! loopback and `--insecure` registries, as docker treats "insecure
-//! registries") and the `oci-client` client built for it.
+//! registries"), the HTTP client every read goes through, and the
+//! `oci-client` client built for pushes.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,14 @@ use oci_client::Client;
 use oci_client::client::{Certificate, ClientConfig, ClientProtocol};
 
 use super::{RegistryError, RegistrySource, RetryPolicy, error_chain, looks_like_tls};
+
+/// How a registry is reached, settled on first use.
+pub(super) struct Conn {
+    /// The client of every read.
+    pub(super) http: reqwest::Client,
+    /// Plain HTTP rather than TLS.
+    pub(super) plain_http: bool,
+}
 
 /// What the HTTP client of a registry is built from.
 #[derive(Clone)]
@@ -19,8 +28,29 @@ struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// The client, over plain HTTP or TLS.
-    fn build(&self, plain_http: bool) -> Result<Client, RegistryError> {
+    /// The HTTP client of reads: the system's roots and `--ca-cert`'s
+    /// (loaded even for a plain-HTTP registry, whose blobs may redirect to
+    /// HTTPS storage), certificate checks off with `--insecure`.
+    fn http(&self) -> Result<reqwest::Client, RegistryError> {
+        let mut roots = Vec::new();
+        for c in &self.certs {
+            roots.push(
+                reqwest::Certificate::from_pem(&c.data)
+                    .map_err(|e| RegistryError::Client(format!("bad CA certificate: {e}")))?,
+            );
+        }
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(self.insecure)
+            .tls_certs_merge(roots)
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(self.read_timeout)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| RegistryError::Client(e.to_string()))
+    }
+
+    /// The `oci-client` client of pushes, over plain HTTP or TLS.
+    fn oci(&self, plain_http: bool) -> Result<Client, RegistryError> {
         let config = ClientConfig {
             protocol: if plain_http {
                 ClientProtocol::HttpsExcept(vec![self.registry.clone()])
@@ -32,45 +62,60 @@ impl ClientSettings {
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(15)),
             read_timeout: Some(self.read_timeout),
-            user_agent: concat!("ocidisk/", env!("CARGO_PKG_VERSION")),
+            user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
         Client::try_from(config).map_err(|e| RegistryError::Client(e.to_string()))
     }
 }
 
+const USER_AGENT: &str = concat!("ocidisk/", env!("CARGO_PKG_VERSION"));
+
 impl RegistrySource {
-    /// The HTTP client, built on first use: choose HTTP or HTTPS (probing
-    /// `/v2/` for loopback and `--insecure` registries).
-    pub(super) async fn client(&self) -> Result<&Client, RegistryError> {
-        self.client
+    fn settings(&self) -> ClientSettings {
+        ClientSettings {
+            registry: self.registry(),
+            certs: self.certs.clone(),
+            insecure: self.insecure,
+            read_timeout: self.retry.read_timeout,
+        }
+    }
+
+    /// How the registry is reached, settled on first use: HTTP or HTTPS
+    /// (probing `/v2/` for loopback and `--insecure` registries) and the
+    /// client of reads.
+    pub(super) async fn conn(&self) -> Result<&Conn, RegistryError> {
+        self.conn
             .get_or_try_init(|| async {
                 let registry = self.registry();
                 let loopback = is_loopback(&registry);
-                let settings = ClientSettings {
-                    registry: registry.clone(),
-                    certs: self.certs.clone(),
-                    insecure: self.insecure,
-                    read_timeout: self.retry.read_timeout,
-                };
+                let settings = self.settings();
                 if !(self.insecure || loopback) {
-                    return settings.build(false);
+                    return Ok(Conn {
+                        http: settings.http()?,
+                        plain_http: false,
+                    });
                 }
-                // A loopback registry almost always speaks plain HTTP: build
-                // that client (milliseconds of TLS roots) while the probe runs.
-                let early = loopback.then(|| {
-                    let s = settings.clone();
-                    tokio::task::spawn_blocking(move || s.build(true))
-                });
+                // Build the client (milliseconds of TLS roots) on the other
+                // core while the probe runs.
+                let early = tokio::task::spawn_blocking(move || settings.http());
                 let plain_http =
                     probe_plain_http(&registry, &self.certs, self.insecure, loopback, &self.retry)
                         .await?;
-                match early {
-                    Some(h) if plain_http => {
-                        h.await.map_err(|e| RegistryError::Client(e.to_string()))?
-                    }
-                    _ => settings.build(plain_http),
-                }
+                let http = early
+                    .await
+                    .map_err(|e| RegistryError::Client(e.to_string()))??;
+                Ok(Conn { http, plain_http })
+            })
+            .await
+    }
+
+    /// The `oci-client` client of pushes, built on first use.
+    pub(super) async fn client(&self) -> Result<&Client, RegistryError> {
+        self.client
+            .get_or_try_init(|| async {
+                let plain_http = self.conn().await?.plain_http;
+                self.settings().oci(plain_http)
             })
             .await
     }

@@ -1,8 +1,8 @@
-//! Writing to a registry and asking it what refers to a manifest: what
-//! publishing an index beside an image needs (`ocidisk index push`), and
-//! what finding one needs. Referrers come from the distribution-spec
-//! referrers API, or, where the registry answers 404 (distribution 2.8),
-//! from the image index tagged `<alg>-<hex>` (the "referrers tag schema").
+//! Writing to a registry, through `oci-client`: what publishing an index
+//! beside an image needs (`ocidisk index push`). A registry without the
+//! referrers API (distribution 2.8 answers 404) lists referrers only in the
+//! image index tagged `<alg>-<hex>` (the "referrers tag schema"), which
+//! [`RegistrySource::add_to_referrers_tag`] keeps; `read.rs` reads both.
 
 use oci_client::RegistryOperation;
 
@@ -31,7 +31,7 @@ pub fn referrers_tag(digest: &Digest) -> String {
 }
 
 /// The entries of a referrers list (an image index), unfiltered.
-fn parse_referrers(bytes: &[u8]) -> Result<Vec<Referrer>, String> {
+pub(super) fn parse_referrers(bytes: &[u8]) -> Result<Vec<Referrer>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let list = v
@@ -64,41 +64,6 @@ fn parse_referrers(bytes: &[u8]) -> Result<Vec<Referrer>, String> {
 }
 
 impl RegistrySource {
-    /// The manifests that name `subject` as their subject and have
-    /// artifactType `artifact_type`: from the referrers API, or from the
-    /// referrers tag when the API answers 404.
-    pub async fn referrers(
-        &self,
-        subject: &Digest,
-        artifact_type: &str,
-    ) -> Result<Vec<Referrer>, RegistryError> {
-        let client = self.client().await?;
-        let reference = self.reference.clone_with_digest(subject.to_string());
-        client
-            .store_auth_if_needed(&self.registry(), &self.auth)
-            .await;
-        let what = format!("referrers of {subject}");
-        let index = self
-            .with_retry(&what, || async {
-                client.pull_referrers(&reference, Some(artifact_type)).await
-            })
-            .await?;
-        let bytes = serde_json::to_vec(&index).map_err(|e| RegistryError::Other {
-            registry: self.registry(),
-            what: what.clone(),
-            detail: e.to_string(),
-        })?;
-        let all = parse_referrers(&bytes).map_err(|detail| RegistryError::Other {
-            registry: self.registry(),
-            what,
-            detail,
-        })?;
-        Ok(all
-            .into_iter()
-            .filter(|r| r.artifact_type.as_deref() == Some(artifact_type))
-            .collect())
-    }
-
     /// Upload a blob unless the repository has it already.
     pub async fn push_blob(&self, digest: &Digest, data: Vec<u8>) -> Result<(), RegistryError> {
         let client = self.client().await?;
