@@ -426,3 +426,52 @@ fn download_cut_mid_blob_resumes_with_a_range_request() {
     );
     o.assert_cache_consistent();
 }
+
+/// A plain-HTTP registry on this host whose blobs live in HTTPS storage
+/// (distribution's S3 / GCS `redirect`): the layers come from the storage,
+/// whose certificate is checked against the system's roots and --ca-cert,
+/// not from the registry; without the storage's CA the pull fails naming
+/// the certificate.
+#[test]
+fn blobs_redirected_to_https_storage_come_from_there() {
+    let front = Registry::start();
+    let storage = Registry::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let img = imagegen::write_standard(dir.path(), "v1", Compression::Gzip);
+    let src = format!("oci:{}:v1", dir.path().display());
+    front.push(&src, "redir:v1", false);
+    storage.push(&src, "redir:v1", false);
+    let proxy = common::proxy::FaultProxy::start(&front.host());
+    proxy.redirect_blobs_to(&storage.url());
+    let r = format!("{}/redir:v1", proxy.host());
+
+    let o = Ocidisk::new();
+    let err = o.fail(&["pull", &r]);
+    assert!(
+        err.contains("TLS connection") && err.contains("certificate"),
+        "{err}"
+    );
+    assert!(
+        o.cached_blobs()
+            .iter()
+            .all(|b| !img.layers.iter().any(|l| &l.digest == b))
+    );
+
+    let (front_seen, storage_seen) = (front.requests().len(), storage.requests().len());
+    let ca = storage.ca_cert().unwrap();
+    let out = o.ok(&["pull", "--ca-cert", ca.to_str().unwrap(), &r]);
+    assert_eq!(out.trim(), img.manifest_digest);
+    let fetched: BTreeSet<String> = blob_fetches(&storage, storage_seen).into_iter().collect();
+    for l in &img.layers {
+        assert!(
+            fetched.contains(&l.digest),
+            "{} not from the storage",
+            l.digest
+        );
+    }
+    assert!(
+        blob_fetches(&front, front_seen).is_empty(),
+        "the front served blobs"
+    );
+    o.assert_cache_consistent();
+}

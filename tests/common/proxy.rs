@@ -54,6 +54,8 @@ struct Shared {
     fault: Mutex<(Fault, u32)>,
     /// Blob GETs that got a fault.
     faults_done: AtomicU32,
+    /// Answer blob GETs with a 307 to this base URL plus the request path.
+    redirect_blobs: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -90,6 +92,7 @@ impl FaultProxy {
             strip_range: AtomicBool::new(false),
             fault: Mutex::new((Fault::None, 0)),
             faults_done: AtomicU32::new(0),
+            redirect_blobs: Mutex::new(None),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -130,6 +133,13 @@ impl FaultProxy {
     /// [`FaultProxy::clear_fault`]).
     pub fn set_fault(&self, fault: Fault, count: u32) {
         *self.shared.fault.lock().unwrap() = (fault, count);
+    }
+
+    /// Answer every blob GET with `307 Temporary Redirect` to `base` (e.g.
+    /// `https://127.0.0.1:PORT`) plus the request's path, as a registry
+    /// whose storage redirects (S3, GCS) does.
+    pub fn redirect_blobs_to(&self, base: &str) {
+        *self.shared.redirect_blobs.lock().unwrap() = Some(base.to_string());
     }
 
     /// Stop doing faults.
@@ -266,6 +276,18 @@ fn serve(mut client: TcpStream, s: &Shared) {
         }
         if fault == Fault::WrongRange {
             head = edit_range(&head, |v| shift_range(v, 4096).or(Some(v.to_string())));
+        }
+        let redirect = s.redirect_blobs.lock().unwrap().clone();
+        if let Some(base) = redirect.filter(|_| blob_get) {
+            let text = String::from_utf8_lossy(&head);
+            let path = text.split_whitespace().nth(1).unwrap_or("/");
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {base}{path}\r\nContent-Length: 0\r\n\r\n"
+            );
+            if !send(&mut client, answer.as_bytes(), &mut carried, s) {
+                return;
+            }
+            continue;
         }
         if let Fault::Status(code) = fault {
             let answer =

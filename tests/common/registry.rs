@@ -237,6 +237,12 @@ impl Registry {
     }
 
     /// HTTPS registry (certificate from a throw-away CA, SAN `IP:127.0.0.1`
+    /// and `DNS:localhost`) open to all.
+    pub fn start_tls() -> Registry {
+        Self::launch(true, None)
+    }
+
+    /// HTTPS registry (certificate from a throw-away CA, SAN `IP:127.0.0.1`
     /// and `DNS:localhost`) with htpasswd basic auth for `user`/`password`.
     pub fn start_tls_auth(user: &str, password: &str) -> Registry {
         Self::launch(true, Some((user.to_string(), password.to_string())))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use reqwest::header::HeaderValue;
 
+use super::connect::Conn;
 use crate::source::auth::Credentials;
 
 /// What a registry's 401 asked for.
@@ -193,7 +194,7 @@ impl Authorizer {
     /// (`repository:NAME:pull`), fetching a token if the challenge needs one.
     pub(super) async fn header(
         &self,
-        http: &reqwest::Client,
+        conn: &Conn,
         scope: &str,
     ) -> Result<Option<HeaderValue>, Refusal> {
         match self.challenge() {
@@ -206,6 +207,10 @@ impl Authorizer {
                 {
                     return Ok(Some(t.header.clone()));
                 }
+                let http = conn
+                    .client_for(&realm)
+                    .await
+                    .map_err(|e| Refusal::Broken(e.to_string()))?;
                 let token = self
                     .fetch_token(http, &realm, service.as_deref(), scope)
                     .await?;
@@ -313,7 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_challenge_is_learnt_once_and_basic_needs_credentials() {
-        let http = reqwest::Client::new();
+        let http = Conn::direct(reqwest::Client::new());
         let anon = Authorizer::new(None);
         assert_eq!(anon.header(&http, "s").await, Ok(None));
         let basic = HeaderValue::from_static("Basic realm=\"r\"");

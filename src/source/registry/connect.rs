@@ -12,10 +12,86 @@ use super::{RegistryError, RegistrySource, RetryPolicy, error_chain, looks_like_
 
 /// How a registry is reached, settled on first use.
 pub(super) struct Conn {
-    /// The client of every read.
-    pub(super) http: reqwest::Client,
+    /// The client of the registry's own URLs.
+    http: reqwest::Client,
     /// Plain HTTP rather than TLS.
     pub(super) plain_http: bool,
+    /// The client with the system's TLS roots, for HTTPS URLs (blob
+    /// redirects to storage, a token service). For a TLS registry it is
+    /// `http`; for a plain-HTTP loopback registry it is built on first
+    /// need, as loading the roots costs milliseconds of every start.
+    tls: tokio::sync::OnceCell<reqwest::Client>,
+    settings: ClientSettings,
+}
+
+impl Conn {
+    /// A registry reached with `http` for everything.
+    fn with(http: reqwest::Client, plain_http: bool, settings: ClientSettings) -> Conn {
+        Conn {
+            tls: tokio::sync::OnceCell::new_with(Some(http.clone())),
+            http,
+            plain_http,
+            settings,
+        }
+    }
+
+    /// A TLS registry reached with `http` (unit tests).
+    #[cfg(test)]
+    pub(super) fn direct(http: reqwest::Client) -> Conn {
+        let settings = ClientSettings {
+            registry: "registry.test".into(),
+            certs: Vec::new(),
+            insecure: false,
+            read_timeout: Duration::from_secs(30),
+        };
+        Conn::with(http, false, settings)
+    }
+
+    /// The client of the registry's own URLs (`/v2/...`).
+    pub(super) fn registry_client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The client for `url`: the registry's own for plain-HTTP URLs of a
+    /// plain-HTTP registry, else the one with the system's TLS roots.
+    pub(super) async fn client_for(&self, url: &str) -> Result<&reqwest::Client, RegistryError> {
+        if self.plain_http
+            && url
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        {
+            return Ok(&self.http);
+        }
+        self.tls().await
+    }
+
+    /// The client with the system's TLS roots.
+    pub(super) async fn tls(&self) -> Result<&reqwest::Client, RegistryError> {
+        self.tls
+            .get_or_try_init(|| async {
+                let settings = self.settings.clone();
+                tokio::task::spawn_blocking(move || settings.http())
+                    .await
+                    .map_err(|e| RegistryError::Client(e.to_string()))?
+            })
+            .await
+    }
+
+    /// Whether an answer of the registry's own client is a redirect it
+    /// left to [`Conn::tls`] (a plain-HTTP registry sending a blob to HTTPS
+    /// storage).
+    pub(super) fn redirected_to_tls(&self, resp: &reqwest::Response) -> bool {
+        self.plain_http
+            && resp.status().is_redirection()
+            && resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .is_some_and(|l| {
+                    l.get(..8)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+                })
+    }
 }
 
 /// What the HTTP client of a registry is built from.
@@ -49,6 +125,29 @@ impl ClientSettings {
             .map_err(|e| RegistryError::Client(e.to_string()))
     }
 
+    /// The client of a plain-HTTP loopback registry: no TLS roots, and a
+    /// redirect to HTTPS is not followed but answered (see
+    /// [`Conn::redirected_to_tls`]).
+    fn plain(&self) -> Result<reqwest::Client, RegistryError> {
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else if attempt.url().scheme() == "https" {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        });
+        reqwest::Client::builder()
+            .tls_certs_only(Vec::new())
+            .redirect(policy)
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(self.read_timeout)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| RegistryError::Client(e.to_string()))
+    }
+
     /// The `oci-client` client of pushes, over plain HTTP or TLS.
     fn oci(&self, plain_http: bool) -> Result<Client, RegistryError> {
         let config = ClientConfig {
@@ -71,6 +170,9 @@ impl ClientSettings {
 
 const USER_AGENT: &str = concat!("ocidisk/", env!("CARGO_PKG_VERSION"));
 
+/// Redirects followed per request, as reqwest's default policy.
+const MAX_REDIRECTS: usize = 10;
+
 impl RegistrySource {
     fn settings(&self) -> ClientSettings {
         ClientSettings {
@@ -83,7 +185,7 @@ impl RegistrySource {
 
     /// How the registry is reached, settled on first use: HTTP or HTTPS
     /// (probing `/v2/` for loopback and `--insecure` registries) and the
-    /// client of reads.
+    /// clients of reads.
     pub(super) async fn conn(&self) -> Result<&Conn, RegistryError> {
         self.conn
             .get_or_try_init(|| async {
@@ -91,21 +193,44 @@ impl RegistrySource {
                 let loopback = is_loopback(&registry);
                 let settings = self.settings();
                 if !(self.insecure || loopback) {
-                    return Ok(Conn {
-                        http: settings.http()?,
-                        plain_http: false,
-                    });
+                    return Ok(Conn::with(settings.http()?, false, settings));
+                }
+                if loopback {
+                    // Asked over plain HTTP first: a port that answers
+                    // `/v2/` there as a registry does not speak TLS, and
+                    // the TLS attempt (a handshake the plain server never
+                    // finishes) costs tens of milliseconds. Nothing leaves
+                    // the host and the probe carries no credentials. The
+                    // probing client reads from it then: no TLS roots to
+                    // load (milliseconds of every start) until an HTTPS
+                    // URL needs them.
+                    let plain = settings.plain()?;
+                    let quick = plain
+                        .get(format!("http://{registry}/v2/"))
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await;
+                    if quick.as_ref().is_ok_and(answers_as_registry) {
+                        return Ok(Conn {
+                            http: plain,
+                            plain_http: true,
+                            tls: tokio::sync::OnceCell::new(),
+                            settings,
+                        });
+                    }
                 }
                 // Build the client (milliseconds of TLS roots) on the other
                 // core while the probe runs.
-                let early = tokio::task::spawn_blocking(move || settings.http());
+                let early = {
+                    let settings = settings.clone();
+                    tokio::task::spawn_blocking(move || settings.http())
+                };
                 let plain_http =
-                    probe_plain_http(&registry, &self.certs, self.insecure, loopback, &self.retry)
-                        .await?;
+                    probe_plain_http(&registry, &self.certs, self.insecure, &self.retry).await?;
                 let http = early
                     .await
                     .map_err(|e| RegistryError::Client(e.to_string()))??;
-                Ok(Conn { http, plain_http })
+                Ok(Conn::with(http, plain_http, settings))
             })
             .await
     }
@@ -142,37 +267,16 @@ fn answers_as_registry(resp: &reqwest::Response) -> bool {
         || matches!(resp.status().as_u16(), 200 | 401)
 }
 
-/// For loopback and `--insecure` registries: does the registry speak plain
-/// HTTP rather than TLS? Connection failures are retried like any fetch.
-///
-/// A loopback registry is asked over plain HTTP first: a port that answers
-/// `/v2/` there as a registry does not speak TLS, and the TLS attempt (a
-/// handshake the plain server never finishes, and the TLS library's entropy
-/// setup) costs tens of milliseconds. Nothing leaves the host, and the probe
-/// carries no credentials. Other `--insecure` registries are tried over TLS
-/// first, as docker does.
+/// For `--insecure` registries (and loopback ones that did not answer
+/// plain HTTP's `/v2/` as a registry): does the registry speak plain HTTP
+/// rather than TLS? Tried over TLS first, as docker does; connection
+/// failures are retried like any fetch.
 async fn probe_plain_http(
     registry: &str,
     certs: &[Certificate],
     insecure: bool,
-    loopback: bool,
     retry: &RetryPolicy,
 ) -> Result<bool, RegistryError> {
-    if loopback {
-        // Plain HTTP only: no TLS roots to load (milliseconds a client).
-        let quick = reqwest::Client::builder()
-            .tls_certs_only(Vec::new())
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| RegistryError::Client(e.to_string()))?
-            .get(format!("http://{registry}/v2/"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if quick.as_ref().is_ok_and(answers_as_registry) {
-            return Ok(true);
-        }
-    }
     let mut builder = reqwest::Client::builder()
         .danger_accept_invalid_certs(insecure)
         .connect_timeout(Duration::from_secs(10))

@@ -126,11 +126,13 @@ impl RegistrySource {
         );
         let scope = self.scope();
         let mut challenged = false;
+        let mut http = conn.registry_client();
+        let mut on_tls = false;
         loop {
-            let mut req = conn.http.get(&url).headers(headers.clone());
+            let mut req = http.get(&url).headers(headers.clone());
             let sent = self
                 .authz
-                .header(&conn.http, &scope)
+                .header(conn, &scope)
                 .await
                 .map_err(|r| self.refusal(r, what))?;
             if let Some(h) = &sent {
@@ -140,6 +142,13 @@ impl RegistrySource {
                 .send()
                 .await
                 .map_err(|e| self.request_failure(&e, what))?;
+            if !on_tls && conn.redirected_to_tls(&resp) {
+                // Sent on to HTTPS storage: ask again with the client that
+                // follows there (it has the TLS roots).
+                http = conn.tls().await.map_err(Failure::Final)?;
+                on_tls = true;
+                continue;
+            }
             let status = resp.status();
             if status == reqwest::StatusCode::UNAUTHORIZED
                 && !challenged
