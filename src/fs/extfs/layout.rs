@@ -27,8 +27,6 @@ use crate::tree::{NodeKind, Tree};
 pub struct Input<'a> {
     /// The tree.
     pub tree: &'a Tree,
-    /// The planned inodes, by inode number.
-    pub planned: &'a [Planned],
     /// The profile.
     pub profile: Profile,
     /// Options.
@@ -127,12 +125,12 @@ fn from_zero(physical: &[(u64, u64)]) -> Vec<Run> {
 /// fit, an error for content no size can hold.
 pub fn write(
     input: &Input<'_>,
+    planned: &mut [Planned],
     geo: &Geometry,
     journal_blocks: u64,
 ) -> Option<Result<FsImage, ExtError>> {
     let Input {
         tree,
-        planned,
         profile,
         opts,
         fs_seed,
@@ -158,7 +156,7 @@ pub fn write(
         return None;
     }
     let mut runs_of: HashMap<u32, Vec<Run>> = HashMap::new();
-    for p in planned {
+    for p in planned.iter() {
         let Body::File { node } = p.body else {
             continue;
         };
@@ -186,7 +184,7 @@ pub fn write(
     // Blocks of directories, slow symlinks and xattr blocks, by inode.
     let mut body_runs: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
     let mut xattr_block: HashMap<u32, u64> = HashMap::new();
-    for p in planned {
+    for p in planned.iter() {
         match &p.body {
             Body::Dir { blocks, .. } => {
                 body_runs.insert(p.ino, alloc.runs(blocks.len() as u64)?);
@@ -255,7 +253,9 @@ pub fn write(
         rec.add_flags(mapping::inode_flags(profile));
         tb.len() as u64
     };
-    for p in planned {
+    // From here on nothing fails for want of space: the attempt is the
+    // image, so directory and xattr blocks move into it, uncopied.
+    for p in planned.iter_mut() {
         let mut rec = InodeRecord::new();
         rec.u16(0x00, p.mode);
         rec.u16(0x02, p.uid as u16);
@@ -270,18 +270,19 @@ pub fn write(
         }
         let mut blocks_used: u64 = 0;
         let mut size: u64 = 0;
-        match &p.body {
+        match &mut p.body {
             Body::Dir { blocks, indexed } => {
                 let runs = &runs_of[&p.ino];
-                blocks_used += blocks.len() as u64 + set_map(&mut img, &mut rec, p.ino, runs);
+                let count = blocks.len() as u64;
+                blocks_used += count + set_map(&mut img, &mut rec, p.ino, runs);
                 let physical = body_runs[&p.ino].iter().flat_map(|&(s, l)| s..s + l);
-                for (b, bytes) in physical.zip(blocks) {
-                    img.put_block(b, bytes.clone());
+                for (b, bytes) in physical.zip(std::mem::take(blocks)) {
+                    img.put_block(b, bytes);
                 }
                 if *indexed {
                     rec.add_flags(INDEX_FL);
                 }
-                size = blocks.len() as u64 * BS;
+                size = count * BS;
                 let g = (u64::from(p.ino) - 1) / geo.ipg;
                 dirs_in_group[g as usize] += 1;
             }
@@ -311,8 +312,8 @@ pub fn write(
                 img.put_block(body_runs[&p.ino][0].0, b);
                 size = t.len() as u64;
             }
-            Body::Device { major, minor } => {
-                if *major < 256 && *minor < 256 {
+            &mut Body::Device { major, minor } => {
+                if major < 256 && minor < 256 {
                     rec.u32(0x28, (major << 8) | minor);
                 } else {
                     rec.u32(
@@ -323,12 +324,12 @@ pub fn write(
             }
             Body::Fifo => {}
         }
-        match &p.xattrs {
+        match &mut p.xattrs {
             Placement::None => {}
             Placement::Inode(bytes) => rec.bytes[0xA0..0xA0 + bytes.len()].copy_from_slice(bytes),
             Placement::Block(bytes) => {
                 let blk = xattr_block[&p.ino];
-                let mut b = bytes.clone();
+                let mut b = std::mem::take(bytes);
                 if let Some(seed) = fs_seed {
                     xattr::seal_block(&mut b, blk, seed);
                 }

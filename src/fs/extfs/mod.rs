@@ -290,7 +290,7 @@ pub fn predicted_zone_map() -> zone::ZoneMap {
 pub fn build(tree: &Tree, opts: &ExtOptions, profile: Profile) -> Result<FsImage, ExtError> {
     let order = Order::new(tree)?;
     let fs_seed = profile.csum().then(|| crc32c_raw(!0, &opts.uuid));
-    let planned = plan::plan_inodes(&order, profile, fs_seed, &opts.hash_seed)?;
+    let mut planned = plan::plan_inodes(&order, profile, fs_seed, &opts.hash_seed)?;
     drop(order);
     let zone = DataZone::new(tree);
     let content = zone.blocks() + zone::META_ALIGN + plan::content_blocks(tree, &planned, profile);
@@ -311,7 +311,6 @@ pub fn build(tree: &Tree, opts: &ExtOptions, profile: Profile) -> Result<FsImage
     };
     let input = layout::Input {
         tree,
-        planned: &planned,
         profile,
         opts,
         fs_seed,
@@ -322,7 +321,7 @@ pub fn build(tree: &Tree, opts: &ExtOptions, profile: Profile) -> Result<FsImage
         if geo.ipg * geo.groups < used_inodes {
             return None;
         }
-        layout::write(&input, &geo, journal_for(geo.blocks))
+        layout::write(&input, &mut planned, &geo, journal_for(geo.blocks))
     };
     // Estimate of everything but the file data and directory blocks.
     let overhead = |blocks: u64| {
