@@ -324,11 +324,11 @@ impl Tree {
     }
 
     /// The node at `path` (components), if any.
-    pub fn lookup(&self, components: &[Vec<u8>]) -> Option<NodeId> {
+    pub fn lookup<C: AsRef<[u8]>>(&self, components: &[C]) -> Option<NodeId> {
         let mut cur = 0;
         for c in components {
             match &self.nodes[cur].kind {
-                NodeKind::Dir(children) => cur = *children.get(c)?,
+                NodeKind::Dir(children) => cur = *children.get(c.as_ref())?,
                 _ => return None,
             }
         }
@@ -348,9 +348,9 @@ impl Tree {
 
     /// The directory for `components`, creating implied directories (and
     /// replacing non-directories) on the way.
-    fn make_dirs(&mut self, components: &[Vec<u8>]) -> NodeId {
+    fn make_dirs(&mut self, components: &[&[u8]]) -> NodeId {
         let mut cur = 0;
-        for c in components {
+        for &c in components {
             let existing = match &self.nodes[cur].kind {
                 NodeKind::Dir(children) => children.get(c).copied(),
                 _ => unreachable!("make_dirs only descends into directories"),
@@ -360,7 +360,7 @@ impl Tree {
                 _ => {
                     self.nodes.push(implied_dir());
                     let id = self.nodes.len() - 1;
-                    self.children_mut(cur).insert(c.clone(), id);
+                    self.children_mut(cur).insert(c.to_vec(), id);
                     id
                 }
             };
@@ -368,8 +368,8 @@ impl Tree {
         cur
     }
 
-    fn remove(&mut self, components: &[Vec<u8>]) {
-        if let Some((name, parent)) = components.split_last()
+    fn remove(&mut self, components: &[&[u8]]) {
+        if let Some((&name, parent)) = components.split_last()
             && let Some(p) = self.lookup(parent)
             && self.is_dir(p)
         {
@@ -381,18 +381,22 @@ impl Tree {
         // Whiteouts hide lower layers only: apply them all first. Paths are
         // normalised in each pass rather than kept, so that memory stays
         // linear in the entries however deep the paths go.
-        let action = |comps: &[Vec<u8>]| match comps.last() {
-            Some(n) if n.as_slice() == b".wh..wh..opq" => Action::Opaque,
+        let action = |comps: &[&[u8]]| match comps.last() {
+            Some(&n) if n == b".wh..wh..opq" => Action::Opaque,
             Some(n) if n.starts_with(b".wh..wh.") => Action::Skip,
             Some(n) if n.starts_with(b".wh.") => Action::Whiteout,
             _ => Action::Add,
         };
         for e in layer.entries() {
+            // Only a path with ".wh." in it can be a whiteout.
+            if !e.path.windows(4).any(|w| w == b".wh.") {
+                continue;
+            }
             let mut comps = normalize(&e.path, layer.layer())?;
             match action(&comps) {
                 Action::Whiteout => {
                     if let Some(name) = comps.pop() {
-                        comps.push(name[4..].to_vec());
+                        comps.push(&name[4..]);
                         self.remove(&comps);
                     }
                 }
@@ -418,7 +422,7 @@ impl Tree {
         layer_no: usize,
         layer: &LayerIndex,
         e: &TarEntry,
-        comps: &[Vec<u8>],
+        comps: &[&[u8]],
     ) -> Result<(), TreeError> {
         let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
         let Some((name, parent)) = comps.split_last() else {
@@ -454,13 +458,13 @@ impl Tree {
                     return Ok(()); // a link to itself changes nothing
                 }
                 let dir = self.make_dirs(parent);
-                self.children_mut(dir).insert(name.clone(), id);
+                self.children_mut(dir).insert(name.to_vec(), id);
                 return Ok(());
             }
             EntryKind::Dir => {
                 let dir = self.make_dirs(parent);
                 let existing = match &self.nodes[dir].kind {
-                    NodeKind::Dir(c) => c.get(name).copied(),
+                    NodeKind::Dir(c) => c.get(*name).copied(),
                     _ => None,
                 };
                 if let Some(id) = existing.filter(|id| self.is_dir(*id)) {
@@ -546,7 +550,7 @@ impl Tree {
         let dir = self.make_dirs(parent);
         self.nodes.push(node);
         let id = self.nodes.len() - 1;
-        self.children_mut(dir).insert(name.clone(), id);
+        self.children_mut(dir).insert(name.to_vec(), id);
         Ok(())
     }
 
@@ -581,7 +585,7 @@ impl Default for Tree {
 
 /// Split a tar path into components: drop empty and `.` parts, resolve `..`
 /// (an error above the root), refuse NUL and names over [`NAME_MAX`].
-pub fn normalize(path: &[u8], layer: &Digest) -> Result<Vec<Vec<u8>>, TreeError> {
+pub fn normalize<'a>(path: &'a [u8], layer: &Digest) -> Result<Vec<&'a [u8]>, TreeError> {
     let show = || String::from_utf8_lossy(path).into_owned();
     if path.contains(&0) {
         return Err(TreeError::Nul {
@@ -589,7 +593,7 @@ pub fn normalize(path: &[u8], layer: &Digest) -> Result<Vec<Vec<u8>>, TreeError>
             path: show(),
         });
     }
-    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut out: Vec<&[u8]> = Vec::new();
     for c in path.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
@@ -608,7 +612,7 @@ pub fn normalize(path: &[u8], layer: &Digest) -> Result<Vec<Vec<u8>>, TreeError>
                     len: name.len(),
                 });
             }
-            name => out.push(name.to_vec()),
+            name => out.push(name),
         }
     }
     Ok(out)

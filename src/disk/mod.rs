@@ -226,6 +226,10 @@ impl Inner {
         let (source, mut image, mut indexes, rederive) = rt
             .block_on(index_image(&opts.pull, cache, chunks.clone()))
             .map_err(Box::new)?;
+        tracing::debug!(
+            layers = indexes.len(),
+            "image resolved and its layers indexed"
+        );
         if opts.init {
             crate::init_layer::append(&mut image, &mut indexes, cache)?;
         }

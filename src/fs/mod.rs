@@ -201,7 +201,14 @@ pub fn plan_layers(
     opts: &FsOptions,
 ) -> Result<FsImage, FsError> {
     let tree = Tree::flatten(layers)?;
-    plan(&tree, &opts.for_image(image_id))
+    tracing::debug!(entries = tree.nodes.len(), "layers merged into one tree");
+    let img = plan(&tree, &opts.for_image(image_id))?;
+    tracing::debug!(
+        metadata_blocks = img.metadata.len(),
+        extents = img.data.len(),
+        "filesystem planned"
+    );
+    Ok(img)
 }
 
 #[cfg(test)]

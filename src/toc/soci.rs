@@ -390,7 +390,9 @@ async fn read_index(
                 what: format!("zTOC {} hashes to {actual}", r.ztoc.digest),
             });
         }
+        tracing::debug!(layer = %layer.digest, bytes = bytes.len(), "zTOC fetched");
         let parsed = ztoc::parse(&layer.digest, &bytes)?;
+        tracing::debug!(layer = %layer.digest, entries = parsed.entries.len(), "zTOC parsed");
         fetched.ztocs.push((layer.digest.clone(), parsed));
     }
     Ok(fetched)
