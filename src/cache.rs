@@ -72,6 +72,9 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cac
 #[derive(Debug, Clone)]
 pub struct BlobCache {
     root: PathBuf,
+    /// Writes [`BlobCache::keep`] started on tokio's blocking pool, shared
+    /// by the clones.
+    pending: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// One cached blob, for `cache list`.
@@ -135,7 +138,10 @@ impl BlobCache {
 
     /// Open (creating if needed) a cache at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<BlobCache, CacheError> {
-        let cache = BlobCache { root: root.into() };
+        let cache = BlobCache {
+            root: root.into(),
+            pending: Default::default(),
+        };
         for dir in [cache.tmp_dir(), cache.images_dir()] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
@@ -224,6 +230,38 @@ impl BlobCache {
             });
         }
         w.commit(digest)
+    }
+
+    /// Store a verified small blob (a manifest, a config) whose bytes the
+    /// caller already holds, without waiting for its fsyncs: inside a tokio
+    /// runtime the write runs on the blocking pool (see
+    /// [`BlobCache::writes_done`]), outside one it runs now. A cache that
+    /// cannot take it (a full disk) costs a fetch next time, not this run:
+    /// it is logged, not returned.
+    pub fn keep(&self, digest: &Digest, bytes: &[u8]) {
+        fn put(cache: &BlobCache, digest: &Digest, bytes: &[u8]) {
+            if let Err(e) = cache.put_bytes(digest, bytes) {
+                tracing::warn!(%digest, "{e}; not cached, used from memory");
+            }
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (cache, digest, bytes) = (self.clone(), digest.clone(), bytes.to_vec());
+                let h = rt.spawn_blocking(move || put(&cache, &digest, &bytes));
+                crate::sync::lock(&self.pending).push(h);
+            }
+            Err(_) => put(self, digest, bytes),
+        }
+    }
+
+    /// Wait until the writes [`BlobCache::keep`] started are done.
+    pub async fn writes_done(&self) {
+        let pending = std::mem::take(&mut *crate::sync::lock(&self.pending));
+        for h in pending {
+            // A write that panicked is a write not done: the blob is
+            // fetched again next time.
+            let _ = h.await;
+        }
     }
 
     /// A scratch file in the cache's tmp directory, already unlinked: it

@@ -339,7 +339,7 @@ impl Source {
                 }
                 let (bytes, d) = r.manifest(digest, MAX_MANIFEST_SIZE).await?;
                 self.count(bytes.len());
-                keep_small(cache, &d, &bytes);
+                cache.keep(&d, &bytes);
                 Ok((bytes, Some(d), None))
             }
             Source::Layout(l) => {
@@ -355,7 +355,7 @@ impl Source {
                     None => {
                         let b = l.read_small(&d, MAX_MANIFEST_SIZE)?;
                         self.count(b.len());
-                        keep_small(cache, &d, &b);
+                        cache.keep(&d, &b);
                         b
                     }
                 };
@@ -375,7 +375,7 @@ impl Source {
                     None => {
                         let b = c.store().read_small(&d, MAX_MANIFEST_SIZE).await?;
                         self.count(b.len());
-                        keep_small(cache, &d, &b);
+                        cache.keep(&d, &b);
                         b
                     }
                 };
@@ -453,7 +453,7 @@ impl Source {
                 actual: Digest::sha256_of(&bytes),
             });
         }
-        keep_small(cache, &desc.digest, &bytes);
+        cache.keep(&desc.digest, &bytes);
         Ok(bytes)
     }
 
@@ -699,14 +699,5 @@ pub(crate) fn is_digest_error(e: &SourceError) -> bool {
             .get_ref()
             .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>()),
         _ => false,
-    }
-}
-
-/// Cache a verified manifest or config. The bytes are in hand, so a cache
-/// that cannot take them (a full disk) costs a fetch next time, not this
-/// run: say so and go on.
-fn keep_small(cache: &BlobCache, digest: &Digest, bytes: &[u8]) {
-    if let Err(e) = cache.put_bytes(digest, bytes) {
-        tracing::warn!(%digest, "{e}; not cached, used from memory");
     }
 }

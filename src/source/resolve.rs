@@ -137,6 +137,8 @@ pub async fn resolve_with<T>(
             })
         })
         .collect::<Result<Vec<_>, SourceError>>()?;
+    // The manifests and config were cached while the fetches went on.
+    cache.writes_done().await;
     Ok((
         ResolvedImage {
             location: image,
