@@ -364,6 +364,7 @@ async fn read_index(
             digest: digest.clone(),
             what,
         })?;
+    let mut wanted = Vec::new();
     for layer in &head.manifest.layers {
         if layer_compression(layer).ok() != Some(Compression::Gzip) {
             continue;
@@ -375,27 +376,81 @@ async fn read_index(
             tracing::warn!(ztoc = %r.ztoc.digest, size = r.ztoc.size, "zTOC too large; streaming its layer");
             continue;
         }
-        let bytes = source
-            .read_range(&r.ztoc, 0, r.ztoc.size, cache)
+        wanted.push((layer, &r.ztoc));
+    }
+    // All at once: each is a round trip to the registry.
+    let bodies = futures_util::future::try_join_all(wanted.iter().map(|(_, ztoc)| async {
+        source
+            .read_range(ztoc, 0, ztoc.size, cache)
             .await
             .map_err(|e| SociError::Source {
                 image: head.location.to_string(),
                 source: Box::new(e),
-            })?;
-        let actual = Digest::sha256_of(&bytes);
-        if actual != r.ztoc.digest {
+            })
+    }))
+    .await?;
+    tracing::debug!(ztocs = bodies.len(), "zTOCs fetched");
+    let checked = hash_and_parse(&wanted, &bodies);
+    for ((layer, ztoc), (actual, parsed)) in wanted.iter().zip(checked) {
+        // Parsed before its digest was known (the parser takes any bytes):
+        // used only if the digest is the one the index names.
+        if actual != ztoc.digest {
             return Err(SociError::Invalid {
                 image: head.location.to_string(),
                 digest: digest.clone(),
-                what: format!("zTOC {} hashes to {actual}", r.ztoc.digest),
+                what: format!("zTOC {} hashes to {actual}", ztoc.digest),
             });
         }
-        tracing::debug!(layer = %layer.digest, bytes = bytes.len(), "zTOC fetched");
-        let parsed = ztoc::parse(&layer.digest, &bytes)?;
-        tracing::debug!(layer = %layer.digest, entries = parsed.entries.len(), "zTOC parsed");
-        fetched.ztocs.push((layer.digest.clone(), parsed));
+        fetched.ztocs.push((layer.digest.clone(), parsed?));
     }
+    tracing::debug!(ztocs = fetched.ztocs.len(), "zTOCs checked and parsed");
     Ok(fetched)
+}
+
+/// The digest and parse of each zTOC body, worked out on all cores at
+/// once: hashing one and parsing it are separate jobs.
+fn hash_and_parse(
+    wanted: &[(&Descriptor, &Descriptor)],
+    bodies: &[Vec<u8>],
+) -> Vec<(Digest, Result<ztoc::Parsed, ztoc::ZtocError>)> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = bodies.len();
+    let hashes: Vec<OnceLock<Digest>> = (0..n).map(|_| OnceLock::new()).collect();
+    let parses: Vec<OnceLock<Result<ztoc::Parsed, ztoc::ZtocError>>> =
+        (0..n).map(|_| OnceLock::new()).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let job = next.fetch_add(1, Ordering::Relaxed);
+            if job >= 2 * n {
+                break;
+            }
+            let i = job / 2;
+            if job.is_multiple_of(2) {
+                let _ = hashes[i].set(Digest::sha256_of(&bodies[i]));
+            } else {
+                let _ = parses[i].set(ztoc::parse(&wanted[i].0.digest, &bodies[i]));
+            }
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    std::thread::scope(|s| {
+        for _ in 1..cores.min(2 * n) {
+            s.spawn(work);
+        }
+        work();
+    });
+    hashes
+        .into_iter()
+        .zip(parses)
+        .map(|(h, p)| {
+            let (Some(h), Some(p)) = (h.into_inner(), p.into_inner()) else {
+                unreachable!("every job ran before the scope ended")
+            };
+            (h, p)
+        })
+        .collect()
 }
 
 #[cfg(test)]
