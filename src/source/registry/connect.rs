@@ -187,7 +187,25 @@ impl RegistrySource {
     /// (probing `/v2/` for loopback and `--insecure` registries) and the
     /// clients of reads.
     pub(super) async fn conn(&self) -> Result<&Conn, RegistryError> {
-        self.conn
+        let registry = self.registry();
+        let probe = |http: &reqwest::Client, plain: bool| {
+            let scheme = if plain { "http" } else { "https" };
+            http.get(format!("{scheme}://{registry}/v2/"))
+        };
+        Ok(self.conn_for(&probe).await?.0)
+    }
+
+    /// [`RegistrySource::conn`], for a caller about to send `first` (given
+    /// the client and whether the registry speaks plain HTTP). If this
+    /// call settles how a loopback registry is reached, `first` goes out
+    /// as the probe and its answer comes back too: one round trip, not two.
+    pub(super) async fn conn_for(
+        &self,
+        first: &(dyn Fn(&reqwest::Client, bool) -> reqwest::RequestBuilder + Sync),
+    ) -> Result<(&Conn, Option<reqwest::Response>), RegistryError> {
+        let mut answered = None;
+        let conn = self
+            .conn
             .get_or_try_init(|| async {
                 let registry = self.registry();
                 let loopback = is_loopback(&registry);
@@ -197,20 +215,22 @@ impl RegistrySource {
                 }
                 if loopback {
                     // Asked over plain HTTP first: a port that answers
-                    // `/v2/` there as a registry does not speak TLS, and
-                    // the TLS attempt (a handshake the plain server never
+                    // there as a registry does not speak TLS, and the TLS
+                    // attempt (a handshake the plain server never
                     // finishes) costs tens of milliseconds. Nothing leaves
-                    // the host and the probe carries no credentials. The
-                    // probing client reads from it then: no TLS roots to
-                    // load (milliseconds of every start) until an HTTPS
-                    // URL needs them.
+                    // the host, and the first request of a source goes out
+                    // bare (no challenge is known yet). The probing client
+                    // reads from it then: no TLS roots to load
+                    // (milliseconds of every start) until an HTTPS URL
+                    // needs them.
                     let plain = settings.plain()?;
-                    let quick = plain
-                        .get(format!("http://{registry}/v2/"))
-                        .timeout(Duration::from_secs(2))
-                        .send()
-                        .await;
-                    if quick.as_ref().is_ok_and(answers_as_registry) {
+                    let quick =
+                        tokio::time::timeout(Duration::from_secs(2), first(&plain, true).send())
+                            .await;
+                    if let Ok(Ok(resp)) = quick
+                        && answers_as_registry(&resp)
+                    {
+                        answered = Some(resp);
                         return Ok(Conn {
                             http: plain,
                             plain_http: true,
@@ -230,9 +250,10 @@ impl RegistrySource {
                 let http = early
                     .await
                     .map_err(|e| RegistryError::Client(e.to_string()))??;
-                Ok(Conn::with(http, plain_http, settings))
+                Ok::<_, RegistryError>(Conn::with(http, plain_http, settings))
             })
-            .await
+            .await?;
+        Ok((conn, answered))
     }
 
     /// The `oci-client` client of pushes, built on first use.
@@ -260,7 +281,9 @@ pub(super) fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether a `/v2/` answer over plain HTTP comes from a registry.
+/// Whether an answer over plain HTTP comes from a registry: distribution
+/// names its API version on every answer under `/v2/`; `/v2/` itself says
+/// 200 or 401.
 fn answers_as_registry(resp: &reqwest::Response) -> bool {
     resp.headers()
         .contains_key("docker-distribution-api-version")

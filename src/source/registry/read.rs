@@ -117,31 +117,44 @@ impl RegistrySource {
         headers: &HeaderMap,
         what: &str,
     ) -> Result<reqwest::Response, Failure> {
-        let conn = self.conn().await.map_err(Failure::Final)?;
-        let url = format!(
-            "{}://{}/v2/{}/{tail}",
-            if conn.plain_http { "http" } else { "https" },
-            self.registry(),
-            self.reference.repository()
-        );
+        let url = |plain: bool| {
+            format!(
+                "{}://{}/v2/{}/{tail}",
+                if plain { "http" } else { "https" },
+                self.registry(),
+                self.reference.repository()
+            )
+        };
+        // The first request to a loopback registry is its probe too.
+        let first =
+            |http: &reqwest::Client, plain: bool| http.get(url(plain)).headers(headers.clone());
+        let (conn, mut answered) = self.conn_for(&first).await.map_err(Failure::Final)?;
+        let url = url(conn.plain_http);
         let scope = self.scope();
         let mut challenged = false;
         let mut http = conn.registry_client();
         let mut on_tls = false;
         loop {
-            let mut req = http.get(&url).headers(headers.clone());
-            let sent = self
-                .authz
-                .header(conn, &scope)
-                .await
-                .map_err(|r| self.refusal(r, what))?;
-            if let Some(h) = &sent {
-                req = req.header(AUTHORIZATION, h.clone());
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| self.request_failure(&e, what))?;
+            let (resp, sent) = match answered.take() {
+                // Sent bare, as any request before a challenge.
+                Some(resp) => (resp, None),
+                None => {
+                    let mut req = http.get(&url).headers(headers.clone());
+                    let sent = self
+                        .authz
+                        .header(conn, &scope)
+                        .await
+                        .map_err(|r| self.refusal(r, what))?;
+                    if let Some(h) = &sent {
+                        req = req.header(AUTHORIZATION, h.clone());
+                    }
+                    let resp = req
+                        .send()
+                        .await
+                        .map_err(|e| self.request_failure(&e, what))?;
+                    (resp, sent)
+                }
+            };
             if !on_tls && conn.redirected_to_tls(&resp) {
                 // Sent on to HTTPS storage: ask again with the client that
                 // follows there (it has the TLS roots).
