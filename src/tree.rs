@@ -317,6 +317,8 @@ impl Tree {
     /// Apply `layers` (bottom first) and return the merged tree.
     pub fn flatten(layers: &[LayerIndex]) -> Result<Tree, TreeError> {
         let mut t = Tree::new();
+        t.nodes
+            .reserve(layers.iter().map(|l| l.entries().len()).sum::<usize>());
         for (i, l) in layers.iter().enumerate() {
             t.apply(i, l)?;
         }
@@ -408,10 +410,11 @@ impl Tree {
                 Action::Skip | Action::Add => {}
             }
         }
+        let mut last = LastDir::default();
         for e in layer.entries() {
             let comps = normalize(&e.path, layer.layer())?;
             if matches!(action(&comps), Action::Add) {
-                self.add(layer_no, layer, e, &comps)?;
+                self.add(layer_no, layer, e, &comps, &mut last)?;
             }
         }
         Ok(())
@@ -423,6 +426,7 @@ impl Tree {
         layer: &LayerIndex,
         e: &TarEntry,
         comps: &[&[u8]],
+        last: &mut LastDir,
     ) -> Result<(), TreeError> {
         let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
         let Some((name, parent)) = comps.split_last() else {
@@ -457,12 +461,12 @@ impl Tree {
                 if target.as_slice() == comps {
                     return Ok(()); // a link to itself changes nothing
                 }
-                let dir = self.make_dirs(parent);
-                self.children_mut(dir).insert(name.to_vec(), id);
+                let dir = self.dir_of(parent, last);
+                self.link(dir, name, id, last);
                 return Ok(());
             }
             EntryKind::Dir => {
-                let dir = self.make_dirs(parent);
+                let dir = self.dir_of(parent, last);
                 let existing = match &self.nodes[dir].kind {
                     NodeKind::Dir(c) => c.get(*name).copied(),
                     _ => None,
@@ -547,11 +551,41 @@ impl Tree {
                 implied: false,
             },
         };
-        let dir = self.make_dirs(parent);
+        let dir = self.dir_of(parent, last);
         self.nodes.push(node);
         let id = self.nodes.len() - 1;
-        self.children_mut(dir).insert(name.to_vec(), id);
+        self.link(dir, name, id, last);
         Ok(())
+    }
+
+    /// [`Tree::make_dirs`] through `last`.
+    fn dir_of(&mut self, parent: &[&[u8]], last: &mut LastDir) -> NodeId {
+        if let Some(id) = last.id
+            && last.path.len() == parent.len()
+            && last
+                .path
+                .iter()
+                .zip(parent)
+                .all(|(a, b)| a.as_slice() == *b)
+        {
+            return id;
+        }
+        let id = self.make_dirs(parent);
+        last.path.clear();
+        last.path.extend(parent.iter().map(|c| c.to_vec()));
+        last.id = Some(id);
+        id
+    }
+
+    /// Name `id` `name` in directory `dir`. A directory it replaces takes
+    /// its subtree away, maybe the one `last` names.
+    fn link(&mut self, dir: NodeId, name: &[u8], id: NodeId, last: &mut LastDir) {
+        if let Some(old) = self.children_mut(dir).insert(name.to_vec(), id)
+            && old != id
+            && self.is_dir(old)
+        {
+            last.id = None;
+        }
     }
 
     /// Reachable nodes in a deterministic order (breadth first, children by
@@ -581,6 +615,15 @@ impl Default for Tree {
     fn default() -> Self {
         Tree::new()
     }
+}
+
+/// The directory the last entry went into, by its components: a tar
+/// stream lists a directory's entries together, so most entries go where
+/// the one before went, without a walk from the root.
+#[derive(Default)]
+struct LastDir {
+    path: Vec<Vec<u8>>,
+    id: Option<NodeId>,
 }
 
 /// Split a tar path into components: drop empty and `.` parts, resolve `..`
