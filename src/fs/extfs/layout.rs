@@ -6,8 +6,6 @@
 //! blocks that map them; then every inode, bitmap, descriptor and
 //! superblock copy.
 
-use std::collections::HashMap;
-
 use super::geometry::{BPG, BS, Geometry, INODE_SIZE, INODES_PER_BLOCK, backup_group};
 use super::inode::{
     FIRST_INO, INDEX_FL, InodeRecord, JOURNAL_INO, ROOT_INO, inode_seed, time_fields,
@@ -123,6 +121,20 @@ fn from_zero(physical: &[(u64, u64)]) -> Vec<Run> {
 
 /// Lay the filesystem out on `geo.blocks` blocks; `None` if it does not
 /// fit, an error for content no size can hold.
+/// A per-inode table of `n` slots, all empty.
+fn empty_table<T>(n: usize) -> Vec<Option<T>> {
+    (0..n).map(|_| None).collect()
+}
+
+/// What the allocation phase placed for inode `ino`: it placed something
+/// for every inode whose body or xattrs need it, before the emission.
+fn planned_of<T>(table: &[Option<T>], ino: u32) -> &T {
+    match table.get(ino as usize) {
+        Some(Some(t)) => t,
+        _ => unreachable!("inode {ino} was placed in the allocation phase"),
+    }
+}
+
 pub fn write(
     input: &Input<'_>,
     planned: &mut [Planned],
@@ -155,7 +167,15 @@ pub fn write(
     if data_end > geo.blocks {
         return None;
     }
-    let mut runs_of: HashMap<u32, Vec<Run>> = HashMap::new();
+    // Per-inode tables, indexed by inode number (dense from 1).
+    let slots = planned
+        .iter()
+        .map(|p| p.ino)
+        .max()
+        .unwrap_or(0)
+        .max(JOURNAL_INO) as usize
+        + 1;
+    let mut runs_of: Vec<Option<Vec<Run>>> = empty_table(slots);
     for p in planned.iter() {
         let Body::File { node } = p.body else {
             continue;
@@ -166,7 +186,7 @@ pub fn write(
         for r in &runs {
             alloc.mark(r.physical, r.len);
         }
-        runs_of.insert(p.ino, runs);
+        runs_of[p.ino as usize] = Some(runs);
     }
 
     // Then everything else, after the data zone.
@@ -182,38 +202,41 @@ pub fn write(
     };
 
     // Blocks of directories, slow symlinks and xattr blocks, by inode.
-    let mut body_runs: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
-    let mut xattr_block: HashMap<u32, u64> = HashMap::new();
+    let mut body_runs: Vec<Option<Vec<(u64, u64)>>> = empty_table(slots);
+    let mut xattr_block: Vec<Option<u64>> = empty_table(slots);
     for p in planned.iter() {
         match &p.body {
             Body::Dir { blocks, .. } => {
-                body_runs.insert(p.ino, alloc.runs(blocks.len() as u64)?);
+                body_runs[p.ino as usize] = Some(alloc.runs(blocks.len() as u64)?);
             }
             Body::SlowSymlink(_) => {
-                body_runs.insert(p.ino, alloc.runs(1)?);
+                body_runs[p.ino as usize] = Some(alloc.runs(1)?);
             }
             _ => {}
         }
         if matches!(p.xattrs, Placement::Block(_)) {
-            xattr_block.insert(p.ino, alloc.contiguous(1)?);
+            xattr_block[p.ino as usize] = Some(alloc.contiguous(1)?);
         }
     }
-    for (ino, physical) in &body_runs {
-        runs_of.insert(*ino, from_zero(physical));
+    for (ino, physical) in body_runs.iter().enumerate() {
+        if let Some(physical) = physical {
+            runs_of[ino] = Some(from_zero(physical));
+        }
     }
     let journal_map = from_zero(&journal_runs);
     // The blocks that map them, by inode number.
     let mut owners: Vec<(u32, u64)> = runs_of
         .iter()
-        .map(|(ino, r)| (*ino, mapping::tree_blocks(profile, r)))
+        .enumerate()
+        .filter_map(|(ino, r)| Some((ino as u32, mapping::tree_blocks(profile, r.as_ref()?))))
         .collect();
     owners.push((JOURNAL_INO, mapping::tree_blocks(profile, &journal_map)));
     owners.sort();
-    let mut tree_blocks: HashMap<u32, Vec<u64>> = HashMap::new();
+    let mut tree_blocks: Vec<Option<Vec<u64>>> = empty_table(slots);
     for (ino, need) in owners {
         if need > 0 {
             let runs = alloc.runs(need)?;
-            tree_blocks.insert(ino, runs.iter().flat_map(|&(s, l)| s..s + l).collect());
+            tree_blocks[ino as usize] = Some(runs.iter().flat_map(|&(s, l)| s..s + l).collect());
         }
     }
 
@@ -244,7 +267,7 @@ pub fn write(
     }
     let csum_of = |ino: u32| fs_seed.map_or(0, |s| inode_seed(s, ino));
     let mut set_map = |img: &mut FsImage, rec: &mut InodeRecord, ino: u32, runs: &[Run]| -> u64 {
-        let tb = tree_blocks.remove(&ino).unwrap_or_default();
+        let tb = tree_blocks[ino as usize].take().unwrap_or_default();
         let (root, blocks) = mapping::encode(profile, runs, &tb, csum_of(ino));
         rec.bytes[0x28..0x28 + 60].copy_from_slice(&root);
         for (b, bytes) in blocks {
@@ -272,10 +295,12 @@ pub fn write(
         let mut size: u64 = 0;
         match &mut p.body {
             Body::Dir { blocks, indexed } => {
-                let runs = &runs_of[&p.ino];
+                let runs = &planned_of(&runs_of, p.ino);
                 let count = blocks.len() as u64;
                 blocks_used += count + set_map(&mut img, &mut rec, p.ino, runs);
-                let physical = body_runs[&p.ino].iter().flat_map(|&(s, l)| s..s + l);
+                let physical = planned_of(&body_runs, p.ino)
+                    .iter()
+                    .flat_map(|&(s, l)| s..s + l);
                 for (b, bytes) in physical.zip(std::mem::take(blocks)) {
                     img.put_block(b, bytes);
                 }
@@ -290,7 +315,7 @@ pub fn write(
                 let NodeKind::File(f) = &tree.nodes[*node].kind else {
                     unreachable!("a file body is a file node")
                 };
-                let runs = &runs_of[&p.ino];
+                let runs = &planned_of(&runs_of, p.ino);
                 let data: u64 = runs.iter().map(|r| r.len).sum();
                 blocks_used += data + set_map(&mut img, &mut rec, p.ino, runs);
                 size = f.size;
@@ -305,11 +330,11 @@ pub fn write(
                 size = t.len() as u64;
             }
             Body::SlowSymlink(t) => {
-                let runs = &runs_of[&p.ino];
+                let runs = &planned_of(&runs_of, p.ino);
                 blocks_used += 1 + set_map(&mut img, &mut rec, p.ino, runs);
                 let mut b = vec![0u8; BS as usize];
                 b[..t.len()].copy_from_slice(t);
-                img.put_block(body_runs[&p.ino][0].0, b);
+                img.put_block(planned_of(&body_runs, p.ino)[0].0, b);
                 size = t.len() as u64;
             }
             &mut Body::Device { major, minor } => {
@@ -328,7 +353,7 @@ pub fn write(
             Placement::None => {}
             Placement::Inode(bytes) => rec.bytes[0xA0..0xA0 + bytes.len()].copy_from_slice(bytes),
             Placement::Block(bytes) => {
-                let blk = xattr_block[&p.ino];
+                let blk = *planned_of(&xattr_block, p.ino);
                 let mut b = std::mem::take(bytes);
                 if let Some(seed) = fs_seed {
                     xattr::seal_block(&mut b, blk, seed);
