@@ -313,21 +313,25 @@ async fn pull_inner(
     if let Some(d) = &image.manifest_digest {
         size += std::fs::metadata(cache.blob_path(d)).map_or(0, |m| m.len());
     }
-    let recorded = cache.record_image(&ImageRecord {
+    let record = ImageRecord {
         reference: image.location.clone(),
         platform: image.platform.clone(),
         image_id: image.id().clone(),
         blobs: image.blobs(),
         size,
         pulled_at: now_secs(),
-    });
-    if let Err(e) = recorded {
+    };
+    if opts.keep_blobs {
+        cache.record_image(&record)?;
+    } else {
         // The record only feeds `images` and `prune`; a lazy disk serves
-        // without it.
-        if opts.keep_blobs {
-            return Err(e.into());
-        }
-        tracing::warn!("{e}; the image is not listed in the cache");
+        // without it, so it need not wait for the record's fsyncs.
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = cache.record_image(&record) {
+                tracing::warn!("{e}; the image is not listed in the cache");
+            }
+        });
     }
     let unsaved = results
         .iter()
