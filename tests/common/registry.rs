@@ -800,6 +800,14 @@ fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
 }
 
 /// CA + server certificate (EC P-256) in `dir/tls`.
+/// Run the `openssl` CLI with `args` in `dir`; it must succeed.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        Duration::from_secs(60),
+    );
+}
+
 fn generate_tls(dir: &Path) -> Tls {
     let tls_dir = dir.join("tls");
     let cert_dir = tls_dir.join("certs.d");
@@ -824,13 +832,7 @@ fn generate_tls(dir: &Path) -> Tls {
          subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
     )
     .expect("write server-ext.cnf");
-    let timeout = Duration::from_secs(60);
-    let openssl = |args: &[&str]| {
-        run_ok(
-            Command::new("openssl").args(args).current_dir(&tls_dir),
-            timeout,
-        );
-    };
+    let openssl = |args: &[&str]| openssl(&tls_dir, args);
     let ec = [
         "-newkey",
         "ec",

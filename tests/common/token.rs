@@ -14,14 +14,13 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
-use super::registry::run_ok;
+use super::registry::openssl;
 
 /// Issuer and service names the registry is configured with.
 pub const ISSUER: &str = "ocidisk-test-issuer";
@@ -47,8 +46,9 @@ fn b64url(bytes: &[u8]) -> String {
 fn signed_token(dir: &Path, repository: &str) -> (PathBuf, String) {
     let key = dir.join("token.key");
     let cert = dir.join("token.crt");
-    run_ok(
-        Command::new("openssl").args([
+    openssl(
+        dir,
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -62,12 +62,12 @@ fn signed_token(dir: &Path, repository: &str) -> (PathBuf, String) {
             key.to_str().unwrap(),
             "-out",
             cert.to_str().unwrap(),
-        ]),
-        Duration::from_secs(60),
+        ],
     );
     let der_path = dir.join("token.der");
-    run_ok(
-        Command::new("openssl").args([
+    openssl(
+        dir,
+        &[
             "x509",
             "-in",
             cert.to_str().unwrap(),
@@ -75,8 +75,7 @@ fn signed_token(dir: &Path, repository: &str) -> (PathBuf, String) {
             "DER",
             "-out",
             der_path.to_str().unwrap(),
-        ]),
-        Duration::from_secs(60),
+        ],
     );
     let der = std::fs::read(&der_path).unwrap();
     let header = serde_json::json!({
@@ -106,8 +105,9 @@ fn signed_token(dir: &Path, repository: &str) -> (PathBuf, String) {
     let input_path = dir.join("token.input");
     let sig_path = dir.join("token.sig");
     std::fs::write(&input_path, &signing_input).unwrap();
-    run_ok(
-        Command::new("openssl").args([
+    openssl(
+        dir,
+        &[
             "dgst",
             "-sha256",
             "-sign",
@@ -115,8 +115,7 @@ fn signed_token(dir: &Path, repository: &str) -> (PathBuf, String) {
             "-out",
             sig_path.to_str().unwrap(),
             input_path.to_str().unwrap(),
-        ]),
-        Duration::from_secs(60),
+        ],
     );
     let sig = std::fs::read(&sig_path).unwrap();
     (cert, format!("{signing_input}.{}", b64url(&sig)))

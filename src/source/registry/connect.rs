@@ -104,6 +104,14 @@ struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// What every client of reads has: timeouts and the user agent.
+    fn builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(self.read_timeout)
+            .user_agent(USER_AGENT)
+    }
+
     /// The HTTP client of reads: the system's roots and `--ca-cert`'s
     /// (loaded even for a plain-HTTP registry, whose blobs may redirect to
     /// HTTPS storage), certificate checks off with `--insecure`.
@@ -115,12 +123,9 @@ impl ClientSettings {
                     .map_err(|e| RegistryError::Client(format!("bad CA certificate: {e}")))?,
             );
         }
-        reqwest::Client::builder()
+        self.builder()
             .danger_accept_invalid_certs(self.insecure)
             .tls_certs_merge(roots)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(self.read_timeout)
-            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| RegistryError::Client(e.to_string()))
     }
@@ -138,12 +143,9 @@ impl ClientSettings {
                 attempt.follow()
             }
         });
-        reqwest::Client::builder()
+        self.builder()
             .tls_certs_only(Vec::new())
             .redirect(policy)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(self.read_timeout)
-            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| RegistryError::Client(e.to_string()))
     }
@@ -239,17 +241,15 @@ impl RegistrySource {
                         });
                     }
                 }
-                // Build the client (milliseconds of TLS roots) on the other
-                // core while the probe runs.
-                let early = {
+                // One client (milliseconds of TLS roots, loaded off the
+                // runtime's threads) probes, then reads.
+                let http = {
                     let settings = settings.clone();
                     tokio::task::spawn_blocking(move || settings.http())
+                        .await
+                        .map_err(|e| RegistryError::Client(e.to_string()))??
                 };
-                let plain_http =
-                    probe_plain_http(&registry, &self.certs, self.insecure, &self.retry).await?;
-                let http = early
-                    .await
-                    .map_err(|e| RegistryError::Client(e.to_string()))??;
+                let plain_http = probe_plain_http(&registry, &http, &self.retry).await?;
                 Ok::<_, RegistryError>(Conn::with(http, plain_http, settings))
             })
             .await?;
@@ -296,34 +296,24 @@ fn answers_as_registry(resp: &reqwest::Response) -> bool {
 /// failures are retried like any fetch.
 async fn probe_plain_http(
     registry: &str,
-    certs: &[Certificate],
-    insecure: bool,
+    client: &reqwest::Client,
     retry: &RetryPolicy,
 ) -> Result<bool, RegistryError> {
-    let mut builder = reqwest::Client::builder()
-        .danger_accept_invalid_certs(insecure)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30));
-    let mut roots = Vec::new();
-    for c in certs {
-        roots.push(
-            reqwest::Certificate::from_pem(&c.data)
-                .map_err(|e| RegistryError::Client(format!("bad CA certificate: {e}")))?,
-        );
-    }
-    builder = builder.tls_certs_merge(roots);
-    let client = builder
-        .build()
-        .map_err(|e| RegistryError::Client(e.to_string()))?;
+    let probe = |scheme: &str| {
+        client
+            .get(format!("{scheme}://{registry}/v2/"))
+            .timeout(Duration::from_secs(30))
+            .send()
+    };
     let started = Instant::now();
     let mut attempt = 1;
     loop {
-        let tls_err = match client.get(format!("https://{registry}/v2/")).send().await {
+        let tls_err = match probe("https").await {
             Ok(_) => return Ok(false),
             Err(e) => e,
         };
         let tls_chain = error_chain(&tls_err);
-        let detail = match client.get(format!("http://{registry}/v2/")).send().await {
+        let detail = match probe("http").await {
             Ok(resp) => {
                 if answers_as_registry(&resp) {
                     return Ok(true);

@@ -196,23 +196,24 @@ impl RegistrySource {
             }),
             Verdict::Denied => Failure::Final(self.denied()),
             Verdict::Transient(detail) => Failure::Transient(detail),
-            Verdict::Other(detail) => Failure::Final(RegistryError::Other {
-                registry: self.registry(),
-                what: what.to_string(),
-                detail,
-            }),
+            Verdict::Other(detail) => self.other(what, detail),
         }
+    }
+
+    /// A final failure the registry's answer explains only by `detail`.
+    fn other(&self, what: &str, detail: String) -> Failure {
+        Failure::Final(RegistryError::Other {
+            registry: self.registry(),
+            what: what.to_string(),
+            detail,
+        })
     }
 
     fn refusal(&self, r: Refusal, what: &str) -> Failure {
         match r {
             Refusal::Denied => Failure::Final(self.denied()),
             Refusal::Transient(detail) => Failure::Transient(detail),
-            Refusal::Broken(detail) => Failure::Final(RegistryError::Other {
-                registry: self.registry(),
-                what: what.to_string(),
-                detail,
-            }),
+            Refusal::Broken(detail) => self.other(what, detail),
         }
     }
 
