@@ -3,12 +3,12 @@
 //! registries"), the HTTP client every read goes through, and the
 //! `oci-client` client built for pushes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oci_client::Client;
 use oci_client::client::{Certificate, ClientConfig, ClientProtocol};
 
-use super::{RegistryError, RegistrySource, RetryPolicy, error_chain, looks_like_tls};
+use super::{Failure, RegistryError, RegistrySource, error_chain, looks_like_tls};
 
 /// How a registry is reached, settled on first use.
 pub(super) struct Conn {
@@ -249,7 +249,7 @@ impl RegistrySource {
                         .await
                         .map_err(|e| RegistryError::Client(e.to_string()))??
                 };
-                let plain_http = probe_plain_http(&registry, &http, &self.retry).await?;
+                let plain_http = self.probe_plain_http(&http).await?;
                 Ok::<_, RegistryError>(Conn::with(http, plain_http, settings))
             })
             .await?;
@@ -290,63 +290,41 @@ fn answers_as_registry(resp: &reqwest::Response) -> bool {
         || matches!(resp.status().as_u16(), 200 | 401)
 }
 
-/// For `--insecure` registries (and loopback ones that did not answer
-/// plain HTTP's `/v2/` as a registry): does the registry speak plain HTTP
-/// rather than TLS? Tried over TLS first, as docker does; connection
-/// failures are retried like any fetch.
-async fn probe_plain_http(
-    registry: &str,
-    client: &reqwest::Client,
-    retry: &RetryPolicy,
-) -> Result<bool, RegistryError> {
-    let probe = |scheme: &str| {
-        client
-            .get(format!("{scheme}://{registry}/v2/"))
-            .timeout(Duration::from_secs(30))
-            .send()
-    };
-    let started = Instant::now();
-    let mut attempt = 1;
-    loop {
-        let tls_err = match probe("https").await {
-            Ok(_) => return Ok(false),
-            Err(e) => e,
+impl RegistrySource {
+    /// For `--insecure` registries (and loopback ones that did not answer
+    /// plain HTTP as a registry): does the registry speak plain HTTP
+    /// rather than TLS? Tried over TLS first, as docker does; connection
+    /// failures are retried like any fetch.
+    async fn probe_plain_http(&self, client: &reqwest::Client) -> Result<bool, RegistryError> {
+        let registry = self.registry();
+        let probe = |scheme: &str| {
+            client
+                .get(format!("{scheme}://{registry}/v2/"))
+                .timeout(Duration::from_secs(30))
+                .send()
         };
-        let tls_chain = error_chain(&tls_err);
-        let detail = match probe("http").await {
-            Ok(resp) => {
-                if answers_as_registry(&resp) {
-                    return Ok(true);
+        let tls_refused = |detail: String| {
+            Failure::Final(RegistryError::Tls {
+                registry: registry.clone(),
+                detail,
+            })
+        };
+        self.retrying("/v2/", || async {
+            let tls_err = match probe("https").await {
+                Ok(_) => return Ok(false),
+                Err(e) => e,
+            };
+            let tls_chain = error_chain(&tls_err);
+            match probe("http").await {
+                Ok(resp) if answers_as_registry(&resp) => Ok(true),
+                Ok(_) => Err(tls_refused(tls_chain)),
+                Err(e) if tls_err.is_connect() && looks_like_tls(&tls_chain) && !e.is_connect() => {
+                    Err(tls_refused(tls_chain))
                 }
-                return Err(RegistryError::Tls {
-                    registry: registry.to_string(),
-                    detail: tls_chain,
-                });
+                Err(e) => Err(Failure::Transient(error_chain(&e))),
             }
-            Err(e) if tls_err.is_connect() && looks_like_tls(&tls_chain) && !e.is_connect() => {
-                return Err(RegistryError::Tls {
-                    registry: registry.to_string(),
-                    detail: tls_chain,
-                });
-            }
-            Err(e) => error_chain(&e),
-        };
-        match retry.backoff(attempt, started) {
-            Some(pause) => {
-                tracing::info!(registry, attempt, "retrying in {pause:?}: {detail}");
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
-            None => {
-                return Err(RegistryError::Unreachable {
-                    registry: registry.to_string(),
-                    what: "/v2/".into(),
-                    detail,
-                    attempts: attempt,
-                    secs: started.elapsed().as_secs_f64(),
-                });
-            }
-        }
+        })
+        .await
     }
 }
 
