@@ -17,7 +17,8 @@
 //! Beside the flow: [`partial`] writes every output file under a temporary
 //! name that a planted symlink cannot redirect, and renames it into place;
 //! [`trust`] decides on an image before any layer is fetched; [`metrics`]
-//! counts what a running disk fetches and serves.
+//! counts what a running disk fetches and serves; [`heap`] faults in the
+//! memory a disk's planning needs while its image is still being fetched.
 //!
 //! The original Go package's `ContainerToVirtioOptions` maps onto
 //! [`materialize::MaterializeOptions`]:
@@ -58,6 +59,7 @@ pub mod diff;
 pub mod digest;
 pub mod disk;
 pub mod fs;
+pub mod heap;
 pub mod image_format;
 pub mod init_layer;
 pub mod inspect;
