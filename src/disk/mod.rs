@@ -21,11 +21,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lru::LruCache;
-
 pub mod chunks;
 pub mod flush_to;
 pub mod metadata;
+mod open;
 pub mod overlay;
 pub mod profile;
 mod spans;
@@ -36,9 +35,9 @@ use overlay::{Overlay, OverlayError};
 use spans::{Pending, Prefixes, SpanCache};
 
 use crate::cache::{BlobCache, CacheError};
-use crate::fs::{self, BLOCK_SIZE, FsError, FsImage, FsOptions, Region};
+use crate::fs::{BLOCK_SIZE, FsError, FsImage, FsOptions, Region};
 use crate::layer_index::{LayerIndex, SpanError};
-use crate::pull::{PullError, PullOptions, index_image};
+use crate::pull::{PullError, PullOptions};
 use crate::source::manifest::Descriptor;
 use crate::source::{Source, SourceError};
 
@@ -209,140 +208,7 @@ impl Drop for Inner {
     }
 }
 
-/// Heap warmed for the parse and the planning (see [`crate::heap`]): about
-/// what they write for a 50 MB, 6,600-entry image.
-const WARM_HEAP: usize = 12 << 20;
-
 impl Inner {
-    /// Open the image: resolve, index (without keeping layer blobs), plan.
-    fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Arc<Inner>, DiskError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("ocidisk-io")
-            .enable_all()
-            .build()
-            .map_err(DiskError::Runtime)?;
-        let chunks = Arc::new(ChunkStore::open(
-            &cache.root().join("chunks"),
-            &cache.root().join("tmp"),
-            opts.cache_disk,
-        ));
-        // While the image resolves, the heap this thread plans in warms.
-        let warming = crate::heap::Warming::start(WARM_HEAP);
-        let indexed = rt.block_on(index_image(&opts.pull, cache, chunks.clone()));
-        if let Some(w) = warming {
-            w.finish();
-        }
-        let (source, mut image, mut indexes, rederive) = indexed.map_err(Box::new)?;
-        tracing::debug!(
-            layers = indexes.len(),
-            "image resolved and its layers indexed"
-        );
-        if opts.init {
-            crate::init_layer::append(&mut image, &mut indexes, cache)?;
-        }
-        // What the tables of contents to re-derive say of each entry, taken
-        // on the other core while the filesystem is planned.
-        let (toc_layers, fs) = std::thread::scope(|s| {
-            let toc_layers = rederive
-                .contains(&true)
-                .then(|| s.spawn(|| toc_check::toc_layers(&indexes, &rederive)));
-            let fs = fs::plan_layers(image.id(), &indexes, &opts.fs);
-            let toc_layers =
-                toc_layers.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            (toc_layers.unwrap_or_default(), fs)
-        });
-        let fs = fs.map_err(Box::new)?;
-        let toc_check = (!toc_layers.is_empty()).then(|| toc_check::TocCheck {
-            image: image.clone(),
-            layers: toc_layers,
-        });
-        // Planned: the entries are no longer needed, only the spans; and
-        // the checkpoint windows wait in a file until a read needs one.
-        let mut indexes: Vec<LayerIndex> = indexes
-            .into_iter()
-            .map(LayerIndex::into_spans_only)
-            .collect();
-        spill_windows(&mut indexes, cache);
-        let layers: Vec<(Arc<LayerIndex>, Descriptor)> = indexes
-            .into_iter()
-            .map(Arc::new)
-            .zip(image.layers.iter().map(|l| l.descriptor.clone()))
-            .collect();
-        let (overlay, temp_overlay) = if opts.fs.read_only {
-            (None, None)
-        } else {
-            let (path, temp) = match &opts.overlay {
-                Some(p) => (p.clone(), None),
-                None => {
-                    let p = cache.root().join("tmp").join(format!(
-                        "overlay-{}-{}",
-                        std::process::id(),
-                        image.id().hex()
-                    ));
-                    (p.clone(), Some(p))
-                }
-            };
-            crate::metrics::global().set_overlay(Some(path.clone()));
-            let overlay = match Overlay::open(&path, image.id(), fs.size) {
-                Err(OverlayError::Mismatch { found, .. }) if opts.discard_overlay => {
-                    tracing::warn!(
-                        "overlay {}: made for {found}; its writes are discarded (--discard-overlay)",
-                        path.display()
-                    );
-                    Overlay::discard(&path)?;
-                    Overlay::open(&path, image.id(), fs.size)?
-                }
-                r => r?,
-            };
-            (Some(overlay), temp)
-        };
-        let flush_to = match &opts.flush_to {
-            Some(p) => Some(flush_to::FlushTo::create(
-                p,
-                &fs,
-                &layers,
-                opts.flush_format,
-            )?),
-            None => None,
-        };
-        let mut fs = fs;
-        let metadata = metadata::Metadata::new(std::mem::take(&mut fs.metadata));
-        Ok(Arc::new(Inner {
-            blob_cache: cache.clone(),
-            flush_to,
-            last_span: Mutex::new(HashMap::new()),
-            readahead: Mutex::new(None),
-            overlay,
-            temp_overlay,
-            image: fs,
-            metadata,
-            image_id: image.id().hex().to_string(),
-            layers,
-            source,
-            rt,
-            cache: Mutex::new(SpanCache {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-                cap: opts.cache_mem,
-            }),
-            inflight: Mutex::new(HashMap::new()),
-            prefixes: Mutex::new(LruCache::new(
-                std::num::NonZeroUsize::new(64).expect("non-zero"),
-            )),
-            chunks,
-            toc_check,
-            withdrawn: std::sync::OnceLock::new(),
-            toc_held: std::sync::atomic::AtomicBool::new(false),
-            stats: DiskStats::default(),
-            recorder: opts
-                .profile
-                .record
-                .clone()
-                .map(|p| (p, Mutex::new(profile::Recorder::default()))),
-        }))
-    }
-
     /// Device size in bytes.
     pub fn size(&self) -> u64 {
         self.image.size
@@ -551,58 +417,12 @@ pub struct Disk {
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// Settle an open disk in the background, so that it is ready at once:
-/// move the metadata blocks out of the heap into an unlinked scratch file
-/// (best effort: on an error they stay in memory), then hand the heap the
-/// planner freed (the whole merged tree) back to the system, so that a
-/// long-running open disk costs what it keeps. Reads meanwhile find the
-/// blocks where they are.
-fn settle(inner: &Arc<Inner>) -> Result<std::thread::JoinHandle<()>, DiskError> {
-    let inner = inner.clone();
-    std::thread::Builder::new()
-        .name("ocidisk-settle".into())
-        .spawn(move || {
-            let moved = inner
-                .blob_cache
-                .scratch_file("metadata")
-                .and_then(|f| inner.metadata.move_to(f));
-            match moved {
-                Ok(n) => tracing::debug!(blocks = n, "metadata blocks moved to a scratch file"),
-                Err(e) => tracing::warn!(
-                    "{}: {e}; the metadata blocks stay in memory",
-                    inner.blob_cache.root().join("tmp").display()
-                ),
-            }
-            drop(inner);
-            crate::heap::settled();
-        })
-        .map_err(DiskError::Runtime)
-}
-
-/// Move the indexes' checkpoint windows to an unlinked file in the cache's
-/// tmp directory (gone with the disk). Best effort: windows that cannot be
-/// moved stay in memory.
-fn spill_windows(indexes: &mut [LayerIndex], cache: &BlobCache) {
-    let result = cache.scratch_file("windows").and_then(|file| {
-        let (file, mut at) = (Arc::new(file), 0);
-        indexes
-            .iter_mut()
-            .try_for_each(|ix| ix.spill_windows(&file, &mut at))
-    });
-    if let Err(e) = result {
-        tracing::warn!(
-            "{}: {e}; checkpoint windows stay in memory",
-            cache.root().join("tmp").display()
-        );
-    }
-}
-
 impl Disk {
     /// Open the image: resolve, index (without keeping layer blobs), plan;
     /// start read-ahead, and `--prefetch` if asked.
     pub fn open(opts: &DiskOptions, cache: &BlobCache) -> Result<Disk, DiskError> {
-        let inner = Inner::open(opts, cache)?;
-        let settle = settle(&inner)?;
+        let (inner, leftovers) = Inner::open(opts, cache)?;
+        let settle = open::settle(&inner, leftovers)?;
         let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
         *crate::sync::lock(&inner.readahead) = Some(tx);
         let weak = Arc::downgrade(&inner);

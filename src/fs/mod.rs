@@ -200,9 +200,20 @@ pub fn plan_layers(
     layers: &[LayerIndex],
     opts: &FsOptions,
 ) -> Result<FsImage, FsError> {
+    plan_merged(&merge_layers(layers)?, image_id, opts)
+}
+
+/// The first half of [`plan_layers`]: the layers merged into one tree.
+pub fn merge_layers(layers: &[LayerIndex]) -> Result<Tree, FsError> {
     let tree = Tree::flatten(layers)?;
     tracing::debug!(entries = tree.nodes.len(), "layers merged into one tree");
-    let img = plan(&tree, &opts.for_image(image_id))?;
+    Ok(tree)
+}
+
+/// The second half of [`plan_layers`]: the filesystem of the image
+/// `image_id`, whose layers merged into `tree`.
+pub fn plan_merged(tree: &Tree, image_id: &Digest, opts: &FsOptions) -> Result<FsImage, FsError> {
+    let img = plan(tree, &opts.for_image(image_id))?;
     tracing::debug!(
         metadata_blocks = img.metadata.len(),
         extents = img.data.len(),

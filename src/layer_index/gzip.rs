@@ -56,6 +56,15 @@ enum Stored {
     File(Arc<File>, u64, u32),
 }
 
+/// Where a checkpoint's window was written in a spill file.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowPlace {
+    /// Byte offset in the file.
+    offset: u64,
+    /// Length in bytes.
+    len: u32,
+}
+
 /// A place where inflating can resume.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
@@ -178,13 +187,32 @@ impl Checkpoint {
     /// Move the stored window to `file` at `*at` (advanced past it), so
     /// that it costs no memory; it is read back when a read needs it.
     pub fn spill(&mut self, file: &Arc<File>, at: &mut u64) -> std::io::Result<()> {
-        if let Stored::Mem(v) = &self.window_z {
-            let len = v.len();
-            file.write_all_at(v, *at)?;
-            self.window_z = Stored::File(file.clone(), *at, len as u32);
-            *at += len as u64;
+        if let Some(place) = self.write_window(file, at)? {
+            self.window_written(file, place);
         }
         Ok(())
+    }
+
+    /// The first half of [`Checkpoint::spill`], which needs no exclusive
+    /// borrow: write a window held in memory to `file` at `*at` (advanced
+    /// past it) and say where; `None` if it is in a file already.
+    pub fn write_window(&self, file: &File, at: &mut u64) -> std::io::Result<Option<WindowPlace>> {
+        let Stored::Mem(v) = &self.window_z else {
+            return Ok(None);
+        };
+        file.write_all_at(v, *at)?;
+        let place = WindowPlace {
+            offset: *at,
+            len: v.len() as u32,
+        };
+        *at += v.len() as u64;
+        Ok(Some(place))
+    }
+
+    /// The second half: read the window from `file` at `place` (where
+    /// [`Checkpoint::write_window`] put it) from now on.
+    pub fn window_written(&mut self, file: &Arc<File>, place: WindowPlace) {
+        self.window_z = Stored::File(file.clone(), place.offset, place.len);
     }
 
     /// The window, decompressed.
@@ -611,20 +639,25 @@ mod tests {
         }
     }
 
+    /// A new file to spill windows to, in `dir`.
+    fn spill_file(dir: &std::path::Path) -> Arc<File> {
+        Arc::new(
+            File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(dir.join("w"))
+                .unwrap(),
+        )
+    }
+
     #[test]
     fn spilled_windows_read_back_and_compare_equal() {
         let data = sample(2 << 20);
         let gz = gzip(&data, 6);
         let (_, cps) = index(&gz, 256 << 10, 8191);
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(
-            File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(dir.path().join("w"))
-                .unwrap(),
-        );
+        let file = spill_file(dir.path());
         let mut spilled = cps.clone();
         let mut at = 0;
         for c in &mut spilled {
@@ -637,6 +670,32 @@ mod tests {
         file.set_len(0).unwrap();
         assert!(matches!(spilled[1].window(), Err(GzipError::Window(_))));
         assert_ne!(spilled[1], cps[1]);
+    }
+
+    #[test]
+    fn a_written_window_is_read_from_memory_until_switched_to_its_file() {
+        let data = sample(1 << 20);
+        let gz = gzip(&data, 6);
+        let (_, cps) = index(&gz, 256 << 10, 8191);
+        let dir = tempfile::tempdir().unwrap();
+        let file = spill_file(dir.path());
+        let mut at = 0;
+        let places: Vec<_> = cps
+            .iter()
+            .map(|c| c.write_window(&file, &mut at).unwrap())
+            .collect();
+        assert_eq!(file.metadata().unwrap().len(), at);
+        // Written, not switched: the file does not matter yet.
+        let mut cps2 = cps.clone();
+        assert!(cps2.iter().all(|c| matches!(c.window_z, Stored::Mem(_))));
+        for (c, p) in cps2.iter_mut().zip(&places) {
+            c.window_written(&file, p.expect("a window held in memory"));
+        }
+        assert!(matches!(cps2[1].window_z, Stored::File(..)));
+        assert_eq!(cps2, cps, "the same windows, from the file");
+        check_all_spans(&gz, &data, &cps2);
+        // In a file already: nothing to write again.
+        assert!(cps2[1].write_window(&file, &mut at).unwrap().is_none());
     }
 
     #[test]

@@ -161,6 +161,11 @@ pub struct LayerIndex {
     spans: Vec<Span>,
 }
 
+/// Where [`LayerIndex::write_windows`] wrote each checkpoint's window
+/// (`None`: it was in a file already).
+#[derive(Debug)]
+pub struct WindowsWritten(Vec<Option<gzip::WindowPlace>>);
+
 /// What to fetch to read one span, and where it sits in the decoded bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpanFetch {
@@ -171,28 +176,43 @@ pub struct SpanFetch {
 }
 
 impl LayerIndex {
-    /// The index without its tar entries: what reading spans needs once
-    /// the filesystem is planned (an open disk keeps only that).
-    pub fn into_spans_only(mut self) -> LayerIndex {
-        self.entries = Vec::new();
-        self
+    /// Take the tar entries out of the index, leaving what reading spans
+    /// needs once the filesystem is planned (an open disk keeps only that,
+    /// and drops the entries where it costs no one time).
+    pub fn take_entries(&mut self) -> Vec<TarEntry> {
+        std::mem::take(&mut self.entries)
     }
 
-    /// Move the checkpoint windows (most of a gzip index's memory) to
-    /// `file` from `*at` (advanced past them); they are read back when a
-    /// read needs them. On an error the windows not yet moved stay in
-    /// memory.
-    pub fn spill_windows(
-        &mut self,
-        file: &std::sync::Arc<std::fs::File>,
+    /// Write the checkpoint windows held in memory (most of a gzip index's
+    /// memory) to `file` from `*at` (advanced past them), and say where
+    /// each went; they are still read from memory until
+    /// [`LayerIndex::windows_written`] is given the answer. The writing
+    /// needs only a shared borrow, so it can run beside readers of the
+    /// index.
+    pub fn write_windows(
+        &self,
+        file: &std::fs::File,
         at: &mut u64,
-    ) -> std::io::Result<()> {
-        if let Access::Gzip(cps) | Access::GzipRanges(cps) = &mut self.access {
+    ) -> std::io::Result<WindowsWritten> {
+        let mut places = Vec::new();
+        if let Access::Gzip(cps) | Access::GzipRanges(cps) = &self.access {
             for c in cps {
-                c.spill(file, at)?;
+                places.push(c.write_window(file, at)?);
             }
         }
-        Ok(())
+        Ok(WindowsWritten(places))
+    }
+
+    /// Read the windows that [`LayerIndex::write_windows`] wrote to `file`
+    /// from there from now on, and let their memory go.
+    pub fn windows_written(&mut self, file: &std::sync::Arc<std::fs::File>, w: WindowsWritten) {
+        if let Access::Gzip(cps) | Access::GzipRanges(cps) = &mut self.access {
+            for (c, place) in cps.iter_mut().zip(w.0) {
+                if let Some(place) = place {
+                    c.window_written(file, place);
+                }
+            }
+        }
     }
 
     /// An index from its parts, if they are consistent (see
