@@ -426,11 +426,13 @@ fn hash_and_parse(
             if job >= 2 * n {
                 break;
             }
-            let i = job / 2;
-            if job.is_multiple_of(2) {
-                let _ = hashes[i].set(Digest::sha256_of(&bodies[i]));
+            // The parses first: the calling thread, which takes the first
+            // job, parses into the heap it plans in (see `crate::heap`).
+            if job < n {
+                let _ = parses[job].set(ztoc::parse(&wanted[job].0.digest, &bodies[job]));
             } else {
-                let _ = parses[i].set(ztoc::parse(&wanted[i].0.digest, &bodies[i]));
+                let i = job - n;
+                let _ = hashes[i].set(Digest::sha256_of(&bodies[i]));
             }
         }
     };
