@@ -28,10 +28,10 @@ const DEFAULT_THRESHOLD: libc::c_int = 128 << 10;
 /// Bytes per page touched.
 const PAGE: usize = 4096;
 
-/// A block of the main heap being faulted in by a helper thread.
+/// A block of the main heap being faulted in by a helper thread, which
+/// frees it when done: from then on the opening thread's allocations (the
+/// table of contents it fetches and parses, then the plan) reuse it.
 pub struct Warming {
-    /// The block, from `malloc`; freed by [`Warming::finish`].
-    block: Block,
     /// Tells the helper to stop early.
     stop: Arc<AtomicBool>,
     /// The helper.
@@ -77,7 +77,6 @@ impl Warming {
         };
         match thread {
             Ok(t) => Some(Warming {
-                block,
                 stop,
                 thread: Some(t),
             }),
@@ -90,29 +89,27 @@ impl Warming {
         }
     }
 
-    /// Stop the helper where it is and hand the block back to the heap,
-    /// its pages faulted in, for the calling thread's next allocations.
+    /// Stop the helper where it is; the block is back in the heap, its
+    /// pages faulted in, for the calling thread's next allocations.
     pub fn finish(mut self) {
-        self.stop_and_free();
+        self.stop_helper();
     }
 
-    fn stop_and_free(&mut self) {
+    fn stop_helper(&mut self) {
         let Some(t) = self.thread.take() else { return };
         self.stop.store(true, Ordering::Relaxed);
         let _ = t.join();
-        // SAFETY: the block came from malloc in `start`, the helper that
-        // wrote to it has ended, and `thread` is taken: freed once.
-        unsafe { libc::free(self.block.addr as *mut libc::c_void) };
     }
 }
 
 impl Drop for Warming {
     fn drop(&mut self) {
-        self.stop_and_free();
+        self.stop_helper();
     }
 }
 
-/// The helper: idle priority, then one write per page of the block.
+/// The helper: idle priority, one write per page of the block (until told
+/// to stop), then the block back to the heap.
 fn touch(block: Block, stop: &AtomicBool) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's own policy from a valid param; a
@@ -120,12 +117,14 @@ fn touch(block: Block, stop: &AtomicBool) {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     let mut at = 0;
     while at < block.len && !stop.load(Ordering::Relaxed) {
-        // SAFETY: `at < len`: inside the block, which the opening thread
-        // neither reads nor writes until `finish` has joined this thread.
-        // Volatile so that the store is not elided.
+        // SAFETY: `at < len`: inside the block, which only this thread
+        // has. Volatile so that the store is not elided.
         unsafe { ((block.addr + at) as *mut u8).write_volatile(0) };
         at += PAGE;
     }
+    // SAFETY: the block came from malloc in `Warming::start`, was handed
+    // to this thread alone, and is freed once, here.
+    unsafe { libc::free(block.addr as *mut libc::c_void) };
 }
 
 /// Return glibc to its default thresholds and the heap's free memory to
@@ -156,14 +155,11 @@ mod tests {
     }
 
     impl Warming {
-        /// Let the helper touch the whole block, then hand it back.
+        /// Let the helper touch the whole block and hand it back.
         fn complete(mut self) {
             if let Some(t) = self.thread.take() {
                 let _ = t.join();
             }
-            // SAFETY: as in `stop_and_free`: the helper has ended; the
-            // thread is taken, so Drop frees nothing more.
-            unsafe { libc::free(self.block.addr as *mut libc::c_void) };
         }
     }
 
