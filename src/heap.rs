@@ -8,7 +8,8 @@
 //! those pages from the kernel while the opening thread only waits, on a
 //! helper thread that runs only on an otherwise idle core (`SCHED_IDLE`),
 //! and leaves them in glibc's main heap, where the opening thread's later
-//! allocations come from. [`settled`] returns glibc to its usual policy.
+//! allocations come from. [`settled`] has glibc keep less once the disk is
+//! open.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +21,14 @@ const WARM_MMAP_THRESHOLD: libc::c_int = 32 << 20;
 
 /// Free memory at the heap's top that glibc keeps rather than returns,
 /// while warm: the warmed pages must outlive their own free.
+/// ([`settled`] lowers it.)
 const WARM_TRIM_THRESHOLD: libc::c_int = 256 << 20;
 
-/// glibc's defaults for both thresholds, restored by [`settled`].
-const DEFAULT_THRESHOLD: libc::c_int = 128 << 10;
+/// Free memory at the heap's top kept once settled. glibc's default
+/// (128 KiB) adapts upward as big buffers are freed, which setting any
+/// threshold stops for good: this is enough for a few span buffers to be
+/// reused without faults, while more goes back to the system.
+const SETTLED_TRIM_THRESHOLD: libc::c_int = 16 << 20;
 
 /// Bytes per page touched.
 const PAGE: usize = 4096;
@@ -127,14 +132,14 @@ fn touch(block: Block, stop: &AtomicBool) {
     unsafe { libc::free(block.addr as *mut libc::c_void) };
 }
 
-/// Return glibc to its default thresholds and the heap's free memory to
-/// the kernel: for when the opening is done.
+/// For when the opening is done: keep less free memory (the mapping
+/// threshold stays where glibc's adaptive one would end up with a disk's
+/// big buffers), and hand the heap's free memory back to the system.
 pub fn settled() {
-    // SAFETY: mallopt changes thresholds only; malloc_trim releases only
+    // SAFETY: mallopt changes a threshold only; malloc_trim releases only
     // free memory and touches no live allocation.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, DEFAULT_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, DEFAULT_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD);
         libc::malloc_trim(0);
     }
 }
