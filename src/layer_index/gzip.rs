@@ -639,25 +639,35 @@ mod tests {
         }
     }
 
-    /// A new file to spill windows to, in `dir`.
-    fn spill_file(dir: &std::path::Path) -> Arc<File> {
-        Arc::new(
+    /// `len` bytes of sample data, gzipped, indexed with 256 KiB
+    /// checkpoints, and a new file in a temp dir to spill windows to.
+    fn spill_setup(
+        len: usize,
+    ) -> (
+        Vec<u8>,
+        Vec<u8>,
+        Vec<Checkpoint>,
+        tempfile::TempDir,
+        Arc<File>,
+    ) {
+        let data = sample(len);
+        let gz = gzip(&data, 6);
+        let (_, cps) = index(&gz, 256 << 10, 8191);
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
             File::options()
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .open(dir.join("w"))
+                .open(dir.path().join("w"))
                 .unwrap(),
-        )
+        );
+        (data, gz, cps, dir, file)
     }
 
     #[test]
     fn spilled_windows_read_back_and_compare_equal() {
-        let data = sample(2 << 20);
-        let gz = gzip(&data, 6);
-        let (_, cps) = index(&gz, 256 << 10, 8191);
-        let dir = tempfile::tempdir().unwrap();
-        let file = spill_file(dir.path());
+        let (data, gz, cps, _dir, file) = spill_setup(2 << 20);
         let mut spilled = cps.clone();
         let mut at = 0;
         for c in &mut spilled {
@@ -674,11 +684,7 @@ mod tests {
 
     #[test]
     fn a_written_window_is_read_from_memory_until_switched_to_its_file() {
-        let data = sample(1 << 20);
-        let gz = gzip(&data, 6);
-        let (_, cps) = index(&gz, 256 << 10, 8191);
-        let dir = tempfile::tempdir().unwrap();
-        let file = spill_file(dir.path());
+        let (data, gz, cps, _dir, file) = spill_setup(1 << 20);
         let mut at = 0;
         let places: Vec<_> = cps
             .iter()

@@ -799,7 +799,6 @@ fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
     fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// CA + server certificate (EC P-256) in `dir/tls`.
 /// Run the `openssl` CLI with `args` in `dir`; it must succeed.
 pub fn openssl(dir: &Path, args: &[&str]) {
     run_ok(
@@ -808,6 +807,7 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// CA + server certificate (EC P-256) in `dir/tls`.
 fn generate_tls(dir: &Path) -> Tls {
     let tls_dir = dir.join("tls");
     let cert_dir = tls_dir.join("certs.d");
